@@ -1,0 +1,85 @@
+//! `MAP_COPY` for Linux: map a file you do not control and get `&[u8]`
+//! whose pages no other writer can change — from safe Rust.
+//!
+//! A plain `mmap` of a file (what `memmap2` gives, behind `unsafe`) shows
+//! other processes' writes as they happen and raises `SIGBUS` when the file
+//! shrinks, so a `&[u8]` over it can change under the borrow checker's feet.
+//! A [`MapCopy`] cannot: it keeps the contract below, using whichever kernel
+//! interface this machine offers to keep it cheaply.
+//!
+//! ```
+//! use std::io::Write;
+//! let mut tmp = tempfile::NamedTempFile::new()?;
+//! tmp.write_all(b"version 1")?;
+//!
+//! let map = mapcopy::MapCopy::open(tmp.path())?;
+//! // Another writer truncates and rewrites the file ...
+//! std::fs::write(tmp.path(), b"v2")?;
+//! // ... and the mapping still holds what it held: no change, no SIGBUS.
+//! assert_eq!(&map[..], b"version 1");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # The contract
+//!
+//! A copy mapping of a byte range of a regular file promises:
+//!
+//! * **S1 snapshot** — each page holds the file's bytes at one instant
+//!   `T_p` with `T_map <= T_p <= T_first_access(p)`. Bytes past the file's
+//!   end at `T_p` read as zero. `T_p` may differ from page to page.
+//! * **S2 stability** — once a page has been read, later writes by anyone
+//!   (`write`, `pwrite`, `O_APPEND`, truncate, `open(O_TRUNC)`, `fallocate`,
+//!   `copy_file_range`, clone ranges, `O_DIRECT`, io_uring, stores through
+//!   another process's `MAP_SHARED` mapping, a second hard link) never
+//!   change it.
+//! * **S3 no SIGBUS** — truncation or hole punching by others never faults
+//!   the reader.
+//! * **S4 privacy** — a writable mapping ([`MapOptions::map_mut`]) behaves
+//!   like `MAP_PRIVATE` for the owner's own stores: they never reach the
+//!   file.
+//! * **S5 safety** — because of S1–S3 the mapping is handed out as `&[u8]`.
+//!   Nothing in this API is `unsafe` to call.
+//!
+//! A strategy that cannot keep the contract in some situation says so before
+//! mapping, with [`ErrorKind::Unsupported`] and the reason; it never maps and
+//! silently breaks it.
+//!
+//! # Strategies
+//!
+//! | strategy | how | snapshot taken | data copied | needs |
+//! |---|---|---|---|---|
+//! | [`Strategy::Lazy`] | userfaultfd: anonymous memory filled on first access by `pread` + `UFFDIO_COPY` | per page, at first access | pages touched | userfaultfd that serves kernel-mode faults (root, `/dev/userfaultfd` access, or `vm.unprivileged_userfaultfd=1`) |
+//! | [`Strategy::Eager`] | `pread` into 2 MiB-aligned anonymous memory (`MADV_HUGEPAGE`) | at map time | everything | memory for the whole range |
+//! | [`Strategy::Guard`] | fanotify pre-content events | per page, before a writer changes it | pages writers change | not implemented yet |
+//! | [`Strategy::Lease`] | `F_SETLEASE` read lease | at map time, realized on lease break | the range, when a writer opens | not implemented yet |
+//! | [`Strategy::Reflink`] | `FICLONE` into an `O_TMPFILE` | at map time | none (filesystem CoW) | not implemented yet |
+//!
+//! [`Strategy::Auto`] (the default) takes the first usable one in the order
+//! of [`Strategy::ALL`]; [`probe`] tells which and why.
+//!
+//! Properties some strategies lack:
+//!
+//! * **Per-page atomicity against a concurrent `write()`**: `Lazy` and
+//!   `Eager` read with `pread`, which the kernel does not make atomic against
+//!   a `write()` running at the same moment on the same page; such a page
+//!   can hold part of that write. It still never changes after it was read.
+//! * **fork**: a `Lazy` mapping is `MADV_DONTFORK`: a child process made by
+//!   `fork()` does not inherit it, and touching its address there faults
+//!   (SIGSEGV) rather than reading zeros. Map with `Eager` (or
+//!   `populate(true)` and a strategy that keeps the memory after fork) if a
+//!   forked child must read it.
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+mod error;
+mod map;
+mod options;
+mod probe;
+mod strategy;
+mod sys;
+
+pub use error::{Error, ErrorKind};
+pub use map::{MapCopy, MapCopyMut};
+pub use options::MapOptions;
+pub use probe::{Probe, StrategyProbe, probe};
+pub use strategy::Strategy;

@@ -1,0 +1,180 @@
+//! [`MapCopy`] and [`MapCopyMut`]: the mappings handed to users.
+
+use std::fmt;
+use std::fs::File;
+use std::ops::{Deref, DerefMut};
+use std::path::Path;
+
+use crate::strategy::Snapshot;
+use crate::{Error, MapOptions, Strategy};
+
+/// A read-only copy mapping: the file's bytes as `&[u8]`, each page a
+/// snapshot that no other writer can change (the contract in the crate docs).
+///
+/// It derefs to `[u8]`, is `Send + Sync + 'static`, and its address is stable
+/// for its whole life, so it can back zero-copy buffers
+/// (`bytes::Bytes::from_owner`, Arrow buffers) directly.
+///
+/// ```
+/// use std::io::Write;
+/// let mut file = tempfile::NamedTempFile::new()?;
+/// file.write_all(b"model weights")?;
+///
+/// let map = mapcopy::MapCopy::open(file.path())?;
+/// // Another process rewriting the file now cannot change `map`.
+/// assert_eq!(&map[..5], b"model");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct MapCopy {
+    inner: Box<dyn Snapshot>,
+}
+
+impl MapCopy {
+    /// Opens `path` read-only and maps the whole file with [`Strategy::Auto`].
+    ///
+    /// ```
+    /// # let tmp = tempfile::NamedTempFile::new().unwrap();
+    /// # std::fs::write(tmp.path(), b"abc").unwrap();
+    /// let map = mapcopy::MapCopy::open(tmp.path())?;
+    /// assert_eq!(map.len(), 3);
+    /// # Ok::<(), mapcopy::Error>(())
+    /// ```
+    pub fn open(path: impl AsRef<Path>) -> Result<MapCopy, Error> {
+        let path = path.as_ref();
+        let file =
+            File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+        MapCopy::map(&file)
+    }
+
+    /// Maps the whole of an open file with [`Strategy::Auto`]. The file needs
+    /// read access; the mapping does not borrow it.
+    ///
+    /// ```
+    /// # use std::io::Write;
+    /// # let mut file = tempfile::tempfile().unwrap();
+    /// # file.write_all(b"abc").unwrap();
+    /// let map = mapcopy::MapCopy::map(&file)?;
+    /// drop(file);
+    /// assert_eq!(&map[..], b"abc");
+    /// # Ok::<(), mapcopy::Error>(())
+    /// ```
+    pub fn map(file: &File) -> Result<MapCopy, Error> {
+        MapOptions::new().map(file)
+    }
+
+    /// The strategy that made this mapping (never [`Strategy::Auto`]).
+    ///
+    /// ```
+    /// # let file = tempfile::tempfile().unwrap();
+    /// let map = mapcopy::MapCopy::map(&file)?;
+    /// assert_ne!(map.strategy(), mapcopy::Strategy::Auto);
+    /// # Ok::<(), mapcopy::Error>(())
+    /// ```
+    pub fn strategy(&self) -> Strategy {
+        self.inner.strategy()
+    }
+
+    pub(crate) fn from_snapshot(inner: Box<dyn Snapshot>) -> Result<MapCopy, Error> {
+        Ok(MapCopy { inner })
+    }
+}
+
+impl Deref for MapCopy {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.inner.bytes()
+    }
+}
+
+impl AsRef<[u8]> for MapCopy {
+    fn as_ref(&self) -> &[u8] {
+        self.inner.bytes()
+    }
+}
+
+impl fmt::Debug for MapCopy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.inner.bytes();
+        f.debug_struct("MapCopy")
+            .field("ptr", &b.as_ptr())
+            .field("len", &b.len())
+            .field("strategy", &self.strategy())
+            .finish()
+    }
+}
+
+/// A writable copy mapping: like [`MapCopy`], and the owner's own stores
+/// stay private (S4), exactly like a `MAP_PRIVATE` mapping's.
+///
+/// ```
+/// use std::io::Write;
+/// let mut file = tempfile::tempfile()?;
+/// file.write_all(b"abc")?;
+///
+/// let mut map = mapcopy::MapOptions::new().map_mut(&file)?;
+/// map.copy_from_slice(b"xyz");
+/// assert_eq!(&map[..], b"xyz");
+/// // The file still holds "abc".
+/// # use std::io::{Read, Seek};
+/// # let mut s = String::new();
+/// # file.rewind()?; file.read_to_string(&mut s)?;
+/// # assert_eq!(s, "abc");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct MapCopyMut {
+    inner: Box<dyn Snapshot>,
+}
+
+impl MapCopyMut {
+    /// The strategy that made this mapping (never [`Strategy::Auto`]).
+    ///
+    /// ```
+    /// # let file = tempfile::tempfile().unwrap();
+    /// let map = mapcopy::MapOptions::new().map_mut(&file)?;
+    /// assert_ne!(map.strategy(), mapcopy::Strategy::Auto);
+    /// # Ok::<(), mapcopy::Error>(())
+    /// ```
+    pub fn strategy(&self) -> Strategy {
+        self.inner.strategy()
+    }
+
+    pub(crate) fn from_snapshot(inner: Box<dyn Snapshot>) -> Result<MapCopyMut, Error> {
+        Ok(MapCopyMut { inner })
+    }
+}
+
+impl Deref for MapCopyMut {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.inner.bytes()
+    }
+}
+
+impl DerefMut for MapCopyMut {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        self.inner.bytes_mut()
+    }
+}
+
+impl AsRef<[u8]> for MapCopyMut {
+    fn as_ref(&self) -> &[u8] {
+        self.inner.bytes()
+    }
+}
+
+impl AsMut<[u8]> for MapCopyMut {
+    fn as_mut(&mut self) -> &mut [u8] {
+        self.inner.bytes_mut()
+    }
+}
+
+impl fmt::Debug for MapCopyMut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.inner.bytes();
+        f.debug_struct("MapCopyMut")
+            .field("ptr", &b.as_ptr())
+            .field("len", &b.len())
+            .field("strategy", &self.strategy())
+            .finish()
+    }
+}

@@ -1,0 +1,15 @@
+//! The `Lease` strategy (not implemented yet: see DESIGN §2).
+
+use super::{Request, Snapshot, Strategy};
+use crate::Error;
+
+pub(crate) fn check(_req: Option<&Request<'_>>) -> Result<(), String> {
+    Err("not implemented yet".into())
+}
+
+pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
+    Err(Error::unsupported(
+        Strategy::Lease,
+        check(Some(req)).err().unwrap_or_default(),
+    ))
+}

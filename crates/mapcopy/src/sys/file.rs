@@ -1,0 +1,105 @@
+//! What a file descriptor refers to, checked before anything is mapped.
+
+use std::fs::File;
+use std::io;
+
+use rustix::fs::{self, FileType, OFlags};
+
+/// Filesystem magic numbers (`f_type` of statfs) this crate reasons about,
+/// from `include/uapi/linux/magic.h`.
+pub(crate) mod magic {
+    pub(crate) const EXT4: i64 = 0xEF53;
+    pub(crate) const XFS: i64 = 0x5846_5342;
+    pub(crate) const BTRFS: i64 = 0x9123_683E;
+    pub(crate) const TMPFS: i64 = 0x0102_1994;
+    pub(crate) const PROC: i64 = 0x9fa0;
+    pub(crate) const SYSFS: i64 = 0x6265_6572;
+    pub(crate) const DEBUGFS: i64 = 0x6462_6720;
+    pub(crate) const TRACEFS: i64 = 0x7472_6163;
+    pub(crate) const CGROUP2: i64 = 0x6367_7270;
+    pub(crate) const BCACHEFS: i64 = 0xca45_1a4e;
+    pub(crate) const OVERLAYFS: i64 = 0x794c_7630;
+    pub(crate) const NFS: i64 = 0x6969;
+    pub(crate) const FUSE: i64 = 0x6573_5546;
+}
+
+/// Name of a filesystem type for messages.
+pub(crate) fn fs_name(f_type: i64) -> String {
+    use magic::*;
+    match f_type {
+        EXT4 => "ext4".into(),
+        XFS => "xfs".into(),
+        BTRFS => "btrfs".into(),
+        TMPFS => "tmpfs".into(),
+        PROC => "proc".into(),
+        SYSFS => "sysfs".into(),
+        DEBUGFS => "debugfs".into(),
+        TRACEFS => "tracefs".into(),
+        CGROUP2 => "cgroup2".into(),
+        BCACHEFS => "bcachefs".into(),
+        OVERLAYFS => "overlayfs".into(),
+        NFS => "nfs".into(),
+        FUSE => "fuse".into(),
+        other => format!("fs-{other:#x}"),
+    }
+}
+
+/// What kind of thing an fd is, for the error when it is not a regular file.
+pub(crate) fn type_name(t: FileType) -> &'static str {
+    match t {
+        FileType::RegularFile => "regular file",
+        FileType::Directory => "directory",
+        FileType::Symlink => "symbolic link",
+        FileType::Fifo => "pipe (FIFO)",
+        FileType::Socket => "socket",
+        FileType::CharacterDevice => "character device",
+        FileType::BlockDevice => "block device",
+        _ => "file of unknown type",
+    }
+}
+
+/// The facts about an open file that decide how it can be mapped.
+#[derive(Clone, Debug)]
+#[allow(dead_code)] // the zero-copy strategies read the rest
+pub(crate) struct Meta {
+    pub(crate) file_type: FileType,
+    /// Size in bytes at the time of the check.
+    pub(crate) size: u64,
+    pub(crate) dev: u64,
+    pub(crate) ino: u64,
+    pub(crate) uid: u32,
+    /// `f_type` of the filesystem.
+    pub(crate) fs_type: i64,
+    /// The fd can be read (`O_RDONLY` or `O_RDWR`, not `O_PATH`).
+    pub(crate) readable: bool,
+    /// The fd can be written (this process itself holds a writer).
+    pub(crate) writable: bool,
+}
+
+impl Meta {
+    pub(crate) fn of(file: &File) -> io::Result<Meta> {
+        let st = fs::fstat(file)?;
+        let sfs = fs::fstatfs(file)?;
+        let fl = fs::fcntl_getfl(file)?;
+        let acc = fl & OFlags::RWMODE;
+        let path = fl.contains(OFlags::PATH);
+        Ok(Meta {
+            file_type: FileType::from_raw_mode(st.st_mode),
+            size: st.st_size as u64,
+            dev: st.st_dev,
+            ino: st.st_ino,
+            uid: st.st_uid,
+            #[allow(clippy::unnecessary_cast)]
+            fs_type: sfs.f_type as i64,
+            readable: !path && (acc == OFlags::RDONLY || acc == OFlags::RDWR),
+            writable: !path && (acc == OFlags::WRONLY || acc == OFlags::RDWR),
+        })
+    }
+
+    /// Filesystems whose regular files have no stable size or contents
+    /// (generated on read).
+    pub(crate) fn is_pseudo_fs(&self) -> bool {
+        use magic::*;
+        matches!(self.fs_type, PROC | SYSFS | DEBUGFS | TRACEFS | CGROUP2)
+    }
+}

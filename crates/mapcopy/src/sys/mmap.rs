@@ -1,0 +1,193 @@
+//! Owned memory mappings.
+#![allow(unsafe_code)]
+
+use std::ffi::c_void;
+use std::io;
+use std::os::fd::AsFd;
+use std::ptr::NonNull;
+
+use rustix::mm::{self, Advice, MapFlags, MprotectFlags, ProtFlags};
+
+/// Alignment and granule of transparent huge pages on x86-64 and arm64 (4 KiB
+/// base pages).
+pub(crate) const HUGE_PAGE: usize = 2 << 20;
+
+/// A mapping this process owns: created by one of the constructors, unmapped
+/// on drop. Nothing else holds its address range, so dropping it cannot pull
+/// memory from under another owner.
+///
+/// Reading the memory is `unsafe` ([`Region::as_slice`]): whether its bytes
+/// can change while a `&[u8]` is alive depends on what the caller put there,
+/// and only the strategy that made it can argue that.
+#[derive(Debug)]
+pub(crate) struct Region {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: a Region is a plain range of address space; the owner decides who
+// reads or writes it, and the kernel objects behind it are not thread-bound.
+unsafe impl Send for Region {}
+// SAFETY: as above; `&Region` gives no access to the memory without `unsafe`.
+unsafe impl Sync for Region {}
+
+impl Region {
+    /// Fresh zero-filled private anonymous memory of `len` bytes (rounded up
+    /// to pages), starting at a multiple of `align` (a power of two, at least
+    /// a page). With `noreserve` the mapping is not charged to overcommit.
+    pub(crate) fn anonymous(
+        len: usize,
+        prot: ProtFlags,
+        noreserve: bool,
+        align: usize,
+    ) -> io::Result<Region> {
+        let page = super::page_size();
+        debug_assert!(align.is_power_of_two() && align >= page);
+        let len = round_up(len.max(1), page).ok_or_else(too_big)?;
+        let extra = align - page;
+        let total = len.checked_add(extra).ok_or_else(too_big)?;
+        let mut flags = MapFlags::PRIVATE;
+        if noreserve {
+            flags |= MapFlags::NORESERVE;
+        }
+        // SAFETY: a new anonymous mapping at an address of the kernel's
+        // choosing aliases nothing that exists.
+        let base =
+            unsafe { mm::mmap_anonymous(std::ptr::null_mut(), total, prot, flags)? } as usize;
+        let start = (base + align - 1) & !(align - 1);
+        let end = start + len;
+        // Trim the slack on both sides so the Region owns exactly [start, end).
+        // SAFETY: both ranges lie inside the mapping just made and are not
+        // referenced by anything.
+        unsafe {
+            if start > base {
+                mm::munmap(base as *mut c_void, start - base)?;
+            }
+            if base + total > end {
+                mm::munmap(end as *mut c_void, base + total - end)?;
+            }
+        }
+        Ok(Region {
+            ptr: NonNull::new(start as *mut u8).expect("mmap returned null"),
+            len,
+        })
+    }
+
+    /// A private (copy-on-write) mapping of `len` bytes of `fd` at page-aligned
+    /// `offset`. Its contents follow the file until each page is written, so
+    /// only a strategy that controls the writers may hand it out.
+    #[allow(dead_code)]
+    pub(crate) fn file_private<Fd: AsFd>(
+        fd: Fd,
+        offset: u64,
+        len: usize,
+        prot: ProtFlags,
+        noreserve: bool,
+    ) -> io::Result<Region> {
+        let len = round_up(len.max(1), super::page_size()).ok_or_else(too_big)?;
+        let mut flags = MapFlags::PRIVATE;
+        if noreserve {
+            flags |= MapFlags::NORESERVE;
+        }
+        // SAFETY: a new mapping at an address of the kernel's choosing
+        // aliases nothing that exists.
+        let ptr = unsafe { mm::mmap(std::ptr::null_mut(), len, prot, flags, fd, offset)? };
+        Ok(Region {
+            ptr: NonNull::new(ptr.cast()).expect("mmap returned null"),
+            len,
+        })
+    }
+
+    /// First byte of the region.
+    #[allow(dead_code)]
+    pub(crate) fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// Length in bytes, a multiple of the page size.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Changes the protection of `[off, off + len)` (page-aligned, inside).
+    pub(crate) fn protect(&self, off: usize, len: usize, prot: MprotectFlags) -> io::Result<()> {
+        self.check(off, len)?;
+        // SAFETY: the range is inside this region (checked); changing its
+        // protection cannot affect memory outside it. Callers that make it
+        // read-only hold no `&mut` into it (they take `&self` here and every
+        // `&mut` view comes from `&mut self`).
+        Ok(unsafe { mm::mprotect(self.ptr.as_ptr().add(off).cast(), len, prot) }?)
+    }
+
+    /// Gives the kernel advice about `[off, off + len)`.
+    pub(crate) fn advise(&self, off: usize, len: usize, advice: Advice) -> io::Result<()> {
+        self.check(off, len)?;
+        // SAFETY: the range is inside this region. The advice values used by
+        // this crate (HUGEPAGE, DONTFORK, POPULATE_*, WILLNEED) never discard
+        // contents; DONTNEED is not used on memory that is borrowed.
+        Ok(unsafe { mm::madvise(self.ptr.as_ptr().add(off).cast(), len, advice) }?)
+    }
+
+    /// The region's bytes.
+    ///
+    /// # Safety
+    /// The caller guarantees that the bytes in `[off, off + len)` do not
+    /// change while the returned slice is alive (nobody writes them, the file
+    /// behind a file mapping is not modified, no fault handler fills them
+    /// with different data) and that reading them cannot fault fatally.
+    pub(crate) unsafe fn as_slice(&self, off: usize, len: usize) -> &[u8] {
+        assert!(
+            off <= self.len && len <= self.len - off,
+            "slice outside region"
+        );
+        // SAFETY: in bounds (asserted) of a live mapping we own; stability is
+        // the caller's promise.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(off), len) }
+    }
+
+    /// The region's bytes, writable.
+    ///
+    /// # Safety
+    /// As [`Region::as_slice`], and `[off, off + len)` is mapped writable.
+    pub(crate) unsafe fn as_mut_slice(&mut self, off: usize, len: usize) -> &mut [u8] {
+        assert!(
+            off <= self.len && len <= self.len - off,
+            "slice outside region"
+        );
+        // SAFETY: in bounds of a mapping we own, borrowed mutably through
+        // `&mut self`, so no other reference to it exists.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(off), len) }
+    }
+
+    fn check(&self, off: usize, len: usize) -> io::Result<()> {
+        if off <= self.len && len <= self.len - off {
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "range outside region",
+            ))
+        }
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: we own the whole range; every slice into it borrowed from
+        // `self` and so has ended.
+        let _ = unsafe { mm::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// `x` rounded up to a multiple of `to` (a power of two), or `None` on
+/// overflow.
+pub(crate) fn round_up(x: usize, to: usize) -> Option<usize> {
+    Some(x.checked_add(to - 1)? & !(to - 1))
+}
+
+fn too_big() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::OutOfMemory,
+        "length overflows the address space",
+    )
+}

@@ -1,0 +1,29 @@
+//! Thin, safe wrappers over the kernel interfaces the strategies use.
+//!
+//! Everything here either wraps a `rustix` call in a type that owns what it
+//! creates (a [`mmap::Region`] unmaps itself) or, where neither `rustix` nor
+//! `libc` offers the interface, defines it once with the kernel header it
+//! comes from. The rest of the crate is `#![deny(unsafe_code)]`.
+
+pub(crate) mod file;
+pub(crate) mod mmap;
+pub(crate) mod procfs;
+
+use std::io;
+
+/// Size of a base page. Linux on every architecture we build for reports it
+/// through the aux vector; rustix caches it.
+pub(crate) fn page_size() -> usize {
+    rustix::param::page_size()
+}
+
+/// Turns a libc-style `-1 and errno` return into `io::Result`, like mio's
+/// `syscall!` macro does, for the few calls rustix lacks.
+#[allow(dead_code)]
+pub(crate) fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
