@@ -1,1 +1,5 @@
-//! Test machinery for mapcopy.
+//! Test machinery for mapcopy, shared by the contract tests, the CLI's demo
+//! and torture commands: writers that run in other processes, fixtures, and
+//! the oracle.
+
+pub mod child;

@@ -1,1 +1,3 @@
-fn main() {}
+fn main() {
+    mapcopy_check::child::dispatch();
+}

@@ -77,6 +77,7 @@ mod options;
 mod probe;
 mod strategy;
 mod sys;
+mod watcher;
 
 pub use error::{Error, ErrorKind};
 pub use map::{MapCopy, MapCopyMut};

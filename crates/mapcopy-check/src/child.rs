@@ -1,0 +1,46 @@
+//! Running a piece of this crate in a separate process.
+//!
+//! The contract says "writes by anyone": the writers in tests, the demo and
+//! the torture run must be other processes, not threads. Every binary that
+//! uses this crate re-executes itself: it calls [`dispatch`] first thing in
+//! `main`, and [`command`] builds a `Command` that runs the named entry point
+//! in a fresh copy of the same executable.
+//!
+//! ```no_run
+//! fn main() {
+//!     mapcopy_check::child::dispatch(); // returns only in the parent
+//!     // ... the program proper
+//! }
+//! ```
+
+use std::process::Command;
+
+/// Environment variable naming the entry point a child runs.
+pub const CHILD_ENV: &str = "MAPCOPY_CHECK_CHILD";
+
+/// If this process was started by [`command`], runs the entry point it names
+/// with the command-line arguments and exits with its status. Otherwise
+/// returns at once.
+pub fn dispatch() {
+    let Ok(name) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let code = match name.as_str() {
+        // Entry points, one line each: "name" => module::child_main(&args),
+        other => {
+            eprintln!("mapcopy-check: unknown child entry point {other:?}");
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+/// A `Command` that runs entry point `name` with `args` in a new process
+/// (this same executable, re-executed).
+pub fn command(name: &str, args: &[String]) -> Command {
+    let exe = std::env::current_exe().expect("path of the running executable");
+    let mut cmd = Command::new(exe);
+    cmd.env(CHILD_ENV, name).args(args);
+    cmd
+}
