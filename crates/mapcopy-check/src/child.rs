@@ -7,10 +7,8 @@
 //! in a fresh copy of the same executable.
 //!
 //! ```no_run
-//! fn main() {
-//!     mapcopy_check::child::dispatch(); // returns only in the parent
-//!     // ... the program proper
-//! }
+//! mapcopy_check::child::dispatch(); // returns only in the parent
+//! // ... the program proper
 //! ```
 
 use std::process::Command;
@@ -28,6 +26,11 @@ pub fn dispatch() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let code = match name.as_str() {
         // Entry points, one line each: "name" => module::child_main(&args),
+        "echo" => {
+            // Prints its arguments: lets a test prove the re-exec works.
+            println!("{}", args.join(" "));
+            0
+        }
         other => {
             eprintln!("mapcopy-check: unknown child entry point {other:?}");
             2
