@@ -40,8 +40,9 @@ pub struct Probe {
 pub struct StrategyProbe {
     /// Which strategy.
     pub strategy: Strategy,
-    /// `Ok(())` if it can keep the contract here, else the reason it cannot.
-    pub usable: Result<(), String>,
+    /// `Ok` with what makes it usable if it can keep the contract here, else
+    /// `Err` with the reason it cannot.
+    pub usable: Result<String, String>,
 }
 
 /// Detects which strategies can map `path` (or any file, with `None`) in
@@ -52,7 +53,7 @@ pub struct StrategyProbe {
 /// let p = mapcopy::probe(Some(tmp.path()));
 /// for s in &p.strategies {
 ///     match &s.usable {
-///         Ok(()) => println!("{}: usable", s.strategy),
+///         Ok(how) => println!("{}: usable ({how})", s.strategy),
 ///         Err(why) => println!("{}: not usable: {why}", s.strategy),
 ///     }
 /// }
@@ -125,7 +126,7 @@ impl fmt::Display for Probe {
         }
         for s in &self.strategies {
             match &s.usable {
-                Ok(()) => writeln!(f, "  {:<8} usable", s.strategy.name())?,
+                Ok(how) => writeln!(f, "  {:<8} usable: {how}", s.strategy.name())?,
                 Err(why) => writeln!(f, "  {:<8} no: {why}", s.strategy.name())?,
             }
         }

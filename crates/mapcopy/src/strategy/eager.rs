@@ -20,18 +20,23 @@ use crate::Error;
 use crate::sys::mmap::{HUGE_PAGE, Region};
 use crate::sys::procfs;
 
-pub(crate) fn check(req: Option<&Request<'_>>) -> Result<(), String> {
-    let Some(req) = req else { return Ok(()) };
+pub(crate) fn check(req: Option<&Request<'_>>) -> Result<String, String> {
+    let Some(req) = req else {
+        return Ok("needs nothing but memory for the whole range".into());
+    };
     fits_in_memory(req.map_len() as u64)
 }
 
-fn fits_in_memory(len: u64) -> Result<(), String> {
+fn fits_in_memory(len: u64) -> Result<String, String> {
     match procfs::memory_available() {
         Some(avail) if len > avail => Err(format!(
             "copying {len} bytes needs more memory than the machine has available ({avail} bytes); \
              use a strategy that copies only touched pages (lazy, guard, lease, reflink) or map a smaller range"
         )),
-        _ => Ok(()),
+        Some(avail) => Ok(format!(
+            "{len} bytes to copy, {avail} bytes of memory available"
+        )),
+        None => Ok(format!("{len} bytes to copy (memory available unknown)")),
     }
 }
 

@@ -3,7 +3,7 @@
 use super::{Request, Snapshot, Strategy};
 use crate::Error;
 
-pub(crate) fn check(_req: Option<&Request<'_>>) -> Result<(), String> {
+pub(crate) fn check(_req: Option<&Request<'_>>) -> Result<String, String> {
     Err("not implemented yet".into())
 }
 

@@ -2,9 +2,10 @@
 //!
 //! Each strategy module has the same two entry points:
 //!
-//! * `check(target) -> Result<(), String>`: can it keep the contract for
-//!   this process and kernel (`target` = `None`) or for this file (`Some`)?
-//!   `Err` carries the reason, worded for a user.
+//! * `check(target) -> Result<String, String>`: can it keep the contract
+//!   for this process and kernel (`target` = `None`) or for this file
+//!   (`Some`)? `Ok` says what it found that makes it usable (for `probe`),
+//!   `Err` the reason it is not, both worded for a user.
 //! * `map(request) -> Result<Box<dyn Snapshot>, Error>`: make the mapping.
 //!
 //! A strategy never calls into another; shared machinery lives in `sys`.
@@ -135,10 +136,11 @@ pub(crate) trait Snapshot: Send + Sync + fmt::Debug {
     fn bytes_mut(&mut self) -> &mut [u8];
 }
 
-/// Is `s` able to map this request? `Err` is the reason why not.
-pub(crate) fn check(s: Strategy, req: Option<&Request<'_>>) -> Result<(), String> {
+/// Is `s` able to map this request? `Ok` says on what grounds, `Err` why
+/// not.
+pub(crate) fn check(s: Strategy, req: Option<&Request<'_>>) -> Result<String, String> {
     match s {
-        Strategy::Auto => Ok(()),
+        Strategy::Auto => Ok("picks among the others".into()),
         Strategy::Guard => guard::check(req),
         Strategy::Lease => lease::check(req),
         Strategy::Reflink => reflink::check(req),
@@ -170,7 +172,7 @@ pub(crate) fn choose(req: Option<&Request<'_>>) -> (Option<Strategy>, Vec<(Strat
     let mut passed = Vec::new();
     for &s in auto_order() {
         match check(s, req) {
-            Ok(()) => return (Some(s), passed),
+            Ok(_) => return (Some(s), passed),
             Err(why) => passed.push((s, why)),
         }
     }
