@@ -1,15 +1,1086 @@
-//! The `Guard` strategy (not implemented yet: see DESIGN §2).
+//! `Guard`: share the page cache, copy a page only when a writer is about to
+//! change it.
+//!
+//! The mapping is a `MAP_PRIVATE` mapping of the file (`PROT_READ |
+//! PROT_WRITE`, `MAP_NORESERVE`, so a huge sparse file reserves nothing).
+//! Until a page is written it is the page cache's page. One fanotify group
+//! per process (`FAN_CLASS_PRE_CONTENT`) holds an inode mark
+//! (`FAN_PRE_ACCESS | FAN_OPEN_PERM`) on every guarded file; the kernel
+//! stops every later reader, writer, truncater and mapper of the file before
+//! it touches the data and waits for this process's answer. The answer comes
+//! from the per-process watcher thread ([`crate::watcher`]):
+//!
+//! * the event does not say read or write, so the task's syscall
+//!   (`/proc/TID/syscall`) and its fd's flags (`/proc/TID/fdinfo/FD`) do:
+//!   reads, `pread`, `MAP_PRIVATE` mmaps and read-only opens are allowed at
+//!   once;
+//! * before a write, `fallocate`, `copy_file_range`, clone or dedupe into the
+//!   file, the pages it will touch are copied into private pages of every
+//!   guarded mapping of the inode (`MADV_POPULATE_WRITE`), then it is
+//!   allowed. An `O_APPEND` write also copies the page holding the end of
+//!   the file (the event names the file position, not the end); a truncate
+//!   copies everything from the page of the new size to the end of each
+//!   mapping (the event names one page); `open(O_TRUNC)` and a `MAP_SHARED`
+//!   mmap through a writable fd (its stores raise nothing) copy the whole
+//!   mapping; anything that cannot be classified (task gone, `/proc`
+//!   unreadable, io_uring, unknown syscalls) copies from the reported offset
+//!   to the end, which covers writes, appends and truncation alike.
+//!
+//! Events are armed per open file at open time, so a file opened for
+//! writing *before* the mark would write unseen: after the mark is placed
+//! (and again for every mapping) a read lease is tried, which the kernel
+//! refuses while any writable fd exists; then the writer is reported as
+//! [`crate::ErrorKind::Unsupported`].
+//!
+//! Failure: if the watcher fails, [`Source::shutdown`] first copies every
+//! page of every guarded mapping, then releases the group, so the kernel
+//! allows whatever is pending: no writer hangs, no snapshot is lost. A forked
+//! child does not inherit guarded mappings (`MADV_DONTFORK`, as for `Lazy`)
+//! and drops its copy of the group fd at once (a `pthread_atfork` handler),
+//! so a child that outlives its parent never holds writers up.
+#![allow(unsafe_code)]
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Once, PoisonError};
+
+use rustix::mm::{Advice, ProtFlags};
 
 use super::{Request, Snapshot, Strategy};
 use crate::Error;
+use crate::sys::fanotify::{self, Event, FAN_PRE_ACCESS, Group, LeaseProbe, Response};
+use crate::sys::mmap::Region;
+use crate::sys::proc_pid::{self, FdInfo, Syscall};
+use crate::sys::{self, file};
+use crate::watcher::{self, Registration, Source};
 
-pub(crate) fn check(_req: Option<&Request<'_>>) -> Result<String, String> {
-    Err("not implemented yet".into())
+/// Events the guard asks for on every guarded inode.
+const MASK: u64 = FAN_PRE_ACCESS | libc::FAN_OPEN_PERM;
+
+/// `fanotify_init` flags: permission events before content access, tids in
+/// events (the syscall of the *thread* is what tells read from write),
+/// never drop or limit (an overflowed permission event would be lost).
+const INIT_FLAGS: libc::c_uint = libc::FAN_CLASS_PRE_CONTENT
+    | libc::FAN_CLOEXEC
+    | libc::FAN_NONBLOCK
+    | libc::FAN_REPORT_TID
+    | libc::FAN_UNLIMITED_QUEUE
+    | libc::FAN_UNLIMITED_MARKS;
+
+/// Flags of the fd delivered with each event (read-only, opened by the
+/// kernel without notification, so reading it cannot raise events).
+const EVENT_F_FLAGS: libc::c_uint = (libc::O_RDONLY | libc::O_LARGEFILE | libc::O_CLOEXEC) as _;
+
+/// First kernel with `FAN_PRE_ACCESS`.
+const MIN_KERNEL: (u32, u32) = (6, 14);
+
+/// How many times `map` retries when the file shrinks between its `fstat`
+/// and its registration.
+const MAP_RETRIES: usize = 8;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+// ---------------------------------------------------------------------------
+// check
+
+pub(crate) fn check(req: Option<&Request<'_>>) -> Result<String, String> {
+    let kernel = kernel_ok()?;
+    // A throwaway group proves the capability (CAP_SYS_ADMIN) and the
+    // group class; a throwaway mark on the file proves the filesystem.
+    let probe = Group::new(INIT_FLAGS, EVENT_F_FLAGS).map_err(|e| match e.raw_os_error() {
+        Some(libc::EPERM) => "needs CAP_SYS_ADMIN for fanotify permission events (run as root or grant the capability)".to_string(),
+        _ => format!("the kernel refused a pre-content fanotify group: {e}"),
+    })?;
+    let Some(req) = req else {
+        return Ok(format!(
+            "kernel {kernel} has FAN_PRE_ACCESS and this process may create pre-content fanotify groups (CAP_SYS_ADMIN); needs a filesystem that allows pre-content marks (ext4, xfs, btrfs)"
+        ));
+    };
+    let fs = file::fs_name(req.meta.fs_type);
+    if req.writable {
+        return Err(MAP_MUT.into());
+    }
+    if req.meta.writable {
+        return Err("the file descriptor passed in is open for writing: writes through an fd opened before the guard armed raise no events; pass a read-only File".into());
+    }
+    probe
+        .mark_inode(req.file.as_fd(), MASK, false)
+        .map_err(|e| format!("{fs} refuses pre-content fanotify marks ({e})"))?;
+    drop(probe);
+    let fd = reopen(req.file)
+        .map_err(|e| format!("cannot open a second read-only fd of the file: {e}"))?;
+    match fanotify::try_read_lease(fd.as_fd()) {
+        Ok(LeaseProbe::NoWriter) => Ok(format!(
+            "kernel {kernel}, CAP_SYS_ADMIN, {fs} allows pre-content marks, and no writer holds the file open (read lease granted)"
+        )),
+        Ok(LeaseProbe::WriterExists) => Err(WRITER_OPEN.into()),
+        Err(e) => Err(format!(
+            "cannot prove that no writer holds the file open (read lease refused: {e})"
+        )),
+    }
+}
+
+const MAP_MUT: &str = "guard maps read-only (map, not map_mut): a truncation by another process unmaps even private copies of file pages, so the owner's own stores could be lost";
+
+const WRITER_OPEN: &str = "file is open for writing by another process (a read lease was refused); its writes would raise no events";
+
+fn kernel_ok() -> Result<String, String> {
+    let uname = rustix::system::uname();
+    let release = uname.release().to_string_lossy().into_owned();
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major: u32 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let minor: u32 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    if (major, minor) < MIN_KERNEL {
+        return Err(format!(
+            "kernel {release} predates fanotify pre-content events (FAN_PRE_ACCESS, Linux {}.{})",
+            MIN_KERNEL.0, MIN_KERNEL.1
+        ));
+    }
+    Ok(release)
+}
+
+/// A fresh read-only open file description of the same file (through
+/// `/proc/self/fd`), so that the lease probe and the inode mark use an fd
+/// that this crate owns and that was opened before the mark (unarmed).
+fn reopen(file: &std::fs::File) -> io::Result<OwnedFd> {
+    let path = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    match fanotify::open_raw(&path, libc::O_RDONLY | libc::O_LARGEFILE | libc::O_NOCTTY) {
+        Ok(fd) => Ok(fd),
+        // Without /proc, share the caller's description.
+        Err(_) => file.as_fd().try_clone_to_owned(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// the per-process group
+
+/// One guarded mapping: a region whose first `file_len` bytes map the file
+/// at `offset` privately and whose rest is anonymous (past the end of the
+/// file at map time: zeros, never SIGBUS).
+struct Mapping {
+    region: Region,
+    offset: u64,
+    /// Bytes at the start of `region` still mapped from the file; the rest
+    /// is anonymous. Only shrinks, only under `Guards::inodes`.
+    file_len: AtomicUsize,
+}
+
+impl fmt::Debug for Mapping {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mapping")
+            .field("ptr", &self.region.as_ptr())
+            .field("len", &self.region.len())
+            .field("offset", &self.offset)
+            .field("file_len", &self.file_len.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl Mapping {
+    /// Copies the file pages of `[start, end)` (file offsets) that this
+    /// mapping holds into private pages. Pages already private stay as
+    /// they are.
+    fn copy(&self, start: u64, end: u64) -> io::Result<()> {
+        let page = sys::page_size() as u64;
+        let lo = (start & !(page - 1)).max(self.offset);
+        let hi = end
+            .saturating_add(page - 1)
+            .min(self.offset + self.file_len() as u64)
+            & !(page - 1);
+        if lo >= hi {
+            return Ok(());
+        }
+        let off = (lo - self.offset) as usize;
+        let len = (hi - lo) as usize;
+        loop {
+            match self.region.advise(off, len, Advice::LinuxPopulateWrite) {
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) if e.raw_os_error() == Some(libc::EFAULT) => return self.copy_pages(off, len),
+                r => return r,
+            }
+        }
+    }
+
+    /// Page by page, replacing pages that lie past the end of the file
+    /// (EFAULT: a shrink slipped past) by zeros instead of failing.
+    fn copy_pages(&self, off: usize, len: usize) -> io::Result<()> {
+        let page = sys::page_size();
+        for p in (off..off + len).step_by(page) {
+            match self.region.advise(p, page, Advice::LinuxPopulateWrite) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EFAULT) => {
+                    // SAFETY: [p, p + page) lies inside our own region; the
+                    // page is past the end of the file, so its contents were
+                    // unreadable (a read would have raised SIGBUS) and no
+                    // reference can observe a change; MAP_FIXED replaces
+                    // exactly that range with zero-filled anonymous memory.
+                    let r = unsafe {
+                        rustix::mm::mmap_anonymous(
+                            self.region.as_ptr().add(p).cast(),
+                            page,
+                            ProtFlags::READ | ProtFlags::WRITE,
+                            rustix::mm::MapFlags::PRIVATE
+                                | rustix::mm::MapFlags::FIXED
+                                | rustix::mm::MapFlags::NORESERVE,
+                        )
+                    };
+                    r?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn file_len(&self) -> usize {
+        self.file_len.load(Ordering::Relaxed)
+    }
+
+    /// Copies every file page of the mapping.
+    fn copy_all(&self) -> io::Result<()> {
+        self.copy(0, u64::MAX)
+    }
+
+    /// Moves the file pages from file offset `from` on out of the file
+    /// mapping into anonymous memory with the same contents. Needed before
+    /// a truncation: it unmaps even private copies of file pages
+    /// (`unmap_mapping_range(..., even_cows = 1)`), so a copy made by
+    /// `MADV_POPULATE_WRITE` alone would turn into SIGBUS.
+    fn detach(&self, from: u64) -> io::Result<()> {
+        let page = sys::page_size() as u64;
+        let file_len = self.file_len();
+        let lo = (from & !(page - 1)).max(self.offset);
+        let end = self.offset + file_len as u64;
+        if lo >= end {
+            return Ok(());
+        }
+        // Make every page present and private first (pages already past
+        // the end become zeros), so that the copy below cannot fault.
+        self.copy(lo, end)?;
+        let off = (lo - self.offset) as usize;
+        let len = file_len - off;
+        let rw = ProtFlags::READ | ProtFlags::WRITE;
+        let tmp = Region::anonymous(len, rw, true, sys::page_size())?;
+        // SAFETY: both ranges are inside live mappings we own and do not
+        // overlap (`tmp` is new); the source pages are present and private
+        // (populated above), so reading them cannot fault; `tmp` is not
+        // shared with anybody.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.region.as_ptr().add(off), tmp.as_ptr(), len);
+        }
+        // SAFETY: moves `tmp`'s pages over [off, off + len) of our own
+        // region, replacing that range atomically with identical contents
+        // (readers see the same bytes before and after). `tmp` is
+        // forgotten: its range now belongs to `self.region`.
+        let r = unsafe {
+            rustix::mm::mremap_fixed(
+                tmp.as_ptr().cast(),
+                len,
+                len,
+                rustix::mm::MremapFlags::MAYMOVE,
+                self.region.as_ptr().add(off).cast(),
+            )
+        };
+        r?;
+        std::mem::forget(tmp);
+        self.file_len.store(off, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Everything guarded for one inode.
+struct Inode {
+    /// Our own read-only fd of the file, opened before the mark: the mark is
+    /// removed through it and the lease probe runs on it.
+    fd: Arc<OwnedFd>,
+    maps: Vec<Arc<Mapping>>,
+    /// `map` calls between placing/reusing the mark and registering.
+    pending: usize,
+}
+
+/// The process's fanotify group and what it guards.
+struct Guards {
+    pid: rustix::process::Pid,
+    group: Group,
+    devnull: OwnedFd,
+    inodes: Mutex<HashMap<(u64, u64), Inode>>,
+    /// Set (under `inodes`) once `shutdown` has snapshotted everything and
+    /// released the group: nothing may register any more.
+    dead: AtomicBool,
+    buf: Mutex<Vec<u64>>,
+}
+
+/// The live group of this process and its watcher registration.
+static CURRENT: Mutex<Option<(Arc<Guards>, Registration)>> = Mutex::new(None);
+/// Raw fds for the fork handler (which may not take locks).
+static GROUP_FD: AtomicI32 = AtomicI32::new(-1);
+static DEVNULL_FD: AtomicI32 = AtomicI32::new(-1);
+static AT_FORK: Once = Once::new();
+
+extern "C" fn child_after_fork() {
+    let g = GROUP_FD.load(Ordering::Relaxed);
+    let n = DEVNULL_FD.load(Ordering::Relaxed);
+    if g >= 0 && n >= 0 {
+        Group::detach_raw(g, n);
+    }
+}
+
+fn guards() -> Result<Arc<Guards>, Error> {
+    let mut cur = lock(&CURRENT);
+    let pid = rustix::process::getpid();
+    if let Some((g, _)) = cur.as_ref() {
+        if g.pid == pid && !g.dead.load(Ordering::Acquire) {
+            return Ok(g.clone());
+        }
+    }
+    if let Some(old) = cur.take() {
+        if old.0.pid != pid {
+            // Inherited through fork: its fd is /dev/null here already, and
+            // its registration belongs to the parent's watcher.
+            std::mem::forget(old);
+        }
+    }
+    let group = Group::new(INIT_FLAGS, EVENT_F_FLAGS)
+        .map_err(|e| Error::unsupported(Strategy::Guard, format!("fanotify_init: {e}")))?;
+    let devnull = fanotify::open_raw(c"/dev/null", libc::O_RDONLY)
+        .map_err(|e| Error::io("opening /dev/null", e))?;
+    let g = Arc::new(Guards {
+        pid,
+        group,
+        devnull,
+        inodes: Mutex::new(HashMap::new()),
+        dead: AtomicBool::new(false),
+        buf: Mutex::new(vec![0u64; 4096 / 8 * 4]),
+    });
+    let reg = watcher::register(g.clone())
+        .map_err(|e| Error::io("registering the fanotify group with the watcher", e))?;
+    GROUP_FD.store(g.group.as_fd().as_raw_fd(), Ordering::Relaxed);
+    DEVNULL_FD.store(g.devnull.as_raw_fd(), Ordering::Relaxed);
+    let mut fork_err = None;
+    AT_FORK.call_once(|| fork_err = fanotify::at_fork_child(child_after_fork).err());
+    if let Some(e) = fork_err {
+        return Err(Error::io("registering the fork handler", e));
+    }
+    *cur = Some((g.clone(), reg));
+    Ok(g)
+}
+
+impl Source for Guards {
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.group.as_fd()
+    }
+
+    fn ready(&self) {
+        let mut buf = lock(&self.buf);
+        loop {
+            let events = match self.group.read_events(&mut buf) {
+                Ok(ev) => ev,
+                // Panicking makes the watcher call `shutdown`, which keeps
+                // every snapshot and lets the pending writers go.
+                Err(e) => panic!("reading fanotify events: {e}"),
+            };
+            if events.is_empty() {
+                return;
+            }
+            for ev in events {
+                self.serve(ev);
+            }
+        }
+    }
+
+    fn shutdown(&self) {
+        let mut inodes = lock(&self.inodes);
+        for inode in inodes.values() {
+            for m in &inode.maps {
+                if let Err(e) = m.detach(0) {
+                    // Cannot keep the snapshot without the watcher: the
+                    // watcher aborts the process on this panic.
+                    panic!("copying a guarded mapping before giving up the guard: {e}");
+                }
+            }
+        }
+        self.dead.store(true, Ordering::Release);
+        inodes.clear();
+        drop(inodes);
+        Group::detach_raw(self.group.as_fd().as_raw_fd(), self.devnull.as_raw_fd());
+    }
+
+    fn name(&self) -> &'static str {
+        "guard (fanotify)"
+    }
+}
+
+impl Guards {
+    /// Classifies one event, copies what it needs, answers it.
+    fn serve(&self, ev: Event) {
+        let Some(fd) = ev.fd.as_ref() else {
+            // FAN_NOFD: a queue overflow notice (cannot happen with an
+            // unlimited queue; permission events are never dropped).
+            return;
+        };
+        let response = match rustix::fs::fstat(fd) {
+            Ok(st) => {
+                let action = classify(&ev, st.st_ino, st.st_size as u64, &Proc);
+                if std::env::var_os("MAPCOPY_GUARD_DEBUG").is_some() {
+                    eprintln!("guard event {:#x} pid {} range {:?} sc {:?} -> {:?}", ev.mask, ev.pid, ev.range, proc_pid::syscall(ev.pid), action);
+                }
+                self.apply(Some((st.st_dev, st.st_ino)), &action)
+            }
+            // Cannot tell which file: protect every one.
+            Err(_) => self.apply(None, &Action::Shrink(0)),
+        };
+        // An errno in a deny is only accepted for pre-content events.
+        let response = match response {
+            Response::Deny(_) if ev.mask & FAN_PRE_ACCESS == 0 => Response::Deny(0),
+            r => r,
+        };
+        match self.group.respond(fd.as_raw_fd(), response) {
+            // ENOENT: the task was killed while waiting; nothing to answer.
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            // Never leave a writer waiting: fall back to a plain answer.
+            Err(_) => {
+                if self.group.respond(fd.as_raw_fd(), Response::Deny(0)).is_err() {
+                    let _ = self.group.respond(fd.as_raw_fd(), Response::Allow);
+                }
+            }
+        }
+    }
+
+    /// Copies the ranges of `action` in every mapping of `key` (or of every
+    /// inode with `None`).
+    fn apply(&self, key: Option<(u64, u64)>, action: &Action) -> Response {
+        let ranges: &[(u64, u64)] = match action {
+            Action::Allow => return Response::Allow,
+            Action::Copy(r) => r,
+            Action::Shrink(_) => &[],
+        };
+        let inodes = lock(&self.inodes);
+        let mut result = Response::Allow;
+        let mut run = |inode: &Inode| {
+            for m in &inode.maps {
+                let mut r = Ok(());
+                for &(start, end) in ranges {
+                    r = r.and_then(|()| m.copy(start, end));
+                }
+                if let Action::Shrink(from) = action {
+                    r = r.and_then(|()| m.detach(*from));
+                }
+                if let Err(e) = r {
+                    // The pages cannot be kept (out of memory): refuse the
+                    // access rather than let it change the snapshot.
+                    eprintln!(
+                        "mapcopy: guard could not copy pages before a modification ({e}); denying it"
+                    );
+                    result = Response::Deny(libc::EIO);
+                }
+            }
+        };
+        match key {
+            Some(k) => {
+                if let Some(i) = inodes.get(&k) {
+                    run(i)
+                }
+            }
+            None => inodes.values().for_each(run),
+        }
+        result
+    }
+}
+
+// ---------------------------------------------------------------------------
+// classification
+
+/// What to do before allowing an event: nothing, copy these file ranges
+/// (`[start, end)`, `end` may be `u64::MAX` = to the end of every mapping),
+/// or (`Shrink`) move everything from this offset on out of the file
+/// mapping: the file may get shorter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Action {
+    Allow,
+    Copy(Vec<(u64, u64)>),
+    Shrink(u64),
+}
+
+const ALL: (u64, u64) = (0, u64::MAX);
+
+/// Where classification looks up the writer (a trait so tests can fake it).
+trait Lookup {
+    fn syscall(&self, tid: i32) -> Option<Syscall>;
+    fn fdinfo(&self, tid: i32, fd: u64) -> Option<FdInfo>;
+    fn read_u64(&self, tid: i32, addr: u64) -> Option<u64>;
+}
+
+/// The real thing: `/proc`.
+struct Proc;
+
+impl Lookup for Proc {
+    fn syscall(&self, tid: i32) -> Option<Syscall> {
+        proc_pid::syscall(tid)
+    }
+    fn fdinfo(&self, tid: i32, fd: u64) -> Option<FdInfo> {
+        proc_pid::fdinfo(tid, fd)
+    }
+    fn read_u64(&self, tid: i32, addr: u64) -> Option<u64> {
+        proc_pid::read_u64(tid, addr)
+    }
+}
+
+/// Decides what event `ev` on inode `ino` (current size `size`) needs.
+fn classify(ev: &Event, ino: u64, size: u64, look: &dyn Lookup) -> Action {
+    let sc = look.syscall(ev.pid);
+    if ev.mask & libc::FAN_OPEN_PERM != 0 {
+        return classify_open(ev.pid, sc, look);
+    }
+    if ev.mask & FAN_PRE_ACCESS == 0 {
+        // Not something we asked for; be safe.
+        return Action::Shrink(0);
+    }
+    let (start, count) = ev.range.unwrap_or((0, u64::MAX));
+    let end = start.saturating_add(count);
+    // Unknown: covers a write at the range, an append (at or after the
+    // position) and a truncation to a size in the range.
+    let unknown = Action::Shrink(start);
+    let Some(sc) = sc else { return unknown };
+    let a = sc.args;
+    let ours = |fd: u64| look.fdinfo(ev.pid, fd).is_none_or(|i| i.ino == ino);
+    let write = |fd: u64| {
+        let append = look
+            .fdinfo(ev.pid, fd)
+            .is_none_or(|i| i.flags & libc::O_APPEND != 0);
+        let mut r = vec![(start, end)];
+        if append {
+            r.push((size, size.saturating_add(count)));
+            r.push((size.saturating_sub(1), size));
+        }
+        Action::Copy(r)
+    };
+    match sc.nr {
+        libc::SYS_read
+        | libc::SYS_pread64
+        | libc::SYS_readv
+        | libc::SYS_preadv
+        | libc::SYS_preadv2
+        | libc::SYS_readahead
+        | libc::SYS_execve
+        | libc::SYS_execveat => Action::Allow,
+        // Data flows from in to out; only the out side writes.
+        libc::SYS_sendfile => copy_if(ours(a[0]), (start, end)),
+        libc::SYS_splice | libc::SYS_copy_file_range => copy_if(ours(a[2]), (start, end)),
+        libc::SYS_write
+        | libc::SYS_pwrite64
+        | libc::SYS_writev
+        | libc::SYS_pwritev
+        | libc::SYS_pwritev2 => write(a[0]),
+        libc::SYS_fallocate => {
+            let mode = a[1] as i32;
+            if mode & (libc::FALLOC_FL_COLLAPSE_RANGE | libc::FALLOC_FL_INSERT_RANGE) != 0 {
+                // Shifts everything after the offset.
+                Action::Shrink(start.min(a[2]))
+            } else {
+                Action::Copy(vec![(start, end)])
+            }
+        }
+        libc::SYS_ftruncate | libc::SYS_truncate => {
+            Action::Shrink(start.min(a[1]))
+        }
+        libc::SYS_mmap => {
+            let shared = a[3] as i32 & libc::MAP_SHARED != 0;
+            let writable = look.fdinfo(ev.pid, a[4]).is_none_or(|i| i.writable());
+            if shared && writable {
+                // Its stores will raise nothing: copy everything now.
+                Action::Copy(vec![ALL])
+            } else {
+                Action::Allow
+            }
+        }
+        libc::SYS_ioctl => {
+            let req = a[1] as u32;
+            if req == linux_raw_sys::ioctl::FICLONE || req == linux_raw_sys::ioctl::FICLONERANGE {
+                // The ioctl's fd is the destination.
+                if ours(a[0]) {
+                    Action::Shrink(start)
+                } else {
+                    Action::Allow
+                }
+            } else if req == linux_raw_sys::ioctl::FIDEDUPERANGE {
+                Action::Copy(vec![(start, end)])
+            } else {
+                unknown
+            }
+        }
+        _ => unknown,
+    }
+}
+
+fn copy_if(cond: bool, range: (u64, u64)) -> Action {
+    if cond {
+        Action::Copy(vec![range])
+    } else {
+        Action::Allow
+    }
+}
+
+/// `FAN_OPEN_PERM`: only `O_TRUNC` changes data at open time; every later
+/// access through the new fd raises its own pre-content events.
+fn classify_open(tid: i32, sc: Option<Syscall>, look: &dyn Lookup) -> Action {
+    let Some(sc) = sc else {
+        return Action::Shrink(0);
+    };
+    let flags: Option<u64> = match sc.nr {
+        #[cfg(target_arch = "x86_64")]
+        libc::SYS_open => Some(sc.args[1]),
+        #[cfg(target_arch = "x86_64")]
+        libc::SYS_creat => Some(libc::O_TRUNC as u64),
+        libc::SYS_openat => Some(sc.args[2]),
+        libc::SYS_open_by_handle_at => Some(sc.args[2]),
+        // struct open_how { __u64 flags; ... }
+        libc::SYS_openat2 => look.read_u64(tid, sc.args[2]),
+        libc::SYS_execve | libc::SYS_execveat => Some(0),
+        _ => None,
+    };
+    match flags {
+        Some(f) if f as i32 & libc::O_TRUNC == 0 => Action::Allow,
+        _ => Action::Shrink(0),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// map
+
 pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
+    let unsupported = |why: String| Error::unsupported(Strategy::Guard, why);
+    kernel_ok().map_err(unsupported)?;
+    if req.writable {
+        return Err(unsupported(MAP_MUT.into()));
+    }
+    if req.meta.writable {
+        return Err(unsupported(
+            "the file descriptor passed in is open for writing: writes through an fd opened before the guard armed raise no events; pass a read-only File".into(),
+        ));
+    }
+    let g = guards()?;
+    let key = (req.meta.dev, req.meta.ino);
+    let fd = arm(&g, req, key)?;
+    let result = map_armed(&g, req, key, &fd);
+    {
+        let mut inodes = lock(&g.inodes);
+        if let Some(i) = inodes.get_mut(&key) {
+            i.pending -= 1;
+        }
+        release_if_unused(&g, &mut inodes, key);
+    }
+    result
+}
+
+/// Makes sure the inode carries the group's mark; returns our fd of it.
+/// Counts as a pending `map` until [`map`] decrements it.
+fn arm(g: &Arc<Guards>, req: &Request<'_>, key: (u64, u64)) -> Result<Arc<OwnedFd>, Error> {
+    if let Some(i) = lock(&g.inodes).get_mut(&key) {
+        i.pending += 1;
+        return Ok(i.fd.clone());
+    }
+    // Opened before the mark exists, so it is unarmed: mapping and leasing
+    // through it raise no events of our own.
+    let fd = reopen(req.file).map_err(|e| Error::io("re-opening the file read-only", e))?;
+    let mut inodes = lock(&g.inodes);
+    if g.dead.load(Ordering::Acquire) {
+        return Err(Error::unsupported(
+            Strategy::Guard,
+            "the guard's watcher failed; map again",
+        ));
+    }
+    if let Some(i) = inodes.get_mut(&key) {
+        i.pending += 1;
+        return Ok(i.fd.clone());
+    }
+    g.group.mark_inode(fd.as_fd(), MASK, false).map_err(|e| {
+        Error::unsupported(
+            Strategy::Guard,
+            format!(
+                "{} refuses pre-content fanotify marks ({e})",
+                file::fs_name(req.meta.fs_type)
+            ),
+        )
+    })?;
+    let fd = Arc::new(fd);
+    inodes.insert(
+        key,
+        Inode {
+            fd: fd.clone(),
+            maps: Vec::new(),
+            pending: 1,
+        },
+    );
+    Ok(fd)
+}
+
+/// Drops the inode's entry and mark when nothing uses them any more.
+fn release_if_unused(g: &Guards, inodes: &mut HashMap<(u64, u64), Inode>, key: (u64, u64)) {
+    let unused = inodes
+        .get(&key)
+        .is_some_and(|i| i.maps.is_empty() && i.pending == 0);
+    if unused {
+        let i = inodes.remove(&key).expect("present");
+        if !g.dead.load(Ordering::Acquire) {
+            let _ = g.group.mark_inode(i.fd.as_fd(), MASK, true);
+        }
+    }
+}
+
+fn map_armed(
+    g: &Arc<Guards>,
+    req: &Request<'_>,
+    key: (u64, u64),
+    fd: &Arc<OwnedFd>,
+) -> Result<Box<dyn Snapshot>, Error> {
+    let page = sys::page_size() as u64;
+    let map_len = req.map_len();
+    for _ in 0..MAP_RETRIES {
+        let size = rustix::fs::fstat(&**fd)
+            .map_err(|e| Error::io("inspecting the file (fstat)", e))?
+            .st_size as u64;
+        let file_len = file_part(req.offset, map_len, size, page);
+        let m = Arc::new(make_region(fd, req.offset, map_len, file_len)?);
+        {
+            let mut inodes = lock(&g.inodes);
+            if g.dead.load(Ordering::Acquire) {
+                return Err(Error::unsupported(
+                    Strategy::Guard,
+                    "the guard's watcher failed; map again",
+                ));
+            }
+            inodes
+                .get_mut(&key)
+                .expect("armed inode")
+                .maps
+                .push(m.clone());
+        }
+        let unregister = || {
+            let mut inodes = lock(&g.inodes);
+            if let Some(i) = inodes.get_mut(&key) {
+                i.maps.retain(|x| !Arc::ptr_eq(x, &m));
+            }
+        };
+        // From here every modification raises an event that copies into
+        // `m` first. Prove that none is already under way or possible
+        // unseen: any in-flight write, truncate or O_TRUNC open, and any
+        // fd opened for writing before the mark, holds write access.
+        match fanotify::try_read_lease(fd.as_fd()) {
+            Ok(LeaseProbe::NoWriter) => {}
+            Ok(LeaseProbe::WriterExists) => {
+                unregister();
+                return Err(Error::unsupported(Strategy::Guard, WRITER_OPEN));
+            }
+            Err(e) => {
+                unregister();
+                return Err(Error::unsupported(
+                    Strategy::Guard,
+                    format!("cannot prove that no writer holds the file open (read lease: {e})"),
+                ));
+            }
+        }
+        // A shrink that completed between the fstat and the lease would
+        // leave file pages of `m` past the end (SIGBUS): map again.
+        let now = rustix::fs::fstat(&**fd)
+            .map_err(|e| Error::io("inspecting the file (fstat)", e))?
+            .st_size as u64;
+        if file_part(req.offset, map_len, now, page) < file_len {
+            unregister();
+            continue;
+        }
+        if req.populate {
+            if let Err(e) = m.copy_all() {
+                unregister();
+                return Err(Error::io("populating the mapping", e));
+            }
+        }
+        return Ok(Box::new(Guard {
+            guards: g.clone(),
+            key,
+            map: Some(m),
+            head: req.head,
+            len: req.len,
+        }));
+    }
     Err(Error::unsupported(
         Strategy::Guard,
-        check(Some(req)).err().unwrap_or_default(),
+        "the file kept shrinking while it was being mapped",
     ))
+}
+
+/// Bytes of a `map_len` mapping at `offset` that lie inside a file of `size`
+/// bytes, rounded up to whole pages.
+fn file_part(offset: u64, map_len: usize, size: u64, page: u64) -> usize {
+    if size <= offset {
+        return 0;
+    }
+    let inside = (size - offset).div_ceil(page) * page;
+    inside.min(map_len as u64) as usize
+}
+
+/// Reserves `map_len` bytes of anonymous memory and maps the first
+/// `file_len` of them privately onto the file at `offset`.
+fn make_region(fd: &OwnedFd, offset: u64, map_len: usize, file_len: usize) -> Result<Mapping, Error> {
+    let rw = ProtFlags::READ | ProtFlags::WRITE;
+    let region = Region::anonymous(map_len, rw, true, sys::page_size())
+        .map_err(|e| Error::io(format!("reserving {map_len} bytes of address space"), e))?;
+    if file_len > 0 {
+        // SAFETY: MAP_FIXED over the first `file_len` bytes of a region we
+        // own and nobody references yet; it replaces only that range.
+        let r = unsafe {
+            rustix::mm::mmap(
+                region.as_ptr().cast(),
+                file_len,
+                rw,
+                rustix::mm::MapFlags::PRIVATE
+                    | rustix::mm::MapFlags::FIXED
+                    | rustix::mm::MapFlags::NORESERVE,
+                fd,
+                offset,
+            )
+        };
+        r.map_err(|e| Error::io("mapping the file (mmap MAP_PRIVATE)", e))?;
+    }
+    // A child made by fork() would get file pages nobody guards for it.
+    region
+        .advise(0, region.len(), Advice::LinuxDontFork)
+        .map_err(|e| Error::io("madvise(MADV_DONTFORK)", e))?;
+    Ok(Mapping {
+        region,
+        offset,
+        file_len: AtomicUsize::new(file_len),
+    })
+}
+
+/// The snapshot handed to `MapCopy`.
+struct Guard {
+    guards: Arc<Guards>,
+    key: (u64, u64),
+    map: Option<Arc<Mapping>>,
+    head: usize,
+    len: usize,
+}
+
+impl fmt::Debug for Guard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Guard")
+            .field("map", &self.map)
+            .field("head", &self.head)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl Guard {
+    fn mapping(&self) -> &Mapping {
+        self.map.as_ref().expect("mapping present until drop")
+    }
+}
+
+impl Snapshot for Guard {
+    fn strategy(&self) -> Strategy {
+        Strategy::Guard
+    }
+
+    fn bytes(&self) -> &[u8] {
+        let m = self.mapping();
+        assert!(self.head + self.len <= m.region.len());
+        // SAFETY: in bounds of our live region. Stability: every page is
+        // either anonymous (private from the start), already a private copy,
+        // or the page cache's page of a file that nobody can modify without
+        // first raising a fanotify event that this process answers only
+        // after copying that page into this mapping (or, if the watcher
+        // fails, after copying every page). No writer held the file open
+        // when the mapping was registered (read lease). Reads never fault
+        // fatally: file pages past the end of the file are copied before
+        // any truncation is allowed.
+        unsafe { std::slice::from_raw_parts(m.region.as_ptr().add(self.head), self.len) }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        let m = self.mapping();
+        assert!(self.head + self.len <= m.region.len());
+        // SAFETY: as in `bytes`; the region is mapped read-write and
+        // private, and `&mut self` is the only way to it. The watcher's
+        // MADV_POPULATE_WRITE never changes contents (it copies the current
+        // page or leaves a private page alone), so it does not race with
+        // these stores.
+        unsafe { std::slice::from_raw_parts_mut(m.region.as_ptr().add(self.head), self.len) }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let Some(m) = self.map.take() else { return };
+        if self.guards.pid != rustix::process::getpid() {
+            // A forked child: the memory was not inherited (MADV_DONTFORK)
+            // and its address may be reused; touch nothing.
+            std::mem::forget(m);
+            return;
+        }
+        let mut inodes = lock(&self.guards.inodes);
+        if let Some(i) = inodes.get_mut(&self.key) {
+            i.maps.retain(|x| !Arc::ptr_eq(x, &m));
+        }
+        release_if_unused(&self.guards, &mut inodes, self.key);
+        drop(inodes);
+        drop(m);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fake {
+        sc: Option<Syscall>,
+        info: Option<FdInfo>,
+        mem: Option<u64>,
+    }
+
+    impl Lookup for Fake {
+        fn syscall(&self, _: i32) -> Option<Syscall> {
+            self.sc
+        }
+        fn fdinfo(&self, _: i32, _: u64) -> Option<FdInfo> {
+            self.info
+        }
+        fn read_u64(&self, _: i32, _: u64) -> Option<u64> {
+            self.mem
+        }
+    }
+
+    fn ev(mask: u64, range: Option<(u64, u64)>) -> Event {
+        Event {
+            mask,
+            fd: None,
+            pid: 1,
+            range,
+        }
+    }
+
+    fn fake(nr: i64, args: [u64; 6], flags: i32) -> Fake {
+        Fake {
+            sc: Some(Syscall { nr, args }),
+            info: Some(FdInfo { flags, ino: 7 }),
+            mem: None,
+        }
+    }
+
+    const PA: u64 = FAN_PRE_ACCESS;
+
+    #[test]
+    fn reads_are_allowed_writes_copied() {
+        let e = ev(PA, Some((4096, 4096)));
+        let rd = fake(libc::SYS_pread64, [3, 0, 4096, 4096, 0, 0], libc::O_RDONLY);
+        assert_eq!(classify(&e, 7, 100_000, &rd), Action::Allow);
+        let wr = fake(libc::SYS_pwrite64, [3, 0, 4096, 4096, 0, 0], libc::O_RDWR);
+        assert_eq!(
+            classify(&e, 7, 100_000, &wr),
+            Action::Copy(vec![(4096, 8192)])
+        );
+    }
+
+    #[test]
+    fn append_also_copies_the_end() {
+        let e = ev(PA, Some((0, 4096)));
+        let wr = fake(libc::SYS_write, [3, 0, 10, 0, 0, 0], libc::O_WRONLY | libc::O_APPEND);
+        let Action::Copy(r) = classify(&e, 7, 5000, &wr) else {
+            panic!("append not copied")
+        };
+        assert!(r.iter().any(|&(s, e)| s <= 4999 && e > 4999), "{r:?}");
+    }
+
+    #[test]
+    fn truncate_copies_to_the_end() {
+        let e = ev(PA, Some((8192, 4096)));
+        let t = fake(libc::SYS_ftruncate, [3, 10_000, 0, 0, 0, 0], libc::O_WRONLY);
+        assert_eq!(
+            classify(&e, 7, 100_000, &t),
+            Action::Shrink(8192)
+        );
+        let t = fake(libc::SYS_truncate, [0x1000, 0, 0, 0, 0, 0], 0);
+        assert_eq!(
+            classify(&e, 7, 100_000, &t),
+            Action::Shrink(0)
+        );
+    }
+
+    #[test]
+    fn mmap_shared_writable_copies_everything() {
+        let e = ev(PA, Some((0, 4096)));
+        let flags = libc::MAP_SHARED as u64;
+        let m = fake(libc::SYS_mmap, [0, 4096, 3, flags, 5, 0], libc::O_RDWR);
+        assert_eq!(classify(&e, 7, 4096, &m), Action::Copy(vec![ALL]));
+        let ro = fake(libc::SYS_mmap, [0, 4096, 1, flags, 5, 0], libc::O_RDONLY);
+        assert_eq!(classify(&e, 7, 4096, &ro), Action::Allow);
+        let private = libc::MAP_PRIVATE as u64;
+        let p = fake(libc::SYS_mmap, [0, 4096, 3, private, 5, 0], libc::O_RDWR);
+        assert_eq!(classify(&e, 7, 4096, &p), Action::Allow);
+    }
+
+    #[test]
+    fn unknown_is_a_write_to_the_end() {
+        let e = ev(PA, Some((4096, 4096)));
+        let gone = Fake {
+            sc: None,
+            info: None,
+            mem: None,
+        };
+        assert_eq!(
+            classify(&e, 7, 100_000, &gone),
+            Action::Shrink(4096)
+        );
+        let uring = fake(libc::SYS_io_uring_enter, [0; 6], 0);
+        assert_eq!(
+            classify(&e, 7, 100_000, &uring),
+            Action::Shrink(4096)
+        );
+    }
+
+    #[test]
+    fn copy_file_range_copies_only_into_us() {
+        let e = ev(PA, Some((0, 4096)));
+        let mut c = fake(libc::SYS_copy_file_range, [3, 0, 4, 0, 4096, 0], libc::O_RDWR);
+        assert_eq!(classify(&e, 7, 4096, &c), Action::Copy(vec![(0, 4096)]));
+        c.info = Some(FdInfo {
+            flags: libc::O_RDWR,
+            ino: 8,
+        });
+        assert_eq!(classify(&e, 7, 4096, &c), Action::Allow);
+    }
+
+    #[test]
+    fn open_with_o_trunc_copies_everything() {
+        let e = ev(libc::FAN_OPEN_PERM, None);
+        let t = fake(
+            libc::SYS_openat,
+            [0, 0, (libc::O_WRONLY | libc::O_TRUNC) as u64, 0, 0, 0],
+            0,
+        );
+        assert_eq!(classify(&e, 7, 1, &t), Action::Shrink(0));
+        let r = fake(libc::SYS_openat, [0, 0, libc::O_RDWR as u64, 0, 0, 0], 0);
+        assert_eq!(classify(&e, 7, 1, &r), Action::Allow);
+        let mut o2 = fake(libc::SYS_openat2, [0, 0, 0x1000, 24, 0, 0], 0);
+        o2.mem = Some(libc::O_TRUNC as u64);
+        assert_eq!(classify(&e, 7, 1, &o2), Action::Shrink(0));
+        o2.mem = None;
+        assert_eq!(classify(&e, 7, 1, &o2), Action::Shrink(0));
+    }
+
+    #[test]
+    fn file_part_rounds_to_pages() {
+        assert_eq!(file_part(0, 8192, 5000, 4096), 8192);
+        assert_eq!(file_part(0, 16384, 5000, 4096), 8192);
+        assert_eq!(file_part(8192, 4096, 5000, 4096), 0);
+        assert_eq!(file_part(4096, 4096, 5000, 4096), 4096);
+    }
 }

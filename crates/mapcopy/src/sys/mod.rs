@@ -5,8 +5,10 @@
 //! `libc` offers the interface, defines it once with the kernel header it
 //! comes from. The rest of the crate is `#![deny(unsafe_code)]`.
 
+pub(crate) mod fanotify;
 pub(crate) mod file;
 pub(crate) mod mmap;
+pub(crate) mod proc_pid;
 pub(crate) mod procfs;
 
 use std::io;
