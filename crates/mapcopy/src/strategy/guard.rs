@@ -93,10 +93,7 @@ pub(crate) fn check(req: Option<&Request<'_>>) -> Result<String, String> {
     let kernel = kernel_ok()?;
     // A throwaway group proves the capability (CAP_SYS_ADMIN) and the
     // group class; a throwaway mark on the file proves the filesystem.
-    let probe = Group::new(INIT_FLAGS, EVENT_F_FLAGS).map_err(|e| match e.raw_os_error() {
-        Some(libc::EPERM) => "needs CAP_SYS_ADMIN for fanotify permission events (run as root or grant the capability)".to_string(),
-        _ => format!("the kernel refused a pre-content fanotify group: {e}"),
-    })?;
+    let probe = Group::new(INIT_FLAGS, EVENT_F_FLAGS).map_err(group_error)?;
     let Some(req) = req else {
         return Ok(format!(
             "kernel {kernel} has FAN_PRE_ACCESS and this process may create pre-content fanotify groups (CAP_SYS_ADMIN); needs a filesystem that allows pre-content marks (ext4, xfs, btrfs)"
@@ -115,7 +112,7 @@ pub(crate) fn check(req: Option<&Request<'_>>) -> Result<String, String> {
     drop(probe);
     let fd = reopen(req.file)
         .map_err(|e| format!("cannot open a second read-only fd of the file: {e}"))?;
-    match fanotify::try_read_lease(fd.as_fd()) {
+    match lease_probe(fd.as_fd()) {
         Ok(LeaseProbe::NoWriter) => Ok(format!(
             "kernel {kernel}, CAP_SYS_ADMIN, {fs} allows pre-content marks, and no writer holds the file open (read lease granted)"
         )),
@@ -128,7 +125,28 @@ pub(crate) fn check(req: Option<&Request<'_>>) -> Result<String, String> {
 
 const MAP_MUT: &str = "guard maps read-only (map, not map_mut): a truncation by another process unmaps even private copies of file pages, so the owner's own stores could be lost";
 
+fn group_error(e: io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EPERM) => "needs CAP_SYS_ADMIN for fanotify permission events (run as root or grant the capability)".to_string(),
+        _ => format!("the kernel refused a pre-content fanotify group: {e}"),
+    }
+}
+
 const WRITER_OPEN: &str = "file is open for writing by another process (a read lease was refused); its writes would raise no events";
+
+/// [`fanotify::try_read_lease`], tried a few times over ~10 ms: a
+/// writable fd can exist for a moment without a writer (a child between
+/// `fork` and `exec` holds copies of its parent's fds until `O_CLOEXEC`
+/// closes them).
+fn lease_probe(fd: BorrowedFd<'_>) -> io::Result<LeaseProbe> {
+    for _ in 0..5 {
+        match fanotify::try_read_lease(fd)? {
+            LeaseProbe::NoWriter => return Ok(LeaseProbe::NoWriter),
+            LeaseProbe::WriterExists => std::thread::sleep(std::time::Duration::from_millis(2)),
+        }
+    }
+    fanotify::try_read_lease(fd)
+}
 
 fn kernel_ok() -> Result<String, String> {
     let uname = rustix::system::uname();
@@ -170,6 +188,9 @@ struct Mapping {
     /// Bytes at the start of `region` still mapped from the file; the rest
     /// is anonymous. Only shrinks, only under `Guards::inodes`.
     file_len: AtomicUsize,
+    /// File ranges this guard made private (`MADV_POPULATE_WRITE`): their
+    /// contents may differ from the file now, even where it has a hole.
+    copied: Mutex<Vec<(u64, u64)>>,
 }
 
 impl fmt::Debug for Mapping {
@@ -202,10 +223,17 @@ impl Mapping {
         loop {
             match self.region.advise(off, len, Advice::LinuxPopulateWrite) {
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                Err(e) if e.raw_os_error() == Some(libc::EFAULT) => return self.copy_pages(off, len),
-                r => return r,
+                Err(e) if e.raw_os_error() == Some(libc::EFAULT) => self.copy_pages(off, len)?,
+                r => r?,
             }
+            break;
         }
+        let mut copied = lock(&self.copied);
+        match copied.last_mut() {
+            Some(last) if last.0 <= lo && last.1 >= lo => last.1 = last.1.max(hi),
+            _ => copied.push((lo, hi)),
+        }
+        Ok(())
     }
 
     /// Page by page, replacing pages that lie past the end of the file
@@ -252,8 +280,11 @@ impl Mapping {
     /// mapping into anonymous memory with the same contents. Needed before
     /// a truncation: it unmaps even private copies of file pages
     /// (`unmap_mapping_range(..., even_cows = 1)`), so a copy made by
-    /// `MADV_POPULATE_WRITE` alone would turn into SIGBUS.
-    fn detach(&self, from: u64) -> io::Result<()> {
+    /// `MADV_POPULATE_WRITE` alone would turn into SIGBUS. Only the file's
+    /// data extents (`SEEK_DATA`, through `fd`) and the pages copied
+    /// earlier are copied; holes become untouched anonymous memory, so a
+    /// huge sparse file costs only its data.
+    fn detach(&self, from: u64, fd: BorrowedFd<'_>) -> io::Result<()> {
         let page = sys::page_size() as u64;
         let file_len = self.file_len();
         let lo = (from & !(page - 1)).max(self.offset);
@@ -261,19 +292,32 @@ impl Mapping {
         if lo >= end {
             return Ok(());
         }
-        // Make every page present and private first (pages already past
-        // the end become zeros), so that the copy below cannot fault.
-        self.copy(lo, end)?;
         let off = (lo - self.offset) as usize;
         let len = file_len - off;
         let rw = ProtFlags::READ | ProtFlags::WRITE;
         let tmp = Region::anonymous(len, rw, true, sys::page_size())?;
-        // SAFETY: both ranges are inside live mappings we own and do not
-        // overlap (`tmp` is new); the source pages are present and private
-        // (populated above), so reading them cannot fault; `tmp` is not
-        // shared with anybody.
-        unsafe {
-            std::ptr::copy_nonoverlapping(self.region.as_ptr().add(off), tmp.as_ptr(), len);
+        let mut ranges = data_extents(fd, lo, end, page);
+        ranges.extend(
+            lock(&self.copied)
+                .iter()
+                .map(|&(a, b)| (a.max(lo), b.min(end)))
+                .filter(|(a, b)| a < b),
+        );
+        for (a, b) in ranges {
+            let src = (a - self.offset) as usize;
+            let dst = (a - lo) as usize;
+            // SAFETY: both ranges lie inside live mappings we own ([a, b) is
+            // clipped to [lo, end)) and do not overlap (`tmp` is new). The
+            // source pages are either private copies or file pages inside
+            // the file's data (below its size), so reading cannot fault
+            // fatally; `tmp` is not shared with anybody.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    self.region.as_ptr().add(src),
+                    tmp.as_ptr().add(dst),
+                    (b - a) as usize,
+                );
+            }
         }
         // SAFETY: moves `tmp`'s pages over [off, off + len) of our own
         // region, replacing that range atomically with identical contents
@@ -291,8 +335,41 @@ impl Mapping {
         r?;
         std::mem::forget(tmp);
         self.file_len.store(off, Ordering::Relaxed);
+        lock(&self.copied).retain(|&(a, _)| a < lo);
         Ok(())
     }
+}
+
+/// The page-rounded data extents of the file in `[lo, end)` (all of it if
+/// the filesystem cannot tell).
+fn data_extents(fd: BorrowedFd<'_>, lo: u64, end: u64, page: u64) -> Vec<(u64, u64)> {
+    use rustix::fs::{SeekFrom, seek};
+    let mut out = Vec::new();
+    let mut pos = lo;
+    while pos < end {
+        let data = match seek(fd, SeekFrom::Data(pos)) {
+            Ok(d) => d,
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(_) => {
+                out.push((pos, end));
+                break;
+            }
+        };
+        if data >= end {
+            break;
+        }
+        let hole = match seek(fd, SeekFrom::Hole(data)) {
+            Ok(h) => h,
+            Err(_) => end,
+        };
+        let a = (data & !(page - 1)).max(lo);
+        let b = hole.div_ceil(page).saturating_mul(page).min(end);
+        if a < b {
+            out.push((a, b));
+        }
+        pos = b.max(pos + page);
+    }
+    out
 }
 
 /// Everything guarded for one inode.
@@ -348,7 +425,7 @@ fn guards() -> Result<Arc<Guards>, Error> {
         }
     }
     let group = Group::new(INIT_FLAGS, EVENT_F_FLAGS)
-        .map_err(|e| Error::unsupported(Strategy::Guard, format!("fanotify_init: {e}")))?;
+        .map_err(|e| Error::unsupported(Strategy::Guard, group_error(e)))?;
     let devnull = fanotify::open_raw(c"/dev/null", libc::O_RDONLY)
         .map_err(|e| Error::io("opening /dev/null", e))?;
     let g = Arc::new(Guards {
@@ -399,7 +476,7 @@ impl Source for Guards {
         let mut inodes = lock(&self.inodes);
         for inode in inodes.values() {
             for m in &inode.maps {
-                if let Err(e) = m.detach(0) {
+                if let Err(e) = m.detach(0, inode.fd.as_fd()) {
                     // Cannot keep the snapshot without the watcher: the
                     // watcher aborts the process on this panic.
                     panic!("copying a guarded mapping before giving up the guard: {e}");
@@ -428,13 +505,10 @@ impl Guards {
         let response = match rustix::fs::fstat(fd) {
             Ok(st) => {
                 let action = classify(&ev, st.st_ino, st.st_size as u64, &Proc);
-                if std::env::var_os("MAPCOPY_GUARD_DEBUG").is_some() {
-                    eprintln!("guard event {:#x} pid {} range {:?} sc {:?} -> {:?}", ev.mask, ev.pid, ev.range, proc_pid::syscall(ev.pid), action);
-                }
                 self.apply(Some((st.st_dev, st.st_ino)), &action)
             }
             // Cannot tell which file: protect every one.
-            Err(_) => self.apply(None, &Action::Shrink(0)),
+            Err(_) => self.apply(None, &Action::Detach(0)),
         };
         // An errno in a deny is only accepted for pre-content events.
         let response = match response {
@@ -447,7 +521,11 @@ impl Guards {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
             // Never leave a writer waiting: fall back to a plain answer.
             Err(_) => {
-                if self.group.respond(fd.as_raw_fd(), Response::Deny(0)).is_err() {
+                if self
+                    .group
+                    .respond(fd.as_raw_fd(), Response::Deny(0))
+                    .is_err()
+                {
                     let _ = self.group.respond(fd.as_raw_fd(), Response::Allow);
                 }
             }
@@ -460,7 +538,7 @@ impl Guards {
         let ranges: &[(u64, u64)] = match action {
             Action::Allow => return Response::Allow,
             Action::Copy(r) => r,
-            Action::Shrink(_) => &[],
+            Action::Detach(_) => &[],
         };
         let inodes = lock(&self.inodes);
         let mut result = Response::Allow;
@@ -470,8 +548,8 @@ impl Guards {
                 for &(start, end) in ranges {
                     r = r.and_then(|()| m.copy(start, end));
                 }
-                if let Action::Shrink(from) = action {
-                    r = r.and_then(|()| m.detach(*from));
+                if let Action::Detach(from) = action {
+                    r = r.and_then(|()| m.detach(*from, inode.fd.as_fd()));
                 }
                 if let Err(e) = r {
                     // The pages cannot be kept (out of memory): refuse the
@@ -500,16 +578,15 @@ impl Guards {
 
 /// What to do before allowing an event: nothing, copy these file ranges
 /// (`[start, end)`, `end` may be `u64::MAX` = to the end of every mapping),
-/// or (`Shrink`) move everything from this offset on out of the file
-/// mapping: the file may get shorter.
+/// or (`Detach`) move everything from this offset on out of the file
+/// mapping: the file may get shorter (a truncation unmaps even private
+/// copies), or later stores will raise no events (a shared writable mmap).
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Action {
     Allow,
     Copy(Vec<(u64, u64)>),
-    Shrink(u64),
+    Detach(u64),
 }
-
-const ALL: (u64, u64) = (0, u64::MAX);
 
 /// Where classification looks up the writer (a trait so tests can fake it).
 trait Lookup {
@@ -541,13 +618,13 @@ fn classify(ev: &Event, ino: u64, size: u64, look: &dyn Lookup) -> Action {
     }
     if ev.mask & FAN_PRE_ACCESS == 0 {
         // Not something we asked for; be safe.
-        return Action::Shrink(0);
+        return Action::Detach(0);
     }
     let (start, count) = ev.range.unwrap_or((0, u64::MAX));
     let end = start.saturating_add(count);
     // Unknown: covers a write at the range, an append (at or after the
     // position) and a truncation to a size in the range.
-    let unknown = Action::Shrink(start);
+    let unknown = Action::Detach(start);
     let Some(sc) = sc else { return unknown };
     let a = sc.args;
     let ours = |fd: u64| look.fdinfo(ev.pid, fd).is_none_or(|i| i.ino == ino);
@@ -583,20 +660,18 @@ fn classify(ev: &Event, ino: u64, size: u64, look: &dyn Lookup) -> Action {
             let mode = a[1] as i32;
             if mode & (libc::FALLOC_FL_COLLAPSE_RANGE | libc::FALLOC_FL_INSERT_RANGE) != 0 {
                 // Shifts everything after the offset.
-                Action::Shrink(start.min(a[2]))
+                Action::Detach(start.min(a[2]))
             } else {
                 Action::Copy(vec![(start, end)])
             }
         }
-        libc::SYS_ftruncate | libc::SYS_truncate => {
-            Action::Shrink(start.min(a[1]))
-        }
+        libc::SYS_ftruncate | libc::SYS_truncate => Action::Detach(start.min(a[1])),
         libc::SYS_mmap => {
             let shared = a[3] as i32 & libc::MAP_SHARED != 0;
             let writable = look.fdinfo(ev.pid, a[4]).is_none_or(|i| i.writable());
             if shared && writable {
-                // Its stores will raise nothing: copy everything now.
-                Action::Copy(vec![ALL])
+                // Its stores will raise nothing: take everything now.
+                Action::Detach(0)
             } else {
                 Action::Allow
             }
@@ -606,7 +681,7 @@ fn classify(ev: &Event, ino: u64, size: u64, look: &dyn Lookup) -> Action {
             if req == linux_raw_sys::ioctl::FICLONE || req == linux_raw_sys::ioctl::FICLONERANGE {
                 // The ioctl's fd is the destination.
                 if ours(a[0]) {
-                    Action::Shrink(start)
+                    Action::Detach(start)
                 } else {
                     Action::Allow
                 }
@@ -632,7 +707,7 @@ fn copy_if(cond: bool, range: (u64, u64)) -> Action {
 /// access through the new fd raises its own pre-content events.
 fn classify_open(tid: i32, sc: Option<Syscall>, look: &dyn Lookup) -> Action {
     let Some(sc) = sc else {
-        return Action::Shrink(0);
+        return Action::Detach(0);
     };
     let flags: Option<u64> = match sc.nr {
         #[cfg(target_arch = "x86_64")]
@@ -648,7 +723,7 @@ fn classify_open(tid: i32, sc: Option<Syscall>, look: &dyn Lookup) -> Action {
     };
     match flags {
         Some(f) if f as i32 & libc::O_TRUNC == 0 => Action::Allow,
-        _ => Action::Shrink(0),
+        _ => Action::Detach(0),
     }
 }
 
@@ -773,7 +848,7 @@ fn map_armed(
         // `m` first. Prove that none is already under way or possible
         // unseen: any in-flight write, truncate or O_TRUNC open, and any
         // fd opened for writing before the mark, holds write access.
-        match fanotify::try_read_lease(fd.as_fd()) {
+        match lease_probe(fd.as_fd()) {
             Ok(LeaseProbe::NoWriter) => {}
             Ok(LeaseProbe::WriterExists) => {
                 unregister();
@@ -828,7 +903,12 @@ fn file_part(offset: u64, map_len: usize, size: u64, page: u64) -> usize {
 
 /// Reserves `map_len` bytes of anonymous memory and maps the first
 /// `file_len` of them privately onto the file at `offset`.
-fn make_region(fd: &OwnedFd, offset: u64, map_len: usize, file_len: usize) -> Result<Mapping, Error> {
+fn make_region(
+    fd: &OwnedFd,
+    offset: u64,
+    map_len: usize,
+    file_len: usize,
+) -> Result<Mapping, Error> {
     let rw = ProtFlags::READ | ProtFlags::WRITE;
     let region = Region::anonymous(map_len, rw, true, sys::page_size())
         .map_err(|e| Error::io(format!("reserving {map_len} bytes of address space"), e))?;
@@ -857,6 +937,7 @@ fn make_region(fd: &OwnedFd, offset: u64, map_len: usize, file_len: usize) -> Re
         region,
         offset,
         file_len: AtomicUsize::new(file_len),
+        copied: Mutex::new(Vec::new()),
     })
 }
 
@@ -992,7 +1073,11 @@ mod tests {
     #[test]
     fn append_also_copies_the_end() {
         let e = ev(PA, Some((0, 4096)));
-        let wr = fake(libc::SYS_write, [3, 0, 10, 0, 0, 0], libc::O_WRONLY | libc::O_APPEND);
+        let wr = fake(
+            libc::SYS_write,
+            [3, 0, 10, 0, 0, 0],
+            libc::O_WRONLY | libc::O_APPEND,
+        );
         let Action::Copy(r) = classify(&e, 7, 5000, &wr) else {
             panic!("append not copied")
         };
@@ -1003,15 +1088,9 @@ mod tests {
     fn truncate_copies_to_the_end() {
         let e = ev(PA, Some((8192, 4096)));
         let t = fake(libc::SYS_ftruncate, [3, 10_000, 0, 0, 0, 0], libc::O_WRONLY);
-        assert_eq!(
-            classify(&e, 7, 100_000, &t),
-            Action::Shrink(8192)
-        );
+        assert_eq!(classify(&e, 7, 100_000, &t), Action::Detach(8192));
         let t = fake(libc::SYS_truncate, [0x1000, 0, 0, 0, 0, 0], 0);
-        assert_eq!(
-            classify(&e, 7, 100_000, &t),
-            Action::Shrink(0)
-        );
+        assert_eq!(classify(&e, 7, 100_000, &t), Action::Detach(0));
     }
 
     #[test]
@@ -1019,7 +1098,7 @@ mod tests {
         let e = ev(PA, Some((0, 4096)));
         let flags = libc::MAP_SHARED as u64;
         let m = fake(libc::SYS_mmap, [0, 4096, 3, flags, 5, 0], libc::O_RDWR);
-        assert_eq!(classify(&e, 7, 4096, &m), Action::Copy(vec![ALL]));
+        assert_eq!(classify(&e, 7, 4096, &m), Action::Detach(0));
         let ro = fake(libc::SYS_mmap, [0, 4096, 1, flags, 5, 0], libc::O_RDONLY);
         assert_eq!(classify(&e, 7, 4096, &ro), Action::Allow);
         let private = libc::MAP_PRIVATE as u64;
@@ -1035,21 +1114,19 @@ mod tests {
             info: None,
             mem: None,
         };
-        assert_eq!(
-            classify(&e, 7, 100_000, &gone),
-            Action::Shrink(4096)
-        );
+        assert_eq!(classify(&e, 7, 100_000, &gone), Action::Detach(4096));
         let uring = fake(libc::SYS_io_uring_enter, [0; 6], 0);
-        assert_eq!(
-            classify(&e, 7, 100_000, &uring),
-            Action::Shrink(4096)
-        );
+        assert_eq!(classify(&e, 7, 100_000, &uring), Action::Detach(4096));
     }
 
     #[test]
     fn copy_file_range_copies_only_into_us() {
         let e = ev(PA, Some((0, 4096)));
-        let mut c = fake(libc::SYS_copy_file_range, [3, 0, 4, 0, 4096, 0], libc::O_RDWR);
+        let mut c = fake(
+            libc::SYS_copy_file_range,
+            [3, 0, 4, 0, 4096, 0],
+            libc::O_RDWR,
+        );
         assert_eq!(classify(&e, 7, 4096, &c), Action::Copy(vec![(0, 4096)]));
         c.info = Some(FdInfo {
             flags: libc::O_RDWR,
@@ -1066,14 +1143,14 @@ mod tests {
             [0, 0, (libc::O_WRONLY | libc::O_TRUNC) as u64, 0, 0, 0],
             0,
         );
-        assert_eq!(classify(&e, 7, 1, &t), Action::Shrink(0));
+        assert_eq!(classify(&e, 7, 1, &t), Action::Detach(0));
         let r = fake(libc::SYS_openat, [0, 0, libc::O_RDWR as u64, 0, 0, 0], 0);
         assert_eq!(classify(&e, 7, 1, &r), Action::Allow);
         let mut o2 = fake(libc::SYS_openat2, [0, 0, 0x1000, 24, 0, 0], 0);
         o2.mem = Some(libc::O_TRUNC as u64);
-        assert_eq!(classify(&e, 7, 1, &o2), Action::Shrink(0));
+        assert_eq!(classify(&e, 7, 1, &o2), Action::Detach(0));
         o2.mem = None;
-        assert_eq!(classify(&e, 7, 1, &o2), Action::Shrink(0));
+        assert_eq!(classify(&e, 7, 1, &o2), Action::Detach(0));
     }
 
     #[test]

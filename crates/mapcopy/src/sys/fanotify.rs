@@ -91,7 +91,12 @@ impl Group {
 
     /// Adds (or with `remove`, removes) the inode mark `mask` on the inode
     /// `file` refers to.
-    pub(crate) fn mark_inode(&self, file: BorrowedFd<'_>, mask: u64, remove: bool) -> io::Result<()> {
+    pub(crate) fn mark_inode(
+        &self,
+        file: BorrowedFd<'_>,
+        mask: u64,
+        remove: bool,
+    ) -> io::Result<()> {
         let op = if remove {
             libc::FAN_MARK_REMOVE
         } else {

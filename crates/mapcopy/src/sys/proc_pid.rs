@@ -25,8 +25,22 @@ pub(crate) fn syscall(tid: i32) -> Option<Syscall> {
     if tid <= 0 {
         return None;
     }
-    let text = fs::read_to_string(format!("/proc/{tid}/syscall")).ok()?;
-    parse_syscall(&text)
+    let path = format!("/proc/{tid}/syscall");
+    // A task that has just queued a permission event may not be asleep
+    // yet: the kernel then says `running` (it reads the registers of
+    // sleeping tasks only). It is about to sleep until we answer, so wait
+    // for that, a bounded while.
+    let start = std::time::Instant::now();
+    loop {
+        let text = fs::read_to_string(&path).ok()?;
+        if !text.starts_with("running") {
+            return parse_syscall(&text);
+        }
+        if start.elapsed() > std::time::Duration::from_millis(50) {
+            return None;
+        }
+        std::thread::yield_now();
+    }
 }
 
 fn parse_syscall(text: &str) -> Option<Syscall> {
@@ -130,7 +144,9 @@ mod tests {
             rx.as_raw_fd()
         };
         let t = std::thread::spawn(move || {
-            tid_tx.send(rustix::thread::gettid().as_raw_nonzero().get()).unwrap();
+            tid_tx
+                .send(rustix::thread::gettid().as_raw_nonzero().get())
+                .unwrap();
             let mut b = [0u8; 1];
             rustix::io::read(&rx, &mut b).unwrap();
         });
