@@ -618,3 +618,49 @@ fn child_entry() {
         other => panic!("unknown child op {other}"),
     }
 }
+
+#[test]
+fn probe_says_when_auto_prefers_guard_to_lease() {
+    if !usable("probe_says_when_auto_prefers_guard_to_lease") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big");
+    File::create(&big).unwrap().set_len(128 << 20).unwrap();
+    let small = dir.path().join("small");
+    fs::write(&small, b"small").unwrap();
+    let text = |p: &Path| {
+        let probe = mapcopy::probe(Some(p));
+        let g = probe
+            .strategies
+            .iter()
+            .find(|s| s.strategy == Strategy::Guard)
+            .unwrap()
+            .usable
+            .clone()
+            .expect("guard usable for a fresh file");
+        eprintln!("{probe}");
+        (g, probe.auto)
+    };
+    let (g, auto) = text(&big);
+    // ext4 (the usual temp dir) has no reflink, so the 128 MiB file goes
+    // to Guard before Lease.
+    if !g.contains("reflink") || fs_has_reflink(&big) {
+        eprintln!("SKIPPED part: the temp dir's filesystem may reflink");
+        return;
+    }
+    assert!(g.contains("auto prefers it to lease"), "{g}");
+    assert_eq!(auto.unwrap(), Strategy::Guard);
+    let (g, _) = text(&small);
+    assert!(!g.contains("auto prefers it to lease"), "{g}");
+}
+
+fn fs_has_reflink(p: &Path) -> bool {
+    let out = Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(p)
+        .output()
+        .unwrap();
+    let t = String::from_utf8_lossy(&out.stdout);
+    t.contains("xfs") || t.contains("btrfs") || t.contains("bcachefs")
+}
