@@ -615,6 +615,29 @@ fn child_entry() {
             }
             assert!(t.elapsed() < Duration::from_secs(55));
         }
+        "fork_and_exit" => {
+            // Map, fork a child that outlives us (without exec), exit.
+            let f = File::open(&path).unwrap();
+            let map = MapOptions::new().strategy(Strategy::Guard).map(&f).unwrap();
+            assert_eq!(map[0], b'A');
+            // SAFETY: the child only sleeps and exits (async-signal-safe
+            // calls only).
+            let pid = unsafe { libc::fork() };
+            assert!(pid >= 0);
+            if pid == 0 {
+                // SAFETY: plain libc calls in the forked child.
+                unsafe {
+                    // Let the test's pipe close when the parent exits.
+                    libc::close(1);
+                    libc::close(2);
+                    libc::sleep(8);
+                    libc::_exit(0);
+                }
+            }
+            println!("FORKED {pid}");
+            std::mem::forget(map);
+            std::process::exit(0);
+        }
         other => panic!("unknown child op {other}"),
     }
 }
@@ -663,4 +686,76 @@ fn fs_has_reflink(p: &Path) -> bool {
         .unwrap();
     let t = String::from_utf8_lossy(&out.stdout);
     t.contains("xfs") || t.contains("btrfs") || t.contains("bcachefs")
+}
+
+#[test]
+fn forked_child_never_holds_writers_up() {
+    // A child forked (without exec) by a guarding process keeps a copy of
+    // the fanotify fd unless the fork handler drops it; after the parent
+    // exits, writers would then wait on a group nobody reads.
+    if !usable("forked_child_never_holds_writers_up") {
+        return;
+    }
+    let fx = fixture(2, 0);
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new(&exe)
+        .args(["child_entry", "--exact", "--nocapture", "--ignored"])
+        .env("GUARD_CHILD", "fork_and_exit")
+        .env("GUARD_PATH", &fx.path)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("FORKED"), "{text}");
+    let grandchild: i32 = text
+        .split("FORKED ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let t = Instant::now();
+    let st = Command::new("timeout")
+        .args(["4", "truncate", "-s", "0"])
+        .arg(&fx.path)
+        .status()
+        .unwrap();
+    // SAFETY: kill(2) on the grandchild we were told about.
+    unsafe { libc::kill(grandchild, libc::SIGKILL) };
+    assert!(
+        st.success(),
+        "writer hung after the guarding parent exited ({st}, {:?})",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn forked_child_faults_instead_of_reading_a_stale_page() {
+    if !usable("forked_child_faults_instead_of_reading_a_stale_page") {
+        return;
+    }
+    let fx = fixture(2, 0);
+    let map = guard_map(&fx.path);
+    let addr = map.as_ptr() as usize;
+    // SAFETY: the child only reads memory and exits.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        // SAFETY: reading the (not inherited) address faults; if it were
+        // inherited we exit 0 and the parent fails the test.
+        unsafe {
+            let b = std::ptr::read_volatile(addr as *const u8);
+            libc::_exit(if b == b'A' { 0 } else { 3 });
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert!(
+        libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSEGV,
+        "child status {status:#x}: the mapping was inherited"
+    );
+    drop(map);
 }
