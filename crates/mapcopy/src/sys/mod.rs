@@ -8,6 +8,7 @@
 pub(crate) mod file;
 pub(crate) mod mmap;
 pub(crate) mod procfs;
+pub(crate) mod uffd;
 
 use std::io;
 
