@@ -68,6 +68,17 @@
 //!   (SIGSEGV) rather than reading zeros. Map with `Eager` (or
 //!   `populate(true)` and a strategy that keeps the memory after fork) if a
 //!   forked child must read it.
+//! * **Read errors after mapping**: a `Lazy` mapping reads the file when a
+//!   page is first touched. If that read fails (`EIO`, ...) the faulting
+//!   thread can be given neither an error nor invented bytes, and must not
+//!   hang, so the process **aborts** with a message on stderr naming the
+//!   file, the offset and the error. With `populate(true)` everything is read
+//!   inside the map call and a read error is returned as
+//!   [`ErrorKind::Io`] instead.
+//! * **Memory**: a `Lazy` mapping reserves address space only
+//!   (`MAP_NORESERVE`) and allocates pages as they are touched, plus
+//!   fault-around: 16 KiB for an isolated access, growing to whole 2 MiB
+//!   chunks (and up to 16 MiB of prefetch ahead) for sequential reads.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -723,6 +723,18 @@ impl Mapping {
         let chunk_end = self.chunk_end(c);
         let plan = match st.chunks[c] {
             ChunkState::Full => Plan::Wake(off, page),
+            ChunkState::Busy if window >= CHUNK => {
+                // Someone fills this chunk and will wake the reader; help
+                // the stream along by taking the next chunk nobody has.
+                let ahead = st.streams[i].prefetched_to.max(c + 1).min(nchunks);
+                match (c + 1..ahead).find(|&k| st.chunks[k] == ChunkState::Empty) {
+                    Some(k) => {
+                        st.chunks[k] = ChunkState::Busy;
+                        Plan::Chunk(k)
+                    }
+                    None => Plan::Nothing,
+                }
+            }
             ChunkState::Busy => Plan::Nothing,
             ChunkState::Empty if window >= CHUNK => {
                 st.chunks[c] = ChunkState::Busy;
@@ -774,6 +786,13 @@ impl Mapping {
     fn read(&self, buf: &mut [u8], off: usize) -> Result<(), (u64, Errno)> {
         let mut done = 0;
         let at = self.offset + off as u64;
+        #[cfg(test)]
+        {
+            let fail = tests::FAIL_READ_AT.load(Ordering::Relaxed);
+            if (at..at + buf.len() as u64).contains(&fail) {
+                return Err((fail, Errno::IO));
+            }
+        }
         while done < buf.len() {
             match rustix::io::pread(&self.file, &mut buf[done..], at + done as u64) {
                 Ok(0) => break,
@@ -999,6 +1018,109 @@ mod tests {
     }
 
     const PAGE: usize = 4096;
+
+    /// Test hook: `Mapping::read` fails with EIO at this file offset.
+    pub(super) static FAIL_READ_AT: std::sync::atomic::AtomicU64 =
+        std::sync::atomic::AtomicU64::new(u64::MAX);
+
+    /// Runs this test binary's test `name` in a child process with
+    /// `MAPCOPY_LAZY_CHILD=role`, killing it after 60 s.
+    fn run_child(name: &str, role: &str) -> (std::process::ExitStatus, String) {
+        use std::os::unix::process::ExitStatusExt;
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", name, "--nocapture", "--test-threads=1"])
+            .env("MAPCOPY_LAZY_CHILD", role)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if std::time::Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("child {role} hung (killed after 60 s)");
+            }
+            thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        eprintln!("child {role}: {status:?} (signal {:?})", status.signal());
+        (status, err)
+    }
+
+    fn child_role() -> Option<String> {
+        std::env::var("MAPCOPY_LAZY_CHILD").ok()
+    }
+
+    #[test]
+    fn read_error_aborts_loudly() {
+        if child_role().as_deref() == Some("eio") {
+            let data = pattern(5 * PAGE, 10);
+            let f = file_with(&data);
+            let file = File::open(f.path()).unwrap();
+            let map = lazy().map(&file).unwrap();
+            assert_eq!(map[0], data[0]);
+            FAIL_READ_AT.store(4 * PAGE as u64 + 100, Ordering::Relaxed);
+            // Page 4 was not filled by the first fault's 16 KiB window.
+            let v = std::hint::black_box(map[4 * PAGE]);
+            eprintln!("child read {v} instead of aborting");
+            std::process::exit(7);
+        }
+        if child_role().is_some() || !usable() {
+            return;
+        }
+        use std::os::unix::process::ExitStatusExt;
+        let (status, err) = run_child("strategy::lazy::tests::read_error_aborts_loudly", "eio");
+        eprintln!("child stderr: {err}");
+        assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}: {err}");
+        assert!(err.contains("at offset 16484"), "{err}");
+        assert!(err.contains("errno 5"), "{err}");
+        assert!(err.contains("aborting the process"), "{err}");
+    }
+
+    /// Source for the test below: always readable, panics when served.
+    struct Panicker(rustix::fd::OwnedFd);
+
+    impl Source for Panicker {
+        fn fd(&self) -> BorrowedFd<'_> {
+            self.0.as_fd()
+        }
+        fn ready(&self) {
+            panic!("test source fails on purpose");
+        }
+        fn shutdown(&self) {}
+        fn name(&self) -> &'static str {
+            "panicker"
+        }
+    }
+
+    #[test]
+    fn faults_are_served_after_the_watcher_fails() {
+        if child_role().as_deref() == Some("watcher") {
+            let data = pattern(3 * CHUNK + 9, 11);
+            let f = file_with(&data);
+            let file = File::open(f.path()).unwrap();
+            let map = lazy().map(&file).unwrap();
+            assert_eq!(map[0], data[0]);
+            let fd = rustix::event::eventfd(1, rustix::event::EventfdFlags::CLOEXEC).unwrap();
+            let _reg = watcher::register(Arc::new(Panicker(fd))).unwrap();
+            thread::sleep(std::time::Duration::from_millis(200));
+            assert!(map[..] == data[..]);
+            std::process::exit(0);
+        }
+        if child_role().is_some() || !usable() {
+            return;
+        }
+        let (status, err) = run_child(
+            "strategy::lazy::tests::faults_are_served_after_the_watcher_fails",
+            "watcher",
+        );
+        assert!(status.success(), "{status:?}: {err}");
+        assert!(err.contains("watcher thread failing"), "{err}");
+    }
 
     #[test]
     fn contents_equal_the_file() {
