@@ -13,9 +13,12 @@
 //! tmp.write_all(b"version 1")?;
 //!
 //! let map = mapcopy::MapCopy::open(tmp.path())?;
+//! assert_eq!(&map[..], b"version 1");
 //! // Another writer truncates and rewrites the file ...
 //! std::fs::write(tmp.path(), b"v2")?;
-//! // ... and the mapping still holds what it held: no change, no SIGBUS.
+//! // ... and the bytes already read stay as they were: no change, no SIGBUS.
+//! // (A page first touched only after the write may show the new bytes,
+//! // with zeros past the new end: see S1.)
 //! assert_eq!(&map[..], b"version 1");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
