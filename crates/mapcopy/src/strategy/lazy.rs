@@ -289,11 +289,11 @@ struct AbortOnUnwind(&'static str);
 impl Drop for AbortOnUnwind {
     fn drop(&mut self) {
         if thread::panicking() {
-            eprintln!(
+            say(&format!(
                 "mapcopy: the lazy (userfaultfd) {} panicked; aborting so that no thread waits \
-                 forever on a page fault",
+                 forever on a page fault\n",
                 self.0
-            );
+            ));
             std::process::abort();
         }
     }
@@ -346,11 +346,25 @@ impl Source for Server {
 }
 
 fn fatal_msg(what: &str) -> ! {
-    eprintln!(
+    say(&format!(
         "mapcopy: lazy mapping: {what}; aborting the process: a thread faulting on the mapping \
-         can be given neither an error nor made-up bytes, and must not wait forever"
-    );
+         can be given neither an error nor made-up bytes, and must not wait forever\n"
+    ));
     std::process::abort();
+}
+
+/// Writes to stderr with plain write(2): `eprintln!` takes the stderr lock,
+/// which a thread faulting on a lazy page (say, while printing it) may hold.
+fn say(msg: &str) {
+    let mut b = msg.as_bytes();
+    while !b.is_empty() {
+        match rustix::io::write(std::io::stderr().as_fd(), b) {
+            Ok(0) => return,
+            Ok(n) => b = &b[n..],
+            Err(Errno::INTR) => {}
+            Err(_) => return,
+        }
+    }
 }
 
 impl Server {
@@ -450,6 +464,12 @@ impl Server {
                 // SAFETY: `done < len` bytes into the staging buffer.
                 let src = unsafe { buf.as_ptr().add(done) };
                 self.copy_all(m, off + done, src, len - done);
+                if done > 0 {
+                    // A move that stopped half-way leaves the staging chunk
+                    // in 4 KiB pieces; start it afresh so that the next
+                    // fill gets a huge page again. Nothing borrows it now.
+                    let _ = st.advise(0, CHUNK, Advice::LinuxDontNeed);
+                }
             }
             Ok(())
         });
