@@ -82,5 +82,5 @@ mod watcher;
 pub use error::{Error, ErrorKind};
 pub use map::{MapCopy, MapCopyMut};
 pub use options::MapOptions;
-pub use probe::{Probe, StrategyProbe, probe};
+pub use probe::{Fact, Probe, StrategyProbe, probe};
 pub use strategy::Strategy;
