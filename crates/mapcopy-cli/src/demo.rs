@@ -467,7 +467,7 @@ fn check(
     Ok(cell)
 }
 
-const COL: usize = 16;
+const COL: usize = 17;
 const CONTROL: &str = "MAP_PRIVATE (control)";
 
 fn print_table(rows: &[Row], mods: &[(Title, Modification); 5], g: &Geometry) {
@@ -561,7 +561,7 @@ fn human_bytes(n: u64) -> String {
     } else if n >= 1 << 10 && n % (1 << 10) == 0 {
         format!("{} KiB", n >> 10)
     } else {
-        format!("{n} bytes")
+        format!("{n}-byte")
     }
 }
 
