@@ -24,6 +24,15 @@ use mapcopy::{MapCopy, MapOptions};
 use mapcopy_check::control::{PageRead, PrivateMap};
 use mapcopy_check::demo::{self as model, Modification};
 
+/// `println!` that ignores a closed stdout (`mapcopy demo | head`), so the
+/// demo still finishes and removes its file.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
 /// Arguments of `mapcopy demo`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -255,7 +264,7 @@ fn demo(args: &Args) -> Result<bool, String> {
         Some(Ok(fs)) => fs.clone(),
         _ => "unknown filesystem".into(),
     };
-    println!(
+    say!(
         "mapcopy demo: a {} file on {fs} ({}, removed afterwards), Linux {}",
         human_bytes(size),
         path.display(),
@@ -265,17 +274,17 @@ fn demo(args: &Args) -> Result<bool, String> {
     for s in &probe.strategies {
         match &s.usable {
             Ok(_) => strategies.push(s.strategy),
-            Err(why) => println!("  skipping {:<8} {why}", s.strategy.name()),
+            Err(why) => say!("  skipping {:<8} {why}", s.strategy.name()),
         }
     }
     let pages = size.div_ceil(ps) as usize;
     let g = Geometry::new(pages);
     let mods = modifications(size, ps, &g);
-    println!(
+    say!(
         "Each column: a fresh file, {} pages read (touched) in every mapping, then a separate",
         g.touched.len()
     );
-    println!(
+    say!(
         "writer process modifies it, then those pages and {} untouched ones are read again.\n",
         g.untouched.len()
     );
@@ -336,18 +345,18 @@ fn demo(args: &Args) -> Result<bool, String> {
         .iter()
         .filter(|r| r.control)
         .all(|r| r.cells.iter().any(Cell::broken));
-    println!();
+    say!();
     if !control_caught {
-        println!(
+        say!(
             "FAIL: the control (MAP_PRIVATE) never broke the contract, so this check proves nothing here"
         );
     }
     if copies_ok {
-        println!(
+        say!(
             "Every copy mapping kept the contract; MAP_PRIVATE did not (what memmap2 hides behind `unsafe`)."
         );
     } else {
-        println!("FAIL: a copy mapping broke the contract (see VIOLATED/SIGBUS above).");
+        say!("FAIL: a copy mapping broke the contract (see VIOLATED/SIGBUS above).");
     }
     Ok(copies_ok && control_caught)
 }
@@ -503,17 +512,15 @@ fn print_table(rows: &[Row], mods: &[(Title, Modification); 5], g: &Geometry) {
         lines.push(line);
     }
     for l in &lines {
-        println!("{}", l.trim_end());
+        say!("{}", l.trim_end());
     }
-    println!();
-    println!("kept      every page read before the write still holds the old bytes (S2), and the");
-    println!(
-        "          pages first read after it hold the old bytes (old), the new ones (new; zero"
-    );
-    println!("          past a new end) or some of each (old+new), all allowed by S1");
-    println!("VIOLATED  a page read before the write changed, or a page holds neither version");
-    println!("SIGBUS    reading a page faulted (read in a child process, so the demo survives)");
-    println!(
+    say!();
+    say!("kept      every page read before the write still holds the old bytes (S2), and the");
+    say!("          pages first read after it hold the old bytes (old), the new ones (new; zero");
+    say!("          past a new end) or some of each (old+new), all allowed by S1");
+    say!("VIOLATED  a page read before the write changed, or a page holds neither version");
+    say!("SIGBUS    reading a page faulted (read in a child process, so the demo survives)");
+    say!(
         "times     medians over the five columns; 1st touch = one byte read from each touched page"
     );
     let mut first = true;
@@ -521,10 +528,10 @@ fn print_table(rows: &[Row], mods: &[(Title, Modification); 5], g: &Geometry) {
         for (c, ((top, bottom), _)) in r.cells.iter().zip(mods) {
             if c.broken() {
                 if first {
-                    println!();
+                    say!();
                     first = false;
                 }
-                println!(
+                say!(
                     "{} / {top} {bottom}: {}",
                     r.name,
                     c.detail(g.touched.len(), g.untouched.len())

@@ -20,11 +20,13 @@ pub struct Args {
 /// at all (then 1).
 pub fn run(args: Args) -> ExitCode {
     let p = mapcopy::probe(args.path.as_deref());
-    if args.json {
-        println!("{}", to_json(&p));
+    let out = if args.json {
+        to_json(&p) + "\n"
     } else {
-        print!("{}", to_text(&p));
-    }
+        to_text(&p)
+    };
+    // A closed stdout (`mapcopy probe | head`) is not an error worth a panic.
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
     if p.auto.is_ok() {
         ExitCode::SUCCESS
     } else {
