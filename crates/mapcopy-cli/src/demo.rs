@@ -256,18 +256,19 @@ fn demo(args: &Args) -> Result<bool, String> {
                 base.display()
             )
         })?;
-    let path = dir.path().join("data");
+    let path = dir.path().join("probe");
     model::create(&path, size).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
 
     let probe = mapcopy::probe(Some(&path));
+    let _ = std::fs::remove_file(&path);
     let fs = match &probe.filesystem {
         Some(Ok(fs)) => fs.clone(),
         _ => "unknown filesystem".into(),
     };
     say!(
-        "mapcopy demo: a {} file on {fs} ({}, removed afterwards), Linux {}",
+        "mapcopy demo: {} files on {fs} in {} (removed afterwards), Linux {}",
         human_bytes(size),
-        path.display(),
+        dir.path().display(),
         probe.kernel
     );
     let mut strategies = Vec::new();
@@ -300,7 +301,9 @@ fn demo(args: &Args) -> Result<bool, String> {
         })
         .collect();
 
-    for (_, m) in &mods {
+    for (i, (_, m)) in mods.iter().enumerate() {
+        // A fresh file per column, so that no column sees another's writer.
+        let path = dir.path().join(format!("data-{}", i + 1));
         model::create(&path, size).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         let file = File::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         let mut maps = Vec::new();
@@ -333,6 +336,8 @@ fn demo(args: &Args) -> Result<bool, String> {
             row.cells.push(check(map, m, &g, size, ps)?);
         }
         drop(maps);
+        drop(file);
+        let _ = std::fs::remove_file(&path);
     }
     drop(dir);
 

@@ -84,3 +84,8 @@ pub use map::{MapCopy, MapCopyMut};
 pub use options::MapOptions;
 pub use probe::{Fact, Probe, StrategyProbe, probe};
 pub use strategy::Strategy;
+
+// The README's example compiles (doctests only; not part of the API).
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
