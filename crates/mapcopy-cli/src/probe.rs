@@ -45,6 +45,19 @@ fn to_text(p: &Probe) -> String {
         };
         let _ = writeln!(out, "file         {} ({fs})", path.display());
     }
+    // When the file itself cannot be mapped, every file-dependent line
+    // would repeat that reason: say it once.
+    let file_err = match &p.filesystem {
+        Some(Err(e)) => Some(e.as_str()),
+        _ => None,
+    };
+    let said = |text: &str| -> String {
+        if Some(text) == file_err {
+            "not for this file (see above)".into()
+        } else {
+            text.into()
+        }
+    };
     out.push_str("\ndetected\n");
     for f in &p.facts {
         let mark = match f.available {
@@ -52,7 +65,7 @@ fn to_text(p: &Probe) -> String {
             Some(false) => "no",
             None => "-",
         };
-        let _ = writeln!(out, "  {:<13}{mark:<5}{}", f.topic, f.finding);
+        let _ = writeln!(out, "  {:<13}{mark:<5}{}", f.topic, said(&f.finding));
     }
     out.push_str("\nstrategies (in the order auto tries them)\n");
     for s in &p.strategies {
@@ -65,7 +78,12 @@ fn to_text(p: &Probe) -> String {
         } else {
             " "
         };
-        let _ = writeln!(out, "{pick} {:<9}{mark:<8}{text}", s.strategy.name());
+        let _ = writeln!(
+            out,
+            "{pick} {:<9}{mark:<8}{}",
+            s.strategy.name(),
+            said(text)
+        );
     }
     match &p.auto {
         Ok(s) => {
@@ -80,7 +98,7 @@ fn to_text(p: &Probe) -> String {
             );
         }
         Err(e) => {
-            let _ = writeln!(out, "\nauto picks nothing: {e}");
+            let _ = writeln!(out, "\nauto picks nothing: {}", said(e));
         }
     }
     out
