@@ -309,9 +309,9 @@ pub(crate) fn lease(file: &File, meta: &Meta) -> Result<String, String> {
     let caps = Caps::effective().unwrap_or_default();
     let euid = rustix::process::geteuid().as_raw();
     let why = if euid == meta.uid {
-        "owner".to_string()
+        "this user owns the file"
     } else if caps.lease {
-        "CAP_LEASE held".to_string()
+        "CAP_LEASE held"
     } else {
         return Err(format!(
             "a read lease needs the file's owner (uid {}) or CAP_LEASE; this process is uid {euid} without CAP_LEASE",
@@ -321,6 +321,10 @@ pub(crate) fn lease(file: &File, meta: &Meta) -> Result<String, String> {
     let fresh = File::open(format!("/proc/self/fd/{}", file.as_raw_fd()))
         .map_err(|e| format!("cannot reopen the file read-only to try a lease: {e}"))?;
     try_read_lease(&fresh).map_err(|e| match e {
+        Errno::AGAIN | Errno::BUSY if meta.writable => format!(
+            "a read lease cannot be taken ({}): the descriptor given is itself open for writing; map through a read-only one",
+            errno_name(e)
+        ),
         Errno::AGAIN | Errno::BUSY => format!(
             "a read lease cannot be taken now ({}): some process holds the file open for writing ({why})",
             errno_name(e)
