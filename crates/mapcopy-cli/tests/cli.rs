@@ -94,6 +94,20 @@ fn demo_shows_control_broken_and_eager_kept() {
     // Eager copied everything at map time: even untouched pages are old.
     assert_eq!(eager[1], "kept, old");
     assert_eq!(eager[3], "kept, old");
+    // Every copy strategy the machine offers kept the contract everywhere.
+    let table: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("----"))
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .collect();
+    assert!(table.len() >= 2, "{stdout}");
+    for line in table.iter().filter(|l| !l.starts_with("MAP_PRIVATE")) {
+        let name = line.split_whitespace().next().unwrap();
+        let cells = row(&stdout, name);
+        assert_eq!(cells.len(), 5, "{line}");
+        assert!(cells.iter().all(|c| c.starts_with("kept")), "{line}");
+    }
     // The temporary file is gone.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
