@@ -63,8 +63,7 @@ fn write_version(file: &mut File, version: u32, start: u64, len: u64) -> io::Res
 /// closes it, so no writer holds it open afterwards.
 pub fn create(path: &Path, size: u64) -> io::Result<()> {
     let mut f = File::create(path)?;
-    write_version(&mut f, 1, 0, size)?;
-    f.sync_data()
+    write_version(&mut f, 1, 0, size)
 }
 
 /// One modification of the demo, made by another process.
