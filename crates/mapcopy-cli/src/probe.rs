@@ -84,6 +84,11 @@ fn to_text(p: &Probe) -> String {
             s.strategy.name(),
             said(text)
         );
+        if s.usable.is_ok() {
+            for l in &s.lacks {
+                let _ = writeln!(out, "{:<19}lacks: {l}", "");
+            }
+        }
     }
     match &p.auto {
         Ok(s) => {
@@ -140,12 +145,14 @@ fn to_json(p: &Probe) -> String {
             Ok(how) => (true, how),
             Err(why) => (false, why),
         };
+        let lacks: Vec<String> = s.lacks.iter().map(|l| js(l)).collect();
         let _ = write!(
             o,
-            "    {{\"strategy\": {}, \"usable\": {usable}, \"{}\": {}}}",
+            "    {{\"strategy\": {}, \"usable\": {usable}, \"{}\": {}, \"lacks\": [{}]}}",
             js(s.strategy.name()),
             if usable { "how" } else { "reason" },
-            js(text)
+            js(text),
+            lacks.join(", ")
         );
         o.push_str(if i + 1 < p.strategies.len() {
             ",\n"

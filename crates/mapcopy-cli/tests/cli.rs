@@ -162,6 +162,19 @@ fn probe_both(bin: &Path, wrap: &[&str], file: &Path) -> serde_json::Value {
             let usable = s["usable"].as_bool().unwrap();
             let why = s[if usable { "how" } else { "reason" }].as_str().unwrap();
             assert!(!why.is_empty());
+            // What it lacks beyond the contract: Eager never has per-page
+            // atomicity against a concurrent write().
+            let lacks = s["lacks"].as_array().unwrap();
+            if name == "eager" {
+                assert!(
+                    lacks
+                        .iter()
+                        .any(|l| l.as_str().unwrap().contains("atomicity"))
+                );
+                if usable {
+                    assert!(text.contains("lacks: per-page atomicity"), "{text}");
+                }
+            }
             // The text form says the same (up to figures that change from
             // run to run, like the memory available).
             let stable = &why[..why.find(|c: char| c.is_ascii_digit()).unwrap_or(why.len())];

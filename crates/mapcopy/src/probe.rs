@@ -68,6 +68,26 @@ pub struct StrategyProbe {
     /// `Ok` with what makes it usable if it can keep the contract here, else
     /// `Err` with the reason it cannot.
     pub usable: Result<String, String>,
+    /// Properties beyond the contract that this strategy does not give
+    /// (DESIGN §1: "properties a strategy may lack"), worded for a user.
+    pub lacks: Vec<&'static str>,
+}
+
+/// What `s` does not give beyond the contract. Each strategy's owner keeps
+/// its entry in step with the crate docs.
+fn lacks(s: Strategy) -> Vec<&'static str> {
+    match s {
+        Strategy::Eager | Strategy::Lazy => {
+            let mut v = vec![
+                "per-page atomicity against a concurrent write(): a page read while a write() runs may hold part of it (it never changes afterwards)",
+            ];
+            if s == Strategy::Lazy {
+                v.push("fork(): the mapping is MADV_DONTFORK; a forked child does not inherit it (touching it there faults)");
+            }
+            v
+        }
+        _ => Vec::new(),
+    }
 }
 
 /// Detects which strategies can map `path` (or any file, with `None`) in
@@ -110,6 +130,7 @@ pub fn probe(path: Option<&Path>) -> Probe {
                 .map(|&s| StrategyProbe {
                     strategy: s,
                     usable: Err(e.clone()),
+                    lacks: lacks(s),
                 })
                 .collect();
             (entries, Err(e.clone()))
@@ -121,6 +142,7 @@ pub fn probe(path: Option<&Path>) -> Probe {
                 .map(|&s| StrategyProbe {
                     strategy: s,
                     usable: strategy::check(s, r),
+                    lacks: lacks(s),
                 })
                 .collect();
             let auto = strategy::choose(r)
