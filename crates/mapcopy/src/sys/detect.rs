@@ -521,6 +521,28 @@ mod tests {
     }
 
     #[test]
+    fn lease_try_sees_a_writer() {
+        let dir = std::env::temp_dir();
+        let tmp = dir.join(format!(".mapcopy-detect-test-{}", std::process::id()));
+        std::fs::write(&tmp, b"x").unwrap();
+        let file = File::open(&tmp).unwrap();
+        let meta = Meta::of(&file).unwrap();
+        // We own the file: a read lease can be taken.
+        let free = lease(&file, &meta);
+        assert!(free.is_ok(), "{free:?}");
+        // A writer anywhere (here: this process) makes it EAGAIN.
+        let writer = std::fs::OpenOptions::new().write(true).open(&tmp).unwrap();
+        let busy = lease(&file, &meta);
+        assert!(
+            busy.as_ref().is_err_and(|e| e.contains("EAGAIN")),
+            "{busy:?}"
+        );
+        drop(writer);
+        assert!(lease(&file, &meta).is_ok());
+        std::fs::remove_file(&tmp).unwrap();
+    }
+
+    #[test]
     fn errno_names() {
         assert_eq!(errno_name(Errno::PERM), "EPERM");
         assert_eq!(errno_name(Errno::AGAIN), "EAGAIN");
