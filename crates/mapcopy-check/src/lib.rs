@@ -3,3 +3,5 @@
 //! the oracle.
 
 pub mod child;
+pub mod control;
+pub mod demo;
