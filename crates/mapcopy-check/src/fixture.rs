@@ -71,7 +71,9 @@ impl TestFile {
     /// A file of `size` bytes of generation `generation` in a new directory
     /// under `parent`.
     pub fn new_in(parent: &Path, size: usize, generation: u32) -> io::Result<TestFile> {
-        let dir = tempfile::Builder::new().prefix("mapcopy-").tempdir_in(parent)?;
+        let dir = tempfile::Builder::new()
+            .prefix("mapcopy-")
+            .tempdir_in(parent)?;
         let path = dir.path().join("file");
         std::fs::write(&path, pattern::bytes(generation, 0, size))?;
         Ok(TestFile { dir, path })
@@ -192,9 +194,8 @@ fn have(tool: &str) -> bool {
     ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
         .iter()
         .any(|d| Path::new(d).join(tool).exists())
-        || std::env::var_os("PATH").is_some_and(|p| {
-            std::env::split_paths(&p).any(|d| d.join(tool).exists())
-        })
+        || std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).exists()))
 }
 
 impl LoopMount {
@@ -214,7 +215,9 @@ impl LoopMount {
         let (mkfs, args) = kind.mkfs();
         for tool in [mkfs, "losetup", "mount", "umount"] {
             if !have(tool) {
-                return Err(format!("{tool} is not installed (needed for a {kind} loop image)"));
+                return Err(format!(
+                    "{tool} is not installed (needed for a {kind} loop image)"
+                ));
             }
         }
         let dir = tempfile::Builder::new()
@@ -235,7 +238,9 @@ impl LoopMount {
             .map_err(|e| format!("creating {}: {e}", image.display()))?;
         std::fs::create_dir(&mnt).map_err(|e| format!("creating {}: {e}", mnt.display()))?;
         run(Command::new(mkfs).args(args).arg(&image))?;
-        let dev = run(Command::new("losetup").args(["--find", "--show"]).arg(&image))?;
+        let dev = run(Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(&image))?;
         m.device = Some(dev.clone());
         run(Command::new("mount").arg(&dev).arg(&mnt))?;
         m.mounted = true;

@@ -216,9 +216,7 @@ impl Modification {
             | Kind::SharedAfter
             | Kind::HardLink => write_at(&mut new, off),
             Kind::Append => write_at(&mut new, old.len()),
-            Kind::FtruncateShrink | Kind::FtruncateGrow | Kind::TruncatePath => {
-                new.resize(off, 0)
-            }
+            Kind::FtruncateShrink | Kind::FtruncateGrow | Kind::TruncatePath => new.resize(off, 0),
             Kind::OpenTrunc | Kind::Cp | Kind::ShellRedirect => new = pattern::bytes(g, 0, len),
             Kind::PunchHole => {
                 let end = (off + len).min(new.len());
@@ -273,7 +271,9 @@ impl Modification {
                 kind: kind.parse()?,
                 offset: num(offset)?,
                 len: num(len)?,
-                generation: generation.parse().map_err(|e| format!("{generation:?}: {e}"))?,
+                generation: generation
+                    .parse()
+                    .map_err(|e| format!("{generation:?}: {e}"))?,
             },
             PathBuf::from(path),
         ))
@@ -310,7 +310,11 @@ impl Writer {
 
     /// Like [`Writer::spawn`], with a command made by the caller (for
     /// example wrapped in `setpriv`) that must run the [`ENTRY`] child.
-    pub fn spawn_with(mut cmd: Command, m: &Modification, path: &Path) -> Result<Writer, ApplyError> {
+    pub fn spawn_with(
+        mut cmd: Command,
+        m: &Modification,
+        path: &Path,
+    ) -> Result<Writer, ApplyError> {
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -383,7 +387,9 @@ impl Writer {
         match status {
             Ok(s) if s.success() && line == "ok" => ApplyError::Failed(String::new()),
             Ok(s) if s.code() == Some(UNSUPPORTED_EXIT) => ApplyError::Unsupported(
-                line.strip_prefix("unsupported: ").unwrap_or(line).to_string(),
+                line.strip_prefix("unsupported: ")
+                    .unwrap_or(line)
+                    .to_string(),
             ),
             Ok(s) => ApplyError::Failed(format!(
                 "writer process for {} on {} exited with {s}: {} {}",
@@ -463,7 +469,9 @@ impl Shared {
     fn new(file: &File) -> Result<Shared, ChildError> {
         let len = file.metadata().map_err(failed("fstat"))?.len() as usize;
         if len == 0 {
-            return Err(ChildError::Failed("cannot map an empty file MAP_SHARED".into()));
+            return Err(ChildError::Failed(
+                "cannot map an empty file MAP_SHARED".into(),
+            ));
         }
         // SAFETY: a fresh mapping at an address the kernel picks; it aliases
         // no Rust object. The file may shrink while mapped; the stores below
@@ -521,7 +529,8 @@ fn sibling(path: &Path, what: &str) -> PathBuf {
 /// `0 .. end`.
 fn source_file(path: &Path, g: u32, end: u64) -> Result<(PathBuf, File), ChildError> {
     let src = sibling(path, "src");
-    std::fs::write(&src, pattern::bytes(g, 0, end as usize)).map_err(failed("writing the source file"))?;
+    std::fs::write(&src, pattern::bytes(g, 0, end as usize))
+        .map_err(failed("writing the source file"))?;
     let f = File::open(&src).map_err(failed("opening the source file"))?;
     Ok((src, f))
 }
@@ -555,7 +564,9 @@ fn run_child(m: &Modification, path: &Path) -> Result<(), ChildError> {
             f.seek(SeekFrom::Start(off)).map_err(failed("lseek"))?;
             f.write_all(&data()).map_err(failed("write"))?;
         }
-        Kind::Pwrite => open_rw(path)?.write_all_at(&data(), off).map_err(failed("pwrite"))?,
+        Kind::Pwrite => open_rw(path)?
+            .write_all_at(&data(), off)
+            .map_err(failed("pwrite"))?,
         Kind::Writev => {
             let mut f = open_rw(path)?;
             f.seek(SeekFrom::Start(off)).map_err(failed("lseek"))?;
@@ -565,7 +576,8 @@ fn run_child(m: &Modification, path: &Path) -> Result<(), ChildError> {
             let n = rustix::io::writev(&f, &[IoSlice::new(a), IoSlice::new(b), IoSlice::new(c)])
                 .map_err(|e| classify("writev", e.into()))?;
             // A short writev is legal; finish with plain writes.
-            f.write_all(&d[n..]).map_err(failed("write (rest of writev)"))?;
+            f.write_all(&d[n..])
+                .map_err(failed("write (rest of writev)"))?;
         }
         Kind::Append => {
             let mut f = OpenOptions::new()
@@ -594,7 +606,8 @@ fn run_child(m: &Modification, path: &Path) -> Result<(), ChildError> {
                 .truncate(true)
                 .open(path)
                 .map_err(failed("open O_TRUNC"))?;
-            f.write_all(&pattern::bytes(g, 0, len)).map_err(failed("write"))?;
+            f.write_all(&pattern::bytes(g, 0, len))
+                .map_err(failed("write"))?;
         }
         Kind::PunchHole | Kind::ZeroRange | Kind::CollapseRange | Kind::InsertRange => {
             let flags = match m.kind {
@@ -613,8 +626,9 @@ fn run_child(m: &Modification, path: &Path) -> Result<(), ChildError> {
             let mut left = len;
             let r = (|| {
                 while left > 0 {
-                    let n = rustix::fs::copy_file_range(&s, Some(&mut from), &f, Some(&mut to), left)
-                        .map_err(|e| classify("copy_file_range", e.into()))?;
+                    let n =
+                        rustix::fs::copy_file_range(&s, Some(&mut from), &f, Some(&mut to), left)
+                            .map_err(|e| classify("copy_file_range", e.into()))?;
                     if n == 0 {
                         return Err(ChildError::Failed("copy_file_range copied 0 bytes".into()));
                     }
@@ -638,7 +652,11 @@ fn run_child(m: &Modification, path: &Path) -> Result<(), ChildError> {
             // SAFETY: FICLONERANGE takes a pointer to a file_clone_range that
             // lives across the call; both fds are open.
             let rc = unsafe {
-                libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&f), libc::FICLONERANGE, &arg)
+                libc::ioctl(
+                    std::os::fd::AsRawFd::as_raw_fd(&f),
+                    libc::FICLONERANGE,
+                    &arg,
+                )
             };
             let r = if rc != 0 {
                 Err(classify("ioctl FICLONERANGE", io::Error::last_os_error()))
@@ -665,7 +683,8 @@ fn run_child(m: &Modification, path: &Path) -> Result<(), ChildError> {
             let skew = buf.as_ptr().align_offset(4096);
             let aligned = &mut buf[skew..skew + len];
             pattern::fill(g, off, aligned);
-            f.write_all_at(aligned, off).map_err(failed("pwrite O_DIRECT"))?;
+            f.write_all_at(aligned, off)
+                .map_err(failed("pwrite O_DIRECT"))?;
         }
         Kind::IoUring => io_uring_write(&open_rw(path)?, &data(), off)?,
         Kind::SharedBefore => before
@@ -742,7 +761,10 @@ fn io_uring_write(f: &File, data: &[u8], off: u64) -> Result<(), ChildError> {
             .ok_or_else(|| ChildError::Failed("io_uring: no completion".into()))?;
         let res = cqe.result();
         if res < 0 {
-            return Err(classify("io_uring write", io::Error::from_raw_os_error(-res)));
+            return Err(classify(
+                "io_uring write",
+                io::Error::from_raw_os_error(-res),
+            ));
         }
         if res == 0 {
             return Err(ChildError::Failed("io_uring write wrote 0 bytes".into()));

@@ -65,6 +65,24 @@ impl Source for Volatile<'_> {
     }
 }
 
+impl Source for mapcopy::MapCopy {
+    fn len(&self) -> usize {
+        <[u8]>::len(self)
+    }
+    fn read(&self, start: usize, out: &mut [u8]) -> Result<(), String> {
+        Volatile(self).read(start, out)
+    }
+}
+
+impl Source for mapcopy::MapCopyMut {
+    fn len(&self) -> usize {
+        <[u8]>::len(self)
+    }
+    fn read(&self, start: usize, out: &mut [u8]) -> Result<(), String> {
+        Volatile(self).read(start, out)
+    }
+}
+
 /// Reads a byte slice plainly (for models and tests of the checker).
 #[derive(Clone, Copy, Debug)]
 pub struct Plain<'a>(pub &'a [u8]);

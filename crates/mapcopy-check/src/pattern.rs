@@ -124,7 +124,11 @@ mod tests {
                 &whole[start as usize..start as usize + len]
             );
         }
-        assert!(whole.iter().all(|&b| (0x20..0x7f).contains(&b) || b == b'\n'));
+        assert!(
+            whole
+                .iter()
+                .all(|&b| (0x20..0x7f).contains(&b) || b == b'\n')
+        );
     }
 
     #[test]
