@@ -503,6 +503,27 @@ fn truncate_zero_regrow(read_between: bool) -> Script {
     }
 }
 
+/// A mapping of an unaligned sub-range (partial first and last pages),
+/// modified inside and around it, then shrunk into its middle.
+fn unaligned_subrange_script() -> Script {
+    let p = page() as u64;
+    Script {
+        size: 4 * p as usize + 1000,
+        off: p + 123,
+        len: Some(2 * p as usize + 5),
+        populate: false,
+        steps: vec![
+            Step::Touch(vec![1]),
+            Step::Modify(Modification::new(Kind::Pwrite, 50, 4 * p, 1)),
+            Step::Touch(vec![2]),
+            Step::Modify(Modification::new(Kind::FtruncateShrink, 2 * p + 50, 0, 0)),
+            Step::TouchAll,
+            Step::Modify(Modification::new(Kind::Pwrite, 0, 5 * p, 2)),
+            Step::TouchAll,
+        ],
+    }
+}
+
 fn populate_script() -> Script {
     let p = page() as u64;
     Script {
@@ -677,6 +698,39 @@ fn size_case(s: Strategy, dir: &Path, size: usize) -> Outcome {
             ],
         };
         return script_outcome(run_script(Backend::Copy(s), dir, &script));
+    }
+    Ok(Completion::Completed)
+}
+
+/// Several mappings of one file, made at different versions of it; each
+/// keeps its own snapshot.
+fn many_mappings_case(s: Strategy, dir: &Path) -> Outcome {
+    if let Err(why) = usable_in(s, dir) {
+        return skip(format!("{s} is not usable here: {why}"));
+    }
+    let p = page();
+    let tf = TestFile::new_in(dir, 3 * p + 1, 0).map_err(io("test file"))?;
+    let file = tf.open().map_err(io("open"))?;
+    let mut maps = Vec::new();
+    let mut content = tf.contents().map_err(io("read"))?;
+    for g in 1..=3u32 {
+        let m = MapOptions::new()
+            .strategy(s)
+            .map(&file)
+            .map_err(io("map"))?;
+        let mut c = Checker::new(p, 0, m.len(), content.clone());
+        c.touch(&m, [(g as u64 - 1) % 4]).map_err(Failed::from)?;
+        maps.push((m, c));
+        content = Modification::new(Kind::Pwrite, 0, 4 * p as u64, g)
+            .apply_checked(tf.path(), &content)
+            .map_err(io("pwrite"))?;
+        for (m, c) in &mut maps {
+            c.push_state(content.clone());
+            c.touch(m, [(g as u64) % 4]).map_err(Failed::from)?;
+        }
+    }
+    for (m, c) in &mut maps {
+        c.touch_all(m).map_err(Failed::from)?;
     }
     Ok(Completion::Completed)
 }
@@ -1161,7 +1215,7 @@ fn auto_probe_case() -> Outcome {
     let tf = TestFile::new(3 * p + 1).map_err(io("test file"))?;
     let content = tf.contents().map_err(io("read"))?;
     let pr = mapcopy::probe(Some(tf.path()));
-    eprintln!("{pr}");
+    eprintln!("as uid {}:\n{pr}", rustix::process::geteuid().as_raw());
     let order: Vec<Strategy> = pr.strategies.iter().map(|e| e.strategy).collect();
     if order != Strategy::ALL {
         return fail(format!("probe lists {order:?}, want {:?}", Strategy::ALL));
@@ -1369,6 +1423,7 @@ fn trials(dirs: &[FsDir], missing: &[(FsKind, String)]) -> Vec<Trial> {
             for (case, script) in [
                 ("truncate-zero-regrow", truncate_zero_regrow(false)),
                 ("truncate-zero-read-regrow", truncate_zero_regrow(true)),
+                ("unaligned-subrange", unaligned_subrange_script()),
             ] {
                 let name = format!("{bname}/{}/{case}", d.name);
                 t.push(script_trial(
@@ -1393,6 +1448,11 @@ fn trials(dirs: &[FsDir], missing: &[(FsKind, String)]) -> Vec<Trial> {
             t.push(Trial::ignorable_test(
                 format!("{pre}/populate"),
                 move || strategy_script(s, &dd, &populate_script()),
+            ));
+            let dd = dir.clone();
+            t.push(Trial::ignorable_test(
+                format!("{pre}/many-mappings"),
+                move || many_mappings_case(s, &dd),
             ));
             let dd = dir.clone();
             t.push(Trial::ignorable_test(format!("{pre}/threads"), move || {
