@@ -524,6 +524,66 @@ fn unaligned_subrange_script() -> Script {
     }
 }
 
+/// A file of a bit more than two huge pages, read sequentially (so lazy
+/// strategies grow their fault-around window) or in a seeded random order,
+/// with modifications in between.
+fn large_script(random: bool) -> Script {
+    let p = page() as u64;
+    let mib = 1u64 << 20;
+    let size = 4 * mib + 3 * p + 17;
+    let pages = size.div_ceil(p);
+    let steps = if !random {
+        vec![
+            Step::Touch((0..64).collect()),
+            Step::Modify(Modification::new(Kind::Pwrite, mib + 100, 2 * mib, 1)),
+            Step::Touch((64..700).collect()),
+            Step::Modify(Modification::new(
+                Kind::FtruncateShrink,
+                3 * mib + 100,
+                0,
+                0,
+            )),
+            Step::TouchAll,
+            Step::Modify(Modification::new(Kind::Pwrite, 0, size, 2)),
+            Step::TouchAll,
+        ]
+    } else {
+        // A small LCG: deterministic, no dependency.
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move |n: u64| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) % n
+        };
+        let mut touch = || Step::Touch((0..40).map(|_| next(pages)).collect());
+        let (t1, t2, t3) = (touch(), touch(), touch());
+        vec![
+            t1,
+            Step::Modify(Modification::new(
+                Kind::Pwrite,
+                3 * mib / 2 + 77,
+                mib + 5,
+                1,
+            )),
+            t2,
+            Step::Modify(Modification::new(Kind::PunchHole, mib, mib / 2, 0)),
+            t3,
+            Step::Modify(Modification::new(Kind::Append, 0, 10_000, 2)),
+            Step::TouchAll,
+            Step::Modify(Modification::new(Kind::Pwrite, 0, size, 3)),
+            Step::TouchAll,
+        ]
+    };
+    Script {
+        size: size as usize,
+        off: 0,
+        len: None,
+        populate: false,
+        steps,
+    }
+}
+
 fn populate_script() -> Script {
     let p = page() as u64;
     Script {
@@ -740,7 +800,8 @@ fn threads_case(s: Strategy, dir: &Path) -> Outcome {
         return skip(format!("{s} is not usable here: {why}"));
     }
     let p = page();
-    let size = 8 * p + 123;
+    // More than a huge page, so fault-around windows collide too.
+    let size = 600 * p + 123;
     let tf = TestFile::new_in(dir, size, 0).map_err(io("test file"))?;
     let initial = tf.contents().map_err(io("read"))?;
     let file = tf.open().map_err(io("open"))?;
@@ -750,7 +811,7 @@ fn threads_case(s: Strategy, dir: &Path) -> Outcome {
         .map_err(io("map"))?;
     let mut checker = Checker::new(p, 0, map.len(), initial);
     // Another process changes every page before anyone touched one.
-    let new = Modification::new(Kind::Pwrite, 0, 9 * p as u64, 1)
+    let new = Modification::new(Kind::Pwrite, 0, size as u64 + 1, 1)
         .apply_checked(tf.path(), checker.current())
         .map_err(io("pwrite"))?;
     checker.push_state(new);
@@ -799,7 +860,7 @@ fn threads_case(s: Strategy, dir: &Path) -> Outcome {
             .observe(pg, seen[0][i].clone())
             .map_err(Failed::from)?;
     }
-    let newer = Modification::new(Kind::Pwrite, 0, 9 * p as u64, 2)
+    let newer = Modification::new(Kind::Pwrite, 0, size as u64 + 1, 2)
         .apply_checked(tf.path(), checker.current())
         .map_err(io("pwrite"))?;
     checker.push_state(newer);
@@ -957,12 +1018,35 @@ fn kernel_access_case(s: Strategy, dir: &Path) -> Outcome {
     Ok(Completion::Completed)
 }
 
+/// Does page `pg` as read (`got`) equal some state's page with
+/// `overlay` stored over it at `at` (the owner's private stores)?
+fn state_with_overlay(
+    c: &Checker,
+    pg: u64,
+    got: &[u8],
+    at: usize,
+    overlay: &[u8],
+) -> Result<(), Failed> {
+    for s in 0..c.states().len() {
+        let mut exp = c.expected(s, pg);
+        exp[at..at + overlay.len()].copy_from_slice(overlay);
+        if exp == got {
+            return Ok(());
+        }
+    }
+    fail(format!(
+        "page {pg} after a private store at {at}..{}: [{}] is no file state with the store applied",
+        at + overlay.len(),
+        pattern::describe(got, pg * page() as u64)
+    ))
+}
+
 fn map_mut_case(s: Strategy, dir: &Path) -> Outcome {
     if let Err(why) = usable_in(s, dir) {
         return skip(format!("{s} is not usable here: {why}"));
     }
     let p = page();
-    let size = 3 * p + 1;
+    let size = 4 * p + 1;
     let tf = TestFile::new_in(dir, size, 0).map_err(io("test file"))?;
     let old = tf.contents().map_err(io("read"))?;
     let file = tf.open().map_err(io("open"))?;
@@ -973,7 +1057,27 @@ fn map_mut_case(s: Strategy, dir: &Path) -> Outcome {
     if map.strategy() != s {
         return fail(format!("mapped by {}", map.strategy()));
     }
-    check_bytes(&map[..p], &old[..p], "page 0")?;
+    let mut c = Checker::new(p, 0, map.len(), old.clone());
+    c.touch(&map, [0]).map_err(Failed::from)?;
+    // Another process rewrites everything.
+    let new = Modification::new(Kind::Pwrite, 0, 5 * p as u64, 1)
+        .apply_checked(tf.path(), &old)
+        .map_err(io("pwrite"))?;
+    c.push_state(new);
+    // A store into an untouched page (a write fault on a missing page).
+    map[p + 5] = 0xA5;
+    state_with_overlay(&c, 1, &map[p..2 * p], 5, &[0xA5])?;
+    // The kernel stores into an untouched page: read(2) into it.
+    let other = tf.dir().join("other");
+    let seven = pattern::bytes(7, 0, 200);
+    std::fs::write(&other, &seven).map_err(io("write other"))?;
+    let n = File::open(&other)
+        .and_then(|mut f| f.read(&mut map[2 * p + 100..2 * p + 300]))
+        .map_err(io("read(2) into an untouched page of the mapping"))?;
+    if n != 200 {
+        return fail(format!("read(2) into the mapping read {n} bytes, want 200"));
+    }
+    state_with_overlay(&c, 2, &map[2 * p..3 * p], 100, &seven)?;
     // The pattern is ASCII: 0xA5 never occurs in the file unless a store leaked.
     map.fill(0xA5);
     let leaked = |what: &str| -> Result<(), Failed> {
@@ -988,11 +1092,11 @@ fn map_mut_case(s: Strategy, dir: &Path) -> Outcome {
     leaked("after the stores")?;
     check_bytes(
         &std::fs::read(tf.path()).map_err(io("read"))?,
-        &old,
+        c.current(),
         "file after private stores",
     )?;
-    let new = Modification::new(Kind::Pwrite, 0, 4 * p as u64, 1)
-        .apply_checked(tf.path(), &old)
+    let newer = Modification::new(Kind::Pwrite, 0, 5 * p as u64, 2)
+        .apply_checked(tf.path(), c.current())
         .map_err(io("pwrite"))?;
     if let Some(i) = map.iter().position(|&b| b != 0xA5) {
         return fail(format!(
@@ -1003,7 +1107,7 @@ fn map_mut_case(s: Strategy, dir: &Path) -> Outcome {
     leaked("after dropping the mapping")?;
     check_bytes(
         &std::fs::read(tf.path()).map_err(io("read"))?,
-        &new,
+        &newer,
         "file at the end",
     )?;
     Ok(Completion::Completed)
@@ -1424,6 +1528,8 @@ fn trials(dirs: &[FsDir], missing: &[(FsKind, String)]) -> Vec<Trial> {
                 ("truncate-zero-regrow", truncate_zero_regrow(false)),
                 ("truncate-zero-read-regrow", truncate_zero_regrow(true)),
                 ("unaligned-subrange", unaligned_subrange_script()),
+                ("large-sequential", large_script(false)),
+                ("large-random", large_script(true)),
             ] {
                 let name = format!("{bname}/{}/{case}", d.name);
                 t.push(script_trial(
