@@ -387,6 +387,14 @@ fn run_script(backend: Backend, dir: &Path, script: &Script) -> Result<Ran, Scri
         r.map_err(|v| ScriptError::Violation(i, v))?;
     }
     drop(mapped);
+    // Which version each page showed when first read (old = state 0).
+    let mut counts = vec![0usize; checker.states().len()];
+    for pg in checker.pages() {
+        if let Some(st) = checker.seen_state(pg) {
+            counts[st] += 1;
+        }
+    }
+    eprintln!("pages by the file state they showed when first read: {counts:?}");
     Ok(Ran::Done)
 }
 
