@@ -442,10 +442,18 @@ fn script_outcome(r: Result<Ran, ScriptError>) -> Outcome {
 }
 
 // The standard script for one modification kind.
-fn modify_script(kind: Kind) -> Script {
+/// The standard script for one modification kind. With `base` > 0 the
+/// file has `base` more bytes in front and everything happens that far in
+/// (a huge-page boundary away from the only page read at the start), so
+/// lazy strategies meet the modification on pages they have not filled.
+fn modify_script(kind: Kind, base: u64) -> Script {
     let p = page() as u64;
     let g = 1;
-    let m = |off: u64, len: u64| Modification::new(kind, off, len, g);
+    let shift = match kind {
+        Kind::Append | Kind::OpenTrunc | Kind::Cp | Kind::ShellRedirect => 0,
+        _ => base,
+    };
+    let m = |off: u64, len: u64| Modification::new(kind, off + shift, len, g);
     let m1 = match kind {
         Kind::Write => m(p - 10, 2 * p + 20),
         Kind::Pwrite => m(100, 3 * p),
@@ -469,19 +477,24 @@ fn modify_script(kind: Kind) -> Script {
         Kind::Cp => m(0, 3 * p + 17),
         Kind::ShellRedirect => m(0, 2 * p + 9),
     };
+    let b = base / p;
     Script {
         // 4 pages and a partial fifth; the mapping covers the fifth whole,
         // so the zeros past the end (and an append into them) are checked.
-        size: 4 * p as usize + 1000,
+        size: (base + 4 * p + 1000) as usize,
         off: 0,
-        len: Some(5 * p as usize),
+        len: Some((base + 5 * p) as usize),
         populate: false,
         steps: vec![
-            Step::Touch(vec![0, 2, 4]),
+            Step::Touch(if base == 0 {
+                vec![0, 2, 4]
+            } else {
+                vec![0, b + 2, b + 4]
+            }),
             Step::Modify(m1),
             Step::TouchAll,
             // Pages first read after the modification must not change either.
-            Step::Modify(Modification::new(Kind::Pwrite, 0, 5 * p, 2)),
+            Step::Modify(Modification::new(Kind::Pwrite, 0, base + 5 * p, 2)),
             Step::TouchAll,
         ],
     }
@@ -1521,15 +1534,17 @@ fn trials(dirs: &[FsDir], missing: &[(FsKind, String)]) -> Vec<Trial> {
             }
         }
         for (kind, d) in kind_fs {
-            let name = format!("{bname}/{}/modify/{kind}", d.name);
-            let script = modify_script(kind);
-            t.push(script_trial(
-                b,
-                name,
-                d.path.clone(),
-                script,
-                mounts.clone(),
-            ));
+            for (case, base) in [("modify", 0), ("modify-far", 2 << 20)] {
+                let name = format!("{bname}/{}/{case}/{kind}", d.name);
+                let script = modify_script(kind, base);
+                t.push(script_trial(
+                    b,
+                    name,
+                    d.path.clone(),
+                    script,
+                    mounts.clone(),
+                ));
+            }
         }
         for d in fss {
             for (case, script) in [
