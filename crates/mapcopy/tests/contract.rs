@@ -1493,7 +1493,13 @@ fn trials(dirs: &[FsDir], missing: &[(FsKind, String)]) -> Vec<Trial> {
         if let Err(why) = &e.usable
             && not_implemented(why)
         {
-            eprintln!("contract: {s} is not part of the suite: {why}");
+            // Not part of the suite until it lands; one ignored trial says so
+            // (not a failure even with MAPCOPY_REQUIRE_ALL=1).
+            let why = format!("{s} is not part of the suite yet: {why}");
+            t.push(Trial::ignorable_test(
+                format!("{s}/not-implemented"),
+                move || Ok(Completion::ignored_with(why)),
+            ));
             continue;
         }
         let on: Vec<FsDir> = dirs
