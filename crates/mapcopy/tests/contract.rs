@@ -605,6 +605,32 @@ fn large_script(random: bool) -> Script {
     }
 }
 
+/// An unaligned sub-range of a large file that starts and ends inside huge
+/// pages and inside base pages.
+fn large_unaligned_script() -> Script {
+    let p = page() as u64;
+    let mib = 1u64 << 20;
+    let off = mib + 3 * p + 77;
+    let len = 3 * mib + 5;
+    let first = off / p;
+    let last = (off + len as u64 - 1) / p;
+    Script {
+        size: (5 * mib) as usize,
+        off,
+        len: Some(len as usize),
+        populate: false,
+        steps: vec![
+            Step::Touch(vec![first, first + 1, last]),
+            Step::Modify(Modification::new(Kind::Pwrite, off - 50, 2 * mib, 1)),
+            Step::Touch((first + 2..first + 300).collect()),
+            Step::Modify(Modification::new(Kind::FtruncateShrink, 3 * mib + 9, 0, 0)),
+            Step::TouchAll,
+            Step::Modify(Modification::new(Kind::Pwrite, 0, 5 * mib, 2)),
+            Step::TouchAll,
+        ],
+    }
+}
+
 fn populate_script() -> Script {
     let p = page() as u64;
     Script {
@@ -816,7 +842,9 @@ fn many_mappings_case(s: Strategy, dir: &Path) -> Outcome {
     Ok(Completion::Completed)
 }
 
-fn threads_case(s: Strategy, dir: &Path) -> Outcome {
+/// 8 threads race on first touch: over one mapping, or over three mappings
+/// of the same file at different offsets (one handler serving several).
+fn threads_case(s: Strategy, dir: &Path, multi: bool) -> Outcome {
     if let Err(why) = usable_in(s, dir) {
         return skip(format!("{s} is not usable here: {why}"));
     }
@@ -826,38 +854,59 @@ fn threads_case(s: Strategy, dir: &Path) -> Outcome {
     let tf = TestFile::new_in(dir, size, 0).map_err(io("test file"))?;
     let initial = tf.contents().map_err(io("read"))?;
     let file = tf.open().map_err(io("open"))?;
-    let map = MapOptions::new()
-        .strategy(s)
-        .map(&file)
-        .map_err(io("map"))?;
-    let mut checker = Checker::new(p, 0, map.len(), initial);
+    let offsets: &[u64] = if multi {
+        &[0, 5 * p as u64 + 7, (1 << 20) + 3]
+    } else {
+        &[0]
+    };
+    let mut maps = Vec::new();
+    for &off in offsets {
+        let m = MapOptions::new()
+            .strategy(s)
+            .offset(off)
+            .map(&file)
+            .map_err(io("map"))?;
+        let c = Checker::new(p, off, m.len(), initial.clone());
+        maps.push((m, c));
+    }
     // Another process changes every page before anyone touched one.
     let new = Modification::new(Kind::Pwrite, 0, size as u64 + 1, 1)
-        .apply_checked(tf.path(), checker.current())
+        .apply_checked(tf.path(), &initial)
         .map_err(io("pwrite"))?;
-    checker.push_state(new);
+    for (_, c) in &mut maps {
+        c.push_state(new.clone());
+    }
     const THREADS: usize = 8;
-    let pages: Vec<u64> = checker.pages().collect();
     let barrier = Barrier::new(THREADS);
-    let seen: Vec<Vec<Vec<u8>>> = std::thread::scope(|sc| {
+    // seen[thread][mapping][page index]
+    let seen: Vec<Vec<Vec<Vec<u8>>>> = std::thread::scope(|sc| {
         let hs: Vec<_> = (0..THREADS)
             .map(|t| {
-                let (map, pages, barrier, checker) = (&map, &pages, &barrier, &checker);
+                let (maps, barrier) = (&maps, &barrier);
                 sc.spawn(move || {
-                    let mut out = vec![Vec::new(); pages.len()];
+                    let mut out: Vec<Vec<Vec<u8>>> = maps
+                        .iter()
+                        .map(|(_, c)| vec![Vec::new(); c.pages().count()])
+                        .collect();
                     barrier.wait();
                     // Each thread walks the pages from a different start, in
                     // alternating directions, so first touches collide.
-                    for k in 0..pages.len() {
-                        let i = if t % 2 == 0 {
-                            (k + t) % pages.len()
-                        } else {
-                            (pages.len() * 2 - k - t) % pages.len()
-                        };
-                        let r = checker.mapped(pages[i]);
-                        let mut buf = vec![0u8; r.len()];
-                        Source::read(map, r.start, &mut buf).expect("read");
-                        out[i] = buf;
+                    for mi in 0..maps.len() {
+                        let mi = (mi + t) % maps.len();
+                        let (map, c) = &maps[mi];
+                        let pages: Vec<u64> = c.pages().collect();
+                        let n = pages.len();
+                        for k in 0..n {
+                            let i = if t % 2 == 0 {
+                                (k + t) % n
+                            } else {
+                                (n * 2 - k - t) % n
+                            };
+                            let r = c.mapped(pages[i]);
+                            let mut buf = vec![0u8; r.len()];
+                            Source::read(map, r.start, &mut buf).expect("read");
+                            out[mi][i] = buf;
+                        }
                     }
                     out
                 })
@@ -867,25 +916,30 @@ fn threads_case(s: Strategy, dir: &Path) -> Outcome {
             .map(|h| h.join().expect("reader thread"))
             .collect()
     });
-    for (i, &pg) in pages.iter().enumerate() {
-        for t in 1..THREADS {
-            if seen[t][i] != seen[0][i] {
-                return fail(format!(
-                    "threads 0 and {t} saw different bytes in page {pg}: [{}] vs [{}]",
-                    pattern::describe(&seen[0][i], pg * p as u64),
-                    pattern::describe(&seen[t][i], pg * p as u64)
-                ));
+    for (mi, (_, c)) in maps.iter_mut().enumerate() {
+        let pages: Vec<u64> = c.pages().collect();
+        for (i, &pg) in pages.iter().enumerate() {
+            for t in 1..THREADS {
+                if seen[t][mi][i] != seen[0][mi][i] {
+                    return fail(format!(
+                        "mapping {mi}: threads 0 and {t} saw different bytes in page {pg}: [{}] vs [{}]",
+                        pattern::describe(&seen[0][mi][i], pg * p as u64),
+                        pattern::describe(&seen[t][mi][i], pg * p as u64)
+                    ));
+                }
             }
+            c.observe(pg, seen[0][mi][i].clone())
+                .map_err(|v| Failed::from(format!("mapping {mi}: {v}")))?;
         }
-        checker
-            .observe(pg, seen[0][i].clone())
-            .map_err(Failed::from)?;
     }
     let newer = Modification::new(Kind::Pwrite, 0, size as u64 + 1, 2)
-        .apply_checked(tf.path(), checker.current())
+        .apply_checked(tf.path(), &new)
         .map_err(io("pwrite"))?;
-    checker.push_state(newer);
-    checker.touch_all(&map).map_err(Failed::from)?;
+    for (mi, (m, c)) in maps.iter_mut().enumerate() {
+        c.push_state(newer.clone());
+        c.touch_all(m)
+            .map_err(|v| Failed::from(format!("mapping {mi}: {v}")))?;
+    }
     Ok(Completion::Completed)
 }
 
@@ -1559,6 +1613,7 @@ fn trials(dirs: &[FsDir], missing: &[(FsKind, String)]) -> Vec<Trial> {
                 ("unaligned-subrange", unaligned_subrange_script()),
                 ("large-sequential", large_script(false)),
                 ("large-random", large_script(true)),
+                ("large-unaligned", large_unaligned_script()),
             ] {
                 let name = format!("{bname}/{}/{case}", d.name);
                 t.push(script_trial(
@@ -1591,8 +1646,13 @@ fn trials(dirs: &[FsDir], missing: &[(FsKind, String)]) -> Vec<Trial> {
             ));
             let dd = dir.clone();
             t.push(Trial::ignorable_test(format!("{pre}/threads"), move || {
-                threads_case(s, &dd)
+                threads_case(s, &dd, false)
             }));
+            let dd = dir.clone();
+            t.push(Trial::ignorable_test(
+                format!("{pre}/threads-many-mappings"),
+                move || threads_case(s, &dd, true),
+            ));
             let dd = dir.clone();
             t.push(Trial::ignorable_test(format!("{pre}/fork"), move || {
                 fork_case(s, &dd)
