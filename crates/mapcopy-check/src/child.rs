@@ -27,6 +27,7 @@ pub fn dispatch() {
     let code = match name.as_str() {
         // Entry points, one line each: "name" => module::child_main(&args),
         crate::demo::WRITER => crate::demo::writer_main(&args),
+        crate::modify::ENTRY => crate::modify::child_main(&args),
         "echo" => {
             // Prints its arguments: lets a test prove the re-exec works.
             println!("{}", args.join(" "));
