@@ -55,7 +55,7 @@ use crate::Error;
 use crate::sys::fanotify::{self, Event, FAN_PRE_ACCESS, Group, LeaseProbe, Response};
 use crate::sys::mmap::Region;
 use crate::sys::proc_pid::{self, FdInfo, Syscall};
-use crate::sys::{self, file};
+use crate::sys::{self, detect, file};
 use crate::watcher::{self, Registration, Source};
 
 /// Events the guard asks for on every guarded inode.
@@ -90,31 +90,23 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 // check
 
 pub(crate) fn check(req: Option<&Request<'_>>) -> Result<String, String> {
-    let kernel = kernel_ok()?;
-    // A throwaway group proves the capability (CAP_SYS_ADMIN) and the
-    // group class; a throwaway mark on the file proves the filesystem.
-    let probe = Group::new(INIT_FLAGS, EVENT_F_FLAGS).map_err(group_error)?;
+    // A throwaway group and mark prove the capability (CAP_SYS_ADMIN), the
+    // kernel (FAN_PRE_ACCESS) and the filesystem.
+    let found = detect::fanotify_pre_content(req.map(|r| (r.file, &r.meta)))?;
     let Some(req) = req else {
-        return Ok(format!(
-            "kernel {kernel} has FAN_PRE_ACCESS and this process may create pre-content fanotify groups (CAP_SYS_ADMIN); needs a filesystem that allows pre-content marks (ext4, xfs, btrfs)"
-        ));
+        return Ok(found);
     };
-    let fs = file::fs_name(req.meta.fs_type);
     if req.writable {
         return Err(MAP_MUT.into());
     }
     if req.meta.writable {
-        return Err("the file descriptor passed in is open for writing: writes through an fd opened before the guard armed raise no events; pass a read-only File".into());
+        return Err(FD_WRITABLE.into());
     }
-    probe
-        .mark_inode(req.file.as_fd(), MASK, false)
-        .map_err(|e| format!("{fs} refuses pre-content fanotify marks ({e})"))?;
-    drop(probe);
     let fd = reopen(req.file)
         .map_err(|e| format!("cannot open a second read-only fd of the file: {e}"))?;
     match lease_probe(fd.as_fd()) {
         Ok(LeaseProbe::NoWriter) => Ok(format!(
-            "kernel {kernel}, CAP_SYS_ADMIN, {fs} allows pre-content marks, and no writer holds the file open (read lease granted)"
+            "{found}; no writer holds the file open (read lease granted)"
         )),
         Ok(LeaseProbe::WriterExists) => Err(WRITER_OPEN.into()),
         Err(e) => Err(format!(
@@ -122,6 +114,8 @@ pub(crate) fn check(req: Option<&Request<'_>>) -> Result<String, String> {
         )),
     }
 }
+
+const FD_WRITABLE: &str = "the file descriptor passed in is open for writing: writes through an fd opened before the guard armed raise no events; pass a read-only File";
 
 const MAP_MUT: &str = "guard maps read-only (map, not map_mut): a truncation by another process unmaps even private copies of file pages, so the owner's own stores could be lost";
 
@@ -754,9 +748,7 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
         return Err(unsupported(MAP_MUT.into()));
     }
     if req.meta.writable {
-        return Err(unsupported(
-            "the file descriptor passed in is open for writing: writes through an fd opened before the guard armed raise no events; pass a read-only File".into(),
-        ));
+        return Err(unsupported(FD_WRITABLE.into()));
     }
     let g = guards()?;
     let key = (req.meta.dev, req.meta.ino);

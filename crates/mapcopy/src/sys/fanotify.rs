@@ -248,6 +248,17 @@ pub(crate) enum LeaseProbe {
 /// `file` should be this crate's own read-only fd (a lease belongs to the
 /// open file description).
 pub(crate) fn try_read_lease(file: BorrowedFd<'_>) -> io::Result<LeaseProbe> {
+    // Should a writer open the file in the microseconds the lease is held,
+    // the kernel signals the holder; the default SIGIO would kill this
+    // process, SIGURG is ignored by default (as in `sys::detect`).
+    // SAFETY: F_SETSIG takes an integer argument; no memory is passed.
+    cvt(unsafe {
+        libc::fcntl(
+            file.as_raw_fd(),
+            linux_raw_sys::general::F_SETSIG as libc::c_int,
+            libc::SIGURG,
+        )
+    })?;
     // SAFETY: F_SETLEASE takes an integer argument; no memory is passed.
     let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLEASE, libc::F_RDLCK) };
     if r == -1 {
