@@ -86,6 +86,10 @@ fn lacks(s: Strategy) -> Vec<&'static str> {
             }
             v
         }
+        Strategy::Guard => vec![
+            "fork(): the mapping is MADV_DONTFORK; a forked child does not inherit it (touching it there faults)",
+            "cost to others: every read, write, mmap and open of the file by any process waits for this process's watcher (a fanotify round trip)",
+        ],
         _ => Vec::new(),
     }
 }

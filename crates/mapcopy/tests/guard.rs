@@ -305,8 +305,8 @@ fn writer_holding_the_file_open_is_refused() {
 }
 
 #[test]
-fn writable_fd_and_map_mut_are_refused() {
-    if !usable("writable_fd_and_map_mut_are_refused") {
+fn writable_fd_is_refused() {
+    if !usable("writable_fd_is_refused") {
         return;
     }
     let fx = fixture(1, 0);
@@ -321,12 +321,29 @@ fn writable_fd_and_map_mut_are_refused() {
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unsupported);
     assert!(e.to_string().contains("open for writing"), "{e}");
-    let ro = File::open(&fx.path).unwrap();
-    let e = MapOptions::new()
+}
+
+#[test]
+fn map_mut_keeps_own_stores_through_truncation() {
+    if !usable("map_mut_keeps_own_stores_through_truncation") {
+        return;
+    }
+    let fx = fixture(6, 10);
+    let f = File::open(&fx.path).unwrap();
+    let mut m = MapOptions::new()
         .strategy(Strategy::Guard)
-        .map_mut(&ro)
-        .unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Unsupported);
+        .map_mut(&f)
+        .unwrap();
+    assert_eq!(m.strategy(), Strategy::Guard);
+    m[5000] = b'!';
+    sh(&format!("truncate -s 0 {}", q(&fx.path)));
+    m[9000] = b'?';
+    let mut want = fx.original.clone();
+    want[5000] = b'!';
+    want[9000] = b'?';
+    assert!(m[..] == want[..]);
+    // Stores never reach the file (S4).
+    assert_eq!(fs::metadata(&fx.path).unwrap().len(), 0);
 }
 
 #[test]

@@ -17,14 +17,24 @@
 //! * before a write, `fallocate`, `copy_file_range`, clone or dedupe into the
 //!   file, the pages it will touch are copied into private pages of every
 //!   guarded mapping of the inode (`MADV_POPULATE_WRITE`), then it is
-//!   allowed. An `O_APPEND` write also copies the page holding the end of
-//!   the file (the event names the file position, not the end); a truncate
-//!   copies everything from the page of the new size to the end of each
-//!   mapping (the event names one page); `open(O_TRUNC)` and a `MAP_SHARED`
-//!   mmap through a writable fd (its stores raise nothing) copy the whole
-//!   mapping; anything that cannot be classified (task gone, `/proc`
-//!   unreadable, io_uring, unknown syscalls) copies from the reported offset
-//!   to the end, which covers writes, appends and truncation alike.
+//!   allowed. Writes also copy the page holding the end of the file (an
+//!   `O_APPEND` write lands there, but the event names the file position);
+//! * a truncation unmaps even private copies of file pages
+//!   (`unmap_mapping_range(..., even_cows = 1)`), so before a truncate (the
+//!   event names only the page of the new size), `open(O_TRUNC)`, a
+//!   collapse/insert `fallocate`, or a `MAP_SHARED` mmap through a writable
+//!   fd (its stores raise nothing), the mapping from the affected offset to
+//!   its end is *detached*: the file's data there (`SEEK_DATA`, holes cost
+//!   nothing) and the pages copied earlier are copied into anonymous memory
+//!   that `mremap` moves over the range in one step. Anything that cannot
+//!   be classified (task gone, `/proc` unreadable, io_uring, unknown
+//!   syscalls) detaches from the reported offset to the end, which covers
+//!   writes, appends and truncation alike.
+//!
+//! A writable mapping (`map_mut`) cannot stay a file mapping (a
+//! truncation would throw the owner's stores away with the private pages),
+//! so it is detached completely before `map_mut` returns: the file's data
+//! is copied, holes are not, and the guard is not needed afterwards.
 //!
 //! Events are armed per open file at open time, so a file opened for
 //! writing *before* the mark would write unseen: after the mark is placed
@@ -96,9 +106,6 @@ pub(crate) fn check(req: Option<&Request<'_>>) -> Result<String, String> {
     let Some(req) = req else {
         return Ok(found);
     };
-    if req.writable {
-        return Err(MAP_MUT.into());
-    }
     if req.meta.writable {
         return Err(FD_WRITABLE.into());
     }
@@ -116,8 +123,6 @@ pub(crate) fn check(req: Option<&Request<'_>>) -> Result<String, String> {
 }
 
 const FD_WRITABLE: &str = "the file descriptor passed in is open for writing: writes through an fd opened before the guard armed raise no events; pass a read-only File";
-
-const MAP_MUT: &str = "guard maps read-only (map, not map_mut): a truncation by another process unmaps even private copies of file pages, so the owner's own stores could be lost";
 
 fn group_error(e: io::Error) -> String {
     match e.raw_os_error() {
@@ -744,9 +749,6 @@ fn classify_open(tid: i32, sc: Option<Syscall>, look: &dyn Lookup) -> Action {
 pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
     let unsupported = |why: String| Error::unsupported(Strategy::Guard, why);
     kernel_ok().map_err(unsupported)?;
-    if req.writable {
-        return Err(unsupported(MAP_MUT.into()));
-    }
     if req.meta.writable {
         return Err(unsupported(FD_WRITABLE.into()));
     }
@@ -880,7 +882,21 @@ fn map_armed(
             unregister();
             continue;
         }
-        if req.populate {
+        if req.writable {
+            // The owner's stores would land in private pages of a file
+            // mapping, which a truncation by anybody throws away (even
+            // private copies are unmapped). So a writable mapping takes all
+            // of the file's data into anonymous memory now (holes cost
+            // nothing), while the guard still holds writers off, and then
+            // needs no guard.
+            let mut inodes = lock(&g.inodes);
+            let r = m.detach(0, fd.as_fd());
+            if let Some(i) = inodes.get_mut(&key) {
+                i.maps.retain(|x| !Arc::ptr_eq(x, &m));
+            }
+            drop(inodes);
+            r.map_err(|e| Error::io("copying the file into private memory", e))?;
+        } else if req.populate {
             if let Err(e) = m.copy_all() {
                 unregister();
                 return Err(Error::io("populating the mapping", e));
@@ -998,11 +1014,10 @@ impl Snapshot for Guard {
     fn bytes_mut(&mut self) -> &mut [u8] {
         let m = self.mapping();
         assert!(self.head + self.len <= m.region.len());
-        // SAFETY: as in `bytes`; the region is mapped read-write and
-        // private, and `&mut self` is the only way to it. The watcher's
-        // MADV_POPULATE_WRITE never changes contents (it copies the current
-        // page or leaves a private page alone), so it does not race with
-        // these stores.
+        // SAFETY: as in `bytes`, and only `map_mut` snapshots get here:
+        // their region is all anonymous, read-write memory, detached from
+        // the file and unregistered before `map` returned, so no watcher
+        // touches it; `&mut self` is the only way to it.
         unsafe { std::slice::from_raw_parts_mut(m.region.as_ptr().add(self.head), self.len) }
     }
 }
