@@ -748,13 +748,18 @@ fn classify_open(tid: i32, sc: Option<Syscall>, look: &dyn Lookup) -> Action {
 
 pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
     let unsupported = |why: String| Error::unsupported(Strategy::Guard, why);
-    kernel_ok().map_err(unsupported)?;
+    // A refusal says what `check` (and so `probe`) says.
+    let explain = |e: Error| match check(Some(req)) {
+        Err(why) if e.kind() == crate::ErrorKind::Unsupported => unsupported(why),
+        _ => e,
+    };
+    kernel_ok().map_err(unsupported).map_err(explain)?;
     if req.meta.writable {
         return Err(unsupported(FD_WRITABLE.into()));
     }
-    let g = guards()?;
+    let g = guards().map_err(explain)?;
     let key = (req.meta.dev, req.meta.ino);
-    let fd = arm(&g, req, key)?;
+    let fd = arm(&g, req, key).map_err(explain)?;
     let result = map_armed(&g, req, key, &fd);
     {
         let mut inodes = lock(&g.inodes);
