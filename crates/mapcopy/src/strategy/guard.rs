@@ -902,7 +902,12 @@ fn map_armed(
             drop(inodes);
             r.map_err(|e| Error::io("copying the file into private memory", e))?;
         } else if req.populate {
-            if let Err(e) = m.copy_all() {
+            // Under the lock: the watcher may be detaching this mapping.
+            let r = {
+                let _inodes = lock(&g.inodes);
+                m.copy_all()
+            };
+            if let Err(e) = r {
                 unregister();
                 return Err(Error::io("populating the mapping", e));
             }
@@ -1011,8 +1016,8 @@ impl Snapshot for Guard {
         // after copying that page into this mapping (or, if the watcher
         // fails, after copying every page). No writer held the file open
         // when the mapping was registered (read lease). Reads never fault
-        // fatally: file pages past the end of the file are copied before
-        // any truncation is allowed.
+        // fatally: before any truncation is allowed, the pages it could
+        // remove are detached into anonymous memory (`Mapping::detach`).
         unsafe { std::slice::from_raw_parts(m.region.as_ptr().add(self.head), self.len) }
     }
 
