@@ -603,19 +603,25 @@ fn child_entry() {
             println!("NOBODY-OK: {e}");
         }
         "uring_write" => {
-            use io_uring::{IoUring, opcode, types};
+            use io_uring::{IoUring, opcode, squeue, types};
             use std::os::fd::AsRawFd;
             let f = OpenOptions::new().write(true).open(&path).unwrap();
             let buf = vec![0xeeu8; 2 * PAGE];
             let mut ring = IoUring::new(4).unwrap();
-            let sqe = opcode::Write::new(types::Fd(f.as_raw_fd()), buf.as_ptr(), buf.len() as _)
-                .offset(PAGE as u64)
-                .build();
-            // SAFETY: `buf` outlives the submission (we wait for it below).
-            unsafe { ring.submission().push(&sqe).unwrap() };
-            ring.submit_and_wait(1).unwrap();
-            let cqe = ring.completion().next().unwrap();
-            assert_eq!(cqe.result(), buf.len() as i32, "io_uring write");
+            // Inline, then forced onto an io-wq worker thread (whose
+            // /proc/TID/syscall shows its process's syscall, not the write).
+            for (off, flags) in [(PAGE, squeue::Flags::empty()), (0, squeue::Flags::ASYNC)] {
+                let sqe =
+                    opcode::Write::new(types::Fd(f.as_raw_fd()), buf.as_ptr(), buf.len() as _)
+                        .offset(off as u64)
+                        .build()
+                        .flags(flags);
+                // SAFETY: `buf` outlives the submission (we wait for it below).
+                unsafe { ring.submission().push(&sqe).unwrap() };
+                ring.submit_and_wait(1).unwrap();
+                let cqe = ring.completion().next().unwrap();
+                assert_eq!(cqe.result(), buf.len() as i32, "io_uring write");
+            }
         }
         "many_writes" => {
             let files: Vec<File> = std::env::var("GUARD_PATH")

@@ -8,7 +8,8 @@
 //! (`FAN_PRE_ACCESS | FAN_OPEN_PERM`) on every guarded file; the kernel
 //! stops every later reader, writer, truncater and mapper of the file before
 //! it touches the data and waits for this process's answer. The answer comes
-//! from the per-process watcher thread ([`crate::watcher`]):
+//! from the guard thread of this process (its own thread, not the shared
+//! watcher: see `serve_loop`):
 //!
 //! * the event does not say read or write, so the task's syscall
 //!   (`/proc/TID/syscall`) and its fd's flags (`/proc/TID/fdinfo/FD`) do:
@@ -42,7 +43,7 @@
 //! refuses while any writable fd exists; then the writer is reported as
 //! [`crate::ErrorKind::Unsupported`].
 //!
-//! Failure: if the watcher fails, [`Source::shutdown`] first copies every
+//! Failure: if the guard thread fails, [`Guards::shutdown`] first copies every
 //! page of every guarded mapping, then releases the group, so the kernel
 //! allows whatever is pending: no writer hangs, no snapshot is lost. A forked
 //! child does not inherit guarded mappings (`MADV_DONTFORK`, as for `Lazy`)
@@ -55,6 +56,7 @@ use std::ffi::CString;
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Once, PoisonError};
 
@@ -66,7 +68,6 @@ use crate::sys::fanotify::{self, Event, FAN_PRE_ACCESS, Group, LeaseProbe, Respo
 use crate::sys::mmap::Region;
 use crate::sys::proc_pid::{self, FdInfo, Syscall};
 use crate::sys::{self, detect, file};
-use crate::watcher::{self, Registration, Source};
 
 /// Events the guard asks for on every guarded inode.
 const MASK: u64 = FAN_PRE_ACCESS | libc::FAN_OPEN_PERM;
@@ -393,8 +394,8 @@ struct Guards {
     buf: Mutex<Vec<u64>>,
 }
 
-/// The live group of this process and its watcher registration.
-static CURRENT: Mutex<Option<(Arc<Guards>, Registration)>> = Mutex::new(None);
+/// The live group of this process (served by its own thread).
+static CURRENT: Mutex<Option<Arc<Guards>>> = Mutex::new(None);
 /// Raw fds for the fork handler (which may not take locks).
 static GROUP_FD: AtomicI32 = AtomicI32::new(-1);
 static DEVNULL_FD: AtomicI32 = AtomicI32::new(-1);
@@ -411,15 +412,15 @@ extern "C" fn child_after_fork() {
 fn guards() -> Result<Arc<Guards>, Error> {
     let mut cur = lock(&CURRENT);
     let pid = rustix::process::getpid();
-    if let Some((g, _)) = cur.as_ref() {
+    if let Some(g) = cur.as_ref() {
         if g.pid == pid && !g.dead.load(Ordering::Acquire) {
             return Ok(g.clone());
         }
     }
     if let Some(old) = cur.take() {
-        if old.0.pid != pid {
-            // Inherited through fork: its fd is /dev/null here already, and
-            // its registration belongs to the parent's watcher.
+        if old.pid != pid {
+            // Inherited through fork: its fd is /dev/null here already and
+            // its mappings were not inherited; leave it alone.
             std::mem::forget(old);
         }
     }
@@ -435,8 +436,11 @@ fn guards() -> Result<Arc<Guards>, Error> {
         dead: AtomicBool::new(false),
         buf: Mutex::new(vec![0u64; 4096 / 8 * 4]),
     });
-    let reg = watcher::register(g.clone())
-        .map_err(|e| Error::io("registering the fanotify group with the watcher", e))?;
+    let served = g.clone();
+    std::thread::Builder::new()
+        .name("mapcopy-guard".into())
+        .spawn(move || serve_loop(served))
+        .map_err(|e| Error::io("starting the guard thread", e))?;
     GROUP_FD.store(g.group.as_fd().as_raw_fd(), Ordering::Relaxed);
     DEVNULL_FD.store(g.devnull.as_raw_fd(), Ordering::Relaxed);
     let mut fork_err = None;
@@ -444,21 +448,58 @@ fn guards() -> Result<Arc<Guards>, Error> {
     if let Some(e) = fork_err {
         return Err(Error::io("registering the fork handler", e));
     }
-    *cur = Some((g.clone(), reg));
+    *cur = Some(g.clone());
     Ok(g)
 }
 
-impl Source for Guards {
-    fn fd(&self) -> BorrowedFd<'_> {
-        self.group.as_fd()
+/// The guard thread: answers the group's events until the group dies.
+///
+/// It is not the shared watcher thread on purpose: that thread reads files
+/// for other strategies (`Lazy` fills pages with `pread`, `Lease` copies on
+/// a break), and a read of a guarded file raises an event that only this
+/// thread can answer; on one thread that read would wait for itself.
+/// Failure policy as the watcher's: on a panic or error, take every page
+/// ([`Guards::shutdown`]), release the group (the kernel then allows what
+/// is pending) and stop; if even that fails, abort.
+fn serve_loop(g: Arc<Guards>) {
+    use rustix::event::{PollFd, PollFlags, poll};
+    let why = loop {
+        if g.dead.load(Ordering::Acquire) {
+            return;
+        }
+        let mut fds = [PollFd::new(&g.group, PollFlags::IN)];
+        match poll(&mut fds, None) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => break format!("poll on the fanotify group failed: {e}"),
+        }
+        if let Err(p) = catch_unwind(AssertUnwindSafe(|| g.ready())) {
+            break p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+        }
+    };
+    eprintln!(
+        "mapcopy: guard thread failing ({why}); copying every guarded page and letting writers go"
+    );
+    if catch_unwind(AssertUnwindSafe(|| g.shutdown())).is_err() {
+        eprintln!(
+            "mapcopy: guarded mappings could not be made safe without the guard thread; aborting"
+        );
+        std::process::abort();
     }
+}
 
+impl Guards {
+    /// Answers every queued event.
     fn ready(&self) {
         let mut buf = lock(&self.buf);
         loop {
             let events = match self.group.read_events(&mut buf) {
                 Ok(ev) => ev,
-                // Panicking makes the watcher call `shutdown`, which keeps
+                // Panicking makes the guard thread call `shutdown`, which keeps
                 // every snapshot and lets the pending writers go.
                 Err(e) => panic!("reading fanotify events: {e}"),
             };
@@ -471,13 +512,15 @@ impl Source for Guards {
         }
     }
 
+    /// The guard thread is going away: take every page of every mapping
+    /// into anonymous memory, then release the group.
     fn shutdown(&self) {
         let mut inodes = lock(&self.inodes);
         for inode in inodes.values() {
             for m in &inode.maps {
                 if let Err(e) = m.detach(0, inode.fd.as_fd()) {
-                    // Cannot keep the snapshot without the watcher: the
-                    // watcher aborts the process on this panic.
+                    // Cannot keep the snapshot without the guard thread: it
+                    // aborts the process on this panic.
                     panic!("copying a guarded mapping before giving up the guard: {e}");
                 }
             }
@@ -488,12 +531,6 @@ impl Source for Guards {
         Group::detach_raw(self.group.as_fd().as_raw_fd(), self.devnull.as_raw_fd());
     }
 
-    fn name(&self) -> &'static str {
-        "guard (fanotify)"
-    }
-}
-
-impl Guards {
     /// Classifies one event, copies what it needs, answers it.
     fn serve(&self, ev: Event) {
         let Some(fd) = ev.fd.as_ref() else {
@@ -602,6 +639,7 @@ enum Action {
 /// Where classification looks up the writer (a trait so tests can fake it).
 trait Lookup {
     fn syscall(&self, tid: i32) -> Option<Syscall>;
+    fn is_io_worker(&self, tid: i32) -> Option<bool>;
     fn fdinfo(&self, tid: i32, fd: u64) -> Option<FdInfo>;
     fn read_u64(&self, tid: i32, addr: u64) -> Option<u64>;
 }
@@ -612,6 +650,9 @@ struct Proc;
 impl Lookup for Proc {
     fn syscall(&self, tid: i32) -> Option<Syscall> {
         proc_pid::syscall(tid)
+    }
+    fn is_io_worker(&self, tid: i32) -> Option<bool> {
+        proc_pid::is_io_worker(tid)
     }
     fn fdinfo(&self, tid: i32, fd: u64) -> Option<FdInfo> {
         proc_pid::fdinfo(tid, fd)
@@ -625,7 +666,11 @@ impl Lookup for Proc {
 /// `file` gives the inode number and current size of the file (`fstat` of
 /// the event's fd; `None` if that fails), asked only when needed.
 fn classify(ev: &Event, file: &dyn Fn() -> Option<(u64, u64)>, look: &dyn Lookup) -> Action {
-    let sc = look.syscall(ev.pid);
+    // An io_uring worker shows the syscall its process was in when the
+    // worker was made, not the request it runs: trust no syscall there.
+    let sc = look
+        .syscall(ev.pid)
+        .filter(|_| look.is_io_worker(ev.pid) == Some(false));
     if ev.mask & libc::FAN_OPEN_PERM != 0 {
         return classify_open(ev.pid, sc, look);
     }
@@ -785,7 +830,7 @@ fn arm(g: &Arc<Guards>, req: &Request<'_>, key: (u64, u64)) -> Result<Arc<OwnedF
     if g.dead.load(Ordering::Acquire) {
         return Err(Error::unsupported(
             Strategy::Guard,
-            "the guard's watcher failed; map again",
+            "the guard thread failed; map again",
         ));
     }
     if let Some(i) = inodes.get_mut(&key) {
@@ -845,7 +890,7 @@ fn map_armed(
             if g.dead.load(Ordering::Acquire) {
                 return Err(Error::unsupported(
                     Strategy::Guard,
-                    "the guard's watcher failed; map again",
+                    "the guard thread failed; map again",
                 ));
             }
             inodes
@@ -902,7 +947,7 @@ fn map_armed(
             drop(inodes);
             r.map_err(|e| Error::io("copying the file into private memory", e))?;
         } else if req.populate {
-            // Under the lock: the watcher may be detaching this mapping.
+            // Under the lock: the guard thread may be detaching this mapping.
             let r = {
                 let _inodes = lock(&g.inodes);
                 m.copy_all()
@@ -1013,7 +1058,7 @@ impl Snapshot for Guard {
         // either anonymous (private from the start), already a private copy,
         // or the page cache's page of a file that nobody can modify without
         // first raising a fanotify event that this process answers only
-        // after copying that page into this mapping (or, if the watcher
+        // after copying that page into this mapping (or, if the guard thread
         // fails, after copying every page). No writer held the file open
         // when the mapping was registered (read lease). Reads never fault
         // fatally: before any truncation is allowed, the pages it could
@@ -1026,7 +1071,7 @@ impl Snapshot for Guard {
         assert!(self.head + self.len <= m.region.len());
         // SAFETY: as in `bytes`, and only `map_mut` snapshots get here:
         // their region is all anonymous, read-write memory, detached from
-        // the file and unregistered before `map` returned, so no watcher
+        // the file and unregistered before `map` returned, so the guard thread never
         // touches it; `&mut self` is the only way to it.
         unsafe { std::slice::from_raw_parts_mut(m.region.as_ptr().add(self.head), self.len) }
     }
@@ -1056,6 +1101,7 @@ mod tests {
     use super::*;
 
     struct Fake {
+        io_worker: bool,
         sc: Option<Syscall>,
         info: Option<FdInfo>,
         mem: Option<u64>,
@@ -1064,6 +1110,9 @@ mod tests {
     impl Lookup for Fake {
         fn syscall(&self, _: i32) -> Option<Syscall> {
             self.sc
+        }
+        fn is_io_worker(&self, _: i32) -> Option<bool> {
+            Some(self.io_worker)
         }
         fn fdinfo(&self, _: i32, _: u64) -> Option<FdInfo> {
             self.info
@@ -1084,6 +1133,7 @@ mod tests {
 
     fn fake(nr: i64, args: [u64; 6], flags: i32) -> Fake {
         Fake {
+            io_worker: false,
             sc: Some(Syscall { nr, args }),
             info: Some(FdInfo { flags, ino: 7 }),
             mem: None,
@@ -1102,6 +1152,10 @@ mod tests {
         let e = ev(PA, Some((4096, 4096)));
         let rd = fake(libc::SYS_pread64, [3, 0, 4096, 4096, 0, 0], libc::O_RDONLY);
         assert_eq!(classify(&e, &f(100_000), &rd), Action::Allow);
+        // The same "syscall" shown by an io_uring worker is not trusted.
+        let mut worker = fake(libc::SYS_pread64, [3, 0, 4096, 4096, 0, 0], libc::O_RDONLY);
+        worker.io_worker = true;
+        assert_eq!(classify(&e, &f(100_000), &worker), Action::Detach(4096));
         let wr = fake(libc::SYS_pwrite64, [3, 0, 4096, 4096, 0, 0], libc::O_RDWR);
         assert_eq!(
             classify(&e, &f(100_000), &wr),
@@ -1149,6 +1203,7 @@ mod tests {
     fn unknown_is_a_write_to_the_end() {
         let e = ev(PA, Some((4096, 4096)));
         let gone = Fake {
+            io_worker: false,
             sc: None,
             info: None,
             mem: None,
@@ -1192,7 +1247,7 @@ mod tests {
         assert_eq!(classify(&e, &f(1), &o2), Action::Detach(0));
     }
 
-    /// The watcher-failure path: `shutdown` takes every page, then releases
+    /// The guard-thread failure path: `shutdown` takes every page, then releases
     /// the group; a truncation afterwards raises no event (nobody waits for
     /// an answer) and the mapping still reads the old bytes, no SIGBUS.
     #[test]
@@ -1211,7 +1266,7 @@ mod tests {
             .strategy(Strategy::Guard)
             .map(&f)
             .unwrap();
-        let g = lock(&CURRENT).as_ref().unwrap().0.clone();
+        let g = lock(&CURRENT).as_ref().unwrap().clone();
         g.shutdown();
         assert!(g.dead.load(Ordering::Acquire));
         let st = std::process::Command::new("timeout")
@@ -1229,7 +1284,7 @@ mod tests {
             .strategy(Strategy::Guard)
             .map(&std::fs::File::open(&path).unwrap())
             .unwrap();
-        let g2 = lock(&CURRENT).as_ref().unwrap().0.clone();
+        let g2 = lock(&CURRENT).as_ref().unwrap().clone();
         assert!(!Arc::ptr_eq(&g, &g2));
         std::fs::write(&path, b"AGAIN!").unwrap();
         assert_eq!(&map[..], b"again");

@@ -57,6 +57,31 @@ fn parse_syscall(text: &str) -> Option<Syscall> {
     Some(Syscall { nr, args })
 }
 
+/// `PF_IO_WORKER` from `include/linux/sched.h`: the task is an io_uring
+/// worker (`iou-wrk-*`, `iou-sqp-*`).
+const PF_IO_WORKER: u64 = 0x0000_0010;
+
+/// Whether `tid` is an io_uring worker thread (from the `flags` field of
+/// `/proc/TID/stat`); `None` if that cannot be read. Such a thread runs
+/// requests of its process, while `/proc/TID/syscall` shows whatever
+/// syscall its process was in when the worker was made — not what the
+/// worker is doing.
+pub(crate) fn is_io_worker(tid: i32) -> Option<bool> {
+    if tid <= 0 {
+        return None;
+    }
+    let text = fs::read_to_string(format!("/proc/{tid}/stat")).ok()?;
+    parse_stat_flags(&text).map(|f| f & PF_IO_WORKER != 0)
+}
+
+/// Field 9 (`flags`) of a `/proc/TID/stat` line; the command name (field
+/// 2, in parentheses) may contain spaces and parentheses, so count from the
+/// last `)`.
+fn parse_stat_flags(text: &str) -> Option<u64> {
+    let rest = &text[text.rfind(')')? + 1..];
+    rest.split_ascii_whitespace().nth(6)?.parse().ok()
+}
+
 /// The parts of `/proc/TID/fdinfo/FD` the guard needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct FdInfo {
@@ -121,6 +146,17 @@ mod tests {
         assert_eq!(parse_syscall("running\n"), None);
         assert_eq!(parse_syscall("-1 0x7ffc 0x7f00\n"), None);
         assert_eq!(parse_syscall(""), None);
+    }
+
+    #[test]
+    fn parses_stat_flags() {
+        let line = "42 (iou-wrk-41 (x)) S 1 41 41 0 -1 4194320 0 0 0 0\n";
+        assert_eq!(parse_stat_flags(line), Some(4194320));
+        assert_ne!(parse_stat_flags(line).unwrap() & PF_IO_WORKER, 0);
+        assert_eq!(
+            is_io_worker(rustix::thread::gettid().as_raw_nonzero().get()),
+            Some(false)
+        );
     }
 
     #[test]
