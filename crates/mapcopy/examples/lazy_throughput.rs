@@ -141,6 +141,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         return Ok(());
     }
+    let pages = (size / 4096) as usize;
+    let picks = pages / 100;
+    if std::env::var_os("LAZY_RANDOM").is_some() {
+        for _ in 0..reps {
+            let m = MapOptions::new()
+                .strategy(Strategy::Lazy)
+                .map(&file)
+                .unwrap();
+            let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+            for _ in 0..picks {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                std::hint::black_box(m[(x as usize % pages) * 4096]);
+            }
+        }
+        return Ok(());
+    }
     let read = bench("std::fs::read + scan", size, reps, || {
         check(sum_u64(&std::fs::read(&path).unwrap()), "read");
         String::new()
@@ -189,8 +207,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         check(sum_u64(&m), "lazy populate");
         String::new()
     });
-    let pages = (size / 4096) as usize;
-    let picks = pages / 100;
     let mut best = f64::MAX;
     bench("lazy 1% random pages", size, reps, || {
         let s = Instant::now();
@@ -210,6 +226,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let us = s.elapsed().as_secs_f64() * 1e6 / picks as f64;
         best = best.min(us);
         format!("{picks} pages, {us:.1} µs per page (best {best:.1})")
+    });
+    bench("lazy map_mut 1% random stores", size, reps, || {
+        let s = Instant::now();
+        let mut m = MapOptions::new()
+            .strategy(Strategy::Lazy)
+            .map_mut(&file)
+            .unwrap();
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..picks {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            m[(x as usize % pages) * 4096] ^= 1;
+        }
+        let us = s.elapsed().as_secs_f64() * 1e6 / picks as f64;
+        format!("{picks} pages, {us:.1} µs per page")
     });
     println!(
         "lazy / std::fs::read = {:.2}x, lazy / eager (THP copy limit) = {:.2}x",

@@ -474,6 +474,7 @@ impl Server {
             Ok(())
         });
         lock(&m.state).chunks[c] = ChunkState::Full;
+        m.filled.notify_all();
         // Belt and braces: anyone who faulted in this chunk while it was
         // claimed waits for us; every page is present now.
         let _ = self.uffd.wake(m.start + off, len);
@@ -601,6 +602,12 @@ fn prefetch_loop(srv: &Server) {
                 continue;
             }
             if let Err((pos, e)) = srv.fill_chunk(&m, c) {
+                if m.populating.load(Ordering::Acquire) {
+                    // Nobody can fault on it yet: `populate` reports it.
+                    lock(&m.state).failed.get_or_insert((pos, e));
+                    m.filled.notify_all();
+                    break;
+                }
                 m.fatal_read(pos, e);
             }
         }
@@ -675,6 +682,8 @@ struct State {
     chunks: Vec<ChunkState>,
     streams: [Stream; STREAMS],
     tick: u64,
+    /// A prefetch read that failed while populating.
+    failed: Option<(u64, Errno)>,
 }
 
 #[derive(Debug)]
@@ -698,7 +707,12 @@ struct Mapping {
     live: RwLock<bool>,
     /// Whether the memory is currently mapped read-only.
     read_only: AtomicBool,
+    /// Set while `populate` fills it inside the map call (no one else can
+    /// touch it yet).
+    populating: AtomicBool,
     state: Mutex<State>,
+    /// Signalled (with `state`) when a chunk becomes `Full`.
+    filled: Condvar,
 }
 
 impl Mapping {
@@ -881,11 +895,14 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
         what,
         live: RwLock::new(true),
         read_only: AtomicBool::new(!rw),
+        populating: AtomicBool::new(req.populate),
         state: Mutex::new(State {
             chunks: vec![ChunkState::Empty; nchunks],
             streams: [Stream::default(); STREAMS],
             tick: 0,
+            failed: None,
         }),
+        filled: Condvar::new(),
     });
     srv.mappings
         .write()
@@ -924,16 +941,34 @@ struct Lazy {
 
 impl Lazy {
     /// Fills every chunk now (the mapping is not visible to anyone yet).
+    /// The prefetch thread helps from the other end; both claim chunks, so
+    /// each is filled once.
     fn populate(&self) -> Result<(), Error> {
         let m = &self.mapping;
-        for c in 0..m.len.div_ceil(CHUNK) {
-            if !m.claim(c) {
-                continue;
-            }
-            self.server
-                .fill_chunk(m, c)
-                .map_err(|(pos, e)| Error::io(format!("reading {} at offset {pos}", m.what), e))?;
+        let n = m.len.div_ceil(CHUNK);
+        let err =
+            |(pos, e): (u64, Errno)| Error::io(format!("reading {} at offset {pos}", m.what), e);
+        if n > 1 {
+            self.server.schedule(m.clone(), (n / 2)..n);
         }
+        for c in 0..n {
+            if lock(&m.state).failed.is_some() {
+                break;
+            }
+            if m.claim(c) {
+                self.server.fill_chunk(m, c).map_err(err)?;
+            }
+        }
+        // Wait for the chunks the prefetch thread still holds.
+        let mut st = lock(&m.state);
+        while st.failed.is_none() && st.chunks.contains(&ChunkState::Busy) {
+            st = m.filled.wait(st).unwrap_or_else(PoisonError::into_inner);
+        }
+        if let Some(f) = st.failed {
+            return Err(err(f));
+        }
+        drop(st);
+        m.populating.store(false, Ordering::Release);
         Ok(())
     }
 }
@@ -1099,6 +1134,33 @@ mod tests {
         assert!(err.contains("at offset 16484"), "{err}");
         assert!(err.contains("errno 5"), "{err}");
         assert!(err.contains("aborting the process"), "{err}");
+    }
+
+    #[test]
+    fn read_error_while_populating_is_an_io_error() {
+        if child_role().as_deref() == Some("populate-eio") {
+            let data = pattern(8 * CHUNK, 12);
+            let f = file_with(&data);
+            let file = File::open(f.path()).unwrap();
+            // In the caller's half, then in the prefetch thread's half.
+            for at in [CHUNK as u64 + 5, 7 * CHUNK as u64 + 5] {
+                FAIL_READ_AT.store(at, Ordering::Relaxed);
+                let e = lazy().populate(true).map(&file).unwrap_err();
+                assert_eq!(e.kind(), ErrorKind::Io, "{e}");
+                assert!(e.to_string().contains(&format!("at offset {at}")), "{e}");
+            }
+            FAIL_READ_AT.store(u64::MAX, Ordering::Relaxed);
+            assert!(lazy().populate(true).map(&file).unwrap()[..] == data[..]);
+            std::process::exit(0);
+        }
+        if child_role().is_some() || !usable() {
+            return;
+        }
+        let (status, err) = run_child(
+            "strategy::lazy::tests::read_error_while_populating_is_an_io_error",
+            "populate-eio",
+        );
+        assert!(status.success(), "{status:?}: {err}");
     }
 
     /// Source for the test below: always readable, panics when served.
