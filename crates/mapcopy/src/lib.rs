@@ -96,5 +96,10 @@ mod watcher;
 pub use error::{Error, ErrorKind};
 pub use map::{MapCopy, MapCopyMut};
 pub use options::MapOptions;
-pub use probe::{Probe, StrategyProbe, probe};
+pub use probe::{Fact, Probe, StrategyProbe, probe};
 pub use strategy::Strategy;
+
+// The README's example compiles (doctests only; not part of the API).
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
