@@ -701,8 +701,6 @@ struct Mapping {
     len: usize,
     file: File,
     offset: u64,
-    /// Path of the file, for messages.
-    what: String,
     /// False once dropping began; fillers hold it shared while installing.
     live: RwLock<bool>,
     /// Whether the memory is currently mapped read-only.
@@ -839,8 +837,16 @@ impl Mapping {
         Ok(())
     }
 
+    /// The file's path (looked up only for messages).
+    fn what(&self) -> String {
+        let fd = self.file.as_raw_fd();
+        std::fs::read_link(format!("/proc/self/fd/{fd}"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| format!("the file at fd {fd}"))
+    }
+
     fn fatal(&self, what: &str) -> ! {
-        fatal_msg(&format!("{}: {what}", self.what))
+        fatal_msg(&format!("{}: {what}", self.what()))
     }
 
     fn fatal_read(&self, pos: u64, e: Errno) -> ! {
@@ -862,9 +868,6 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
         .file
         .try_clone()
         .map_err(|e| Error::io("duplicating the file descriptor", e))?;
-    let what = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|_| format!("fd {}", req.file.as_raw_fd()));
     // Writable while populating (or for map_mut); read-only otherwise.
     let rw = req.writable || req.populate;
     let prot = if rw {
@@ -892,7 +895,6 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
         len: region.len(),
         file,
         offset: req.offset,
-        what,
         live: RwLock::new(true),
         read_only: AtomicBool::new(!rw),
         populating: AtomicBool::new(req.populate),
@@ -916,6 +918,9 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
         len: req.len,
         writable: req.writable,
     };
+    if !req.populate {
+        lazy.prefill()?;
+    }
     if req.populate {
         lazy.populate()?;
         if !req.writable {
@@ -940,6 +945,30 @@ struct Lazy {
 }
 
 impl Lazy {
+    /// Fills the first window now, on the calling thread: most readers
+    /// start at the beginning, and this saves their first fault's round
+    /// trip through the handler. The stream it starts grows as usual.
+    fn prefill(&self) -> Result<(), Error> {
+        let m = &self.mapping;
+        let len = MIN_WINDOW.min(m.len);
+        let mut buf = vec![0u8; len];
+        m.read(&mut buf, 0)
+            .map_err(|(pos, e)| Error::io(format!("reading {} at offset {pos}", m.what()), e))?;
+        {
+            let mut st = lock(&m.state);
+            st.chunks[0] = ChunkState::Partial;
+            st.tick = 1;
+            st.streams[0] = Stream {
+                next: len,
+                window: MIN_WINDOW,
+                prefetched_to: 0,
+                used: 1,
+            };
+        }
+        self.server.copy_all(m, 0, buf.as_ptr(), len);
+        Ok(())
+    }
+
     /// Fills every chunk now (the mapping is not visible to anyone yet).
     /// The prefetch thread helps from the other end; both claim chunks, so
     /// each is filled once.
@@ -947,7 +976,7 @@ impl Lazy {
         let m = &self.mapping;
         let n = m.len.div_ceil(CHUNK);
         let err =
-            |(pos, e): (u64, Errno)| Error::io(format!("reading {} at offset {pos}", m.what), e);
+            |(pos, e): (u64, Errno)| Error::io(format!("reading {} at offset {pos}", m.what()), e);
         if n > 1 {
             self.server.schedule(m.clone(), (n / 2)..n);
         }
