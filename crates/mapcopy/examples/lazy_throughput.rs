@@ -6,13 +6,13 @@
 //! cargo run --release -p mapcopy --example lazy_throughput -- [SIZE_MIB] [REPS] [DIR]
 //! ```
 //!
-//! Each line: median wall time of REPS runs (min–max), GB/s (10^9 bytes/s)
-//! for open/map + a full sequential scan that sums every u64 (or reads one
-//! byte per page), and the median CPU time of the whole process (all
-//! threads: reader, fault handler, prefetcher) for it — the figure that
-//! other load on the machine disturbs least. For Lazy, the mapping's
-//! `AnonHugePages` after the scan shows whether chunks arrived as huge
-//! pages (UFFDIO_MOVE).
+//! The cases run interleaved (one round = every case once, REPS rounds), so
+//! that load from other processes hits them alike. Each line: median wall
+//! time (min–max), GB/s (10^9 bytes/s) of the file size over it, and the
+//! median CPU time of the whole process (all threads: reader, fault
+//! handler, prefetcher). Scans sum every u64. For Lazy, the mapping's
+//! `AnonHugePages` after the scan shows whether chunks arrived as huge pages
+//! (UFFDIO_MOVE). `ONLY=substring` runs only the matching cases.
 
 use std::fs::File;
 use std::io::Write;
@@ -64,29 +64,7 @@ fn cpu() -> Duration {
     Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
-fn bench(name: &str, bytes: u64, reps: usize, mut f: impl FnMut() -> String) -> f64 {
-    let mut wall = Vec::new();
-    let mut cpus = Vec::new();
-    let mut note = String::new();
-    for _ in 0..reps {
-        let (w, c) = (Instant::now(), cpu());
-        note = f();
-        wall.push(w.elapsed());
-        cpus.push(cpu() - c);
-    }
-    wall.sort();
-    cpus.sort();
-    let med = wall[wall.len() / 2];
-    let gbs = bytes as f64 / med.as_secs_f64() / 1e9;
-    println!(
-        "{name:<30} {:>7.1} ms ({:>6.1}–{:>6.1})  {gbs:>5.2} GB/s  cpu {:>6.1} ms  {note}",
-        med.as_secs_f64() * 1e3,
-        wall[0].as_secs_f64() * 1e3,
-        wall[wall.len() - 1].as_secs_f64() * 1e3,
-        cpus[cpus.len() / 2].as_secs_f64() * 1e3,
-    );
-    gbs
-}
+type Case<'a> = (&'static str, Box<dyn FnMut() -> String + 'a>);
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -109,57 +87,128 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = tmp.path().to_path_buf();
     let file = File::open(&path)?;
     let expect = sum_u64(&std::fs::read(&path)?); // also makes the cache hot
-    println!("{mib} MiB hot file in {dir}, median of {reps}; scan = sum of u64s");
-    let check = |got: u64, what: &str| assert_eq!(got, expect, "{what}: wrong contents");
-
-    if std::env::var_os("LAZY_ONLY").is_some() {
-        for _ in 0..reps {
-            bench("lazy + scan", size, 1, || {
-                let m = MapOptions::new()
-                    .strategy(Strategy::Lazy)
-                    .map(&file)
-                    .unwrap();
-                check(sum_u64(&m), "lazy");
-                String::new()
-            });
-            bench("lazy mut + scan", size, 1, || {
-                let m = MapOptions::new()
-                    .strategy(Strategy::Lazy)
-                    .map_mut(&file)
-                    .unwrap();
-                check(sum_u64(&m), "lazy");
-                String::new()
-            });
-            bench("eager + scan", size, 1, || {
-                let m = MapOptions::new()
-                    .strategy(Strategy::Eager)
-                    .map(&file)
-                    .unwrap();
-                check(sum_u64(&m), "lazy");
-                String::new()
-            });
-        }
-        return Ok(());
-    }
+    println!("{mib} MiB hot file in {dir}, {reps} interleaved rounds");
+    let check = move |got: u64, what: &str| assert_eq!(got, expect, "{what}: wrong contents");
     let pages = (size / 4096) as usize;
     let picks = pages / 100;
-    if std::env::var_os("LAZY_RANDOM").is_some() {
-        for _ in 0..reps {
-            let m = MapOptions::new()
-                .strategy(Strategy::Lazy)
-                .map(&file)
-                .unwrap();
-            let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-            for _ in 0..picks {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                std::hint::black_box(m[(x as usize % pages) * 4096]);
-            }
+    let lazy = || MapOptions::new().strategy(Strategy::Lazy).clone();
+    let random = move |m: &mut dyn FnMut(usize)| {
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..picks {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            m((x as usize % pages) * 4096);
         }
-        return Ok(());
+    };
+
+    let (file, path) = (&file, &path);
+    let mut cases: Vec<Case> = vec![
+        (
+            "std::fs::read + scan",
+            Box::new(move || {
+                check(sum_u64(&std::fs::read(path).unwrap()), "read");
+                String::new()
+            }),
+        ),
+        (
+            "eager (THP copy limit) + scan",
+            Box::new(move || {
+                let m = MapOptions::new()
+                    .strategy(Strategy::Eager)
+                    .map(file)
+                    .unwrap();
+                check(sum_u64(&m), "eager");
+                String::new()
+            }),
+        ),
+        (
+            "lazy + scan",
+            Box::new(move || {
+                let m = lazy().map(file).unwrap();
+                check(sum_u64(&m), "lazy");
+                format!(
+                    "AnonHugePages {} MiB",
+                    anon_huge(m.as_ptr() as usize, m.len()) >> 20
+                )
+            }),
+        ),
+        (
+            "lazy + 1 byte per page",
+            Box::new(move || {
+                let m = lazy().map(file).unwrap();
+                std::hint::black_box(touch_pages(&m));
+                String::new()
+            }),
+        ),
+        (
+            "lazy + scan, 4 threads",
+            Box::new(move || {
+                let m = lazy().map(file).unwrap();
+                let q = m.len() / 4;
+                let total = std::thread::scope(|s| {
+                    let hs: Vec<_> = (0..4)
+                        .map(|i| {
+                            let part = &m[i * q..if i == 3 { m.len() } else { (i + 1) * q }];
+                            s.spawn(move || sum_u64(part))
+                        })
+                        .collect();
+                    hs.into_iter()
+                        .map(|h| h.join().unwrap())
+                        .fold(0, u64::wrapping_add)
+                });
+                check(total, "lazy 4 threads");
+                String::new()
+            }),
+        ),
+        (
+            "lazy map_mut + scan",
+            Box::new(move || {
+                let m = lazy().map_mut(file).unwrap();
+                check(sum_u64(&m), "lazy mut");
+                String::new()
+            }),
+        ),
+        (
+            "lazy populate(true) + scan",
+            Box::new(move || {
+                let m = lazy().populate(true).map(file).unwrap();
+                check(sum_u64(&m), "lazy populate");
+                String::new()
+            }),
+        ),
+        (
+            "lazy 1% random pages",
+            Box::new(move || {
+                let s = Instant::now();
+                let m = lazy().map(file).unwrap();
+                let mut sum = 0u64;
+                random(&mut |i| sum += u64::from(m[i]));
+                std::hint::black_box(sum);
+                format!(
+                    "{picks} pages, {:.1} µs per page",
+                    s.elapsed().as_secs_f64() * 1e6 / picks as f64
+                )
+            }),
+        ),
+        (
+            "lazy map_mut 1% random stores",
+            Box::new(move || {
+                let s = Instant::now();
+                let mut m = lazy().map_mut(file).unwrap();
+                random(&mut |i| m[i] ^= 1);
+                format!(
+                    "{picks} pages, {:.1} µs per page",
+                    s.elapsed().as_secs_f64() * 1e6 / picks as f64
+                )
+            }),
+        ),
+    ];
+    if let Ok(only) = std::env::var("ONLY") {
+        cases.retain(|(n, _)| n.contains(only.as_str()));
     }
-    // Map + first byte, per call (µs): plain MAP_PRIVATE against Lazy.
+
+    // Map + first byte (µs, median of 200): plain MAP_PRIVATE against Lazy.
     let first = |f: &mut dyn FnMut() -> u8| {
         let mut t: Vec<f64> = (0..200)
             .map(|_| {
@@ -180,7 +229,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 size as usize,
                 rustix::mm::ProtFlags::READ,
                 rustix::mm::MapFlags::PRIVATE,
-                &file,
+                file,
                 0,
             )
             .unwrap();
@@ -189,105 +238,51 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             v
         }
     });
-    let lazy_first = first(&mut || {
-        let m = MapOptions::new()
-            .strategy(Strategy::Lazy)
-            .map(&file)
-            .unwrap();
-        m[0]
-    });
+    let lazy_first = first(&mut || lazy().map(file).unwrap()[0]);
     println!(
-        "map + first byte: MAP_PRIVATE {private:.1} µs, lazy {lazy_first:.1} µs ({:.2}x), median of 200",
+        "map + first byte + unmap: MAP_PRIVATE {private:.1} µs, lazy {lazy_first:.1} µs ({:.2}x)",
         lazy_first / private
     );
-    let read = bench("std::fs::read + scan", size, reps, || {
-        check(sum_u64(&std::fs::read(&path).unwrap()), "read");
-        String::new()
-    });
-    let eager = bench("eager (THP copy) + scan", size, reps, || {
-        let m = MapOptions::new()
-            .strategy(Strategy::Eager)
-            .map(&file)
-            .unwrap();
-        check(sum_u64(&m), "eager");
-        String::new()
-    });
-    let lazy = bench("lazy + scan", size, reps, || {
-        let m = MapOptions::new()
-            .strategy(Strategy::Lazy)
-            .map(&file)
-            .unwrap();
-        check(sum_u64(&m), "lazy");
-        format!(
-            "AnonHugePages {} MiB",
-            anon_huge(m.as_ptr() as usize, m.len()) >> 20
-        )
-    });
-    bench("lazy + 1 byte per page", size, reps, || {
-        let m = MapOptions::new()
-            .strategy(Strategy::Lazy)
-            .map(&file)
-            .unwrap();
-        std::hint::black_box(touch_pages(&m));
-        String::new()
-    });
-    bench("lazy map_mut + scan", size, reps, || {
-        let m = MapOptions::new()
-            .strategy(Strategy::Lazy)
-            .map_mut(&file)
-            .unwrap();
-        check(sum_u64(&m), "lazy mut");
-        String::new()
-    });
-    bench("lazy populate(true) + scan", size, reps, || {
-        let m = MapOptions::new()
-            .strategy(Strategy::Lazy)
-            .populate(true)
-            .map(&file)
-            .unwrap();
-        check(sum_u64(&m), "lazy populate");
-        String::new()
-    });
-    let mut best = f64::MAX;
-    bench("lazy 1% random pages", size, reps, || {
-        let s = Instant::now();
-        let m = MapOptions::new()
-            .strategy(Strategy::Lazy)
-            .map(&file)
-            .unwrap();
-        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-        let mut sum = 0u64;
-        for _ in 0..picks {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            sum += u64::from(m[(x as usize % pages) * 4096]);
+
+    let mut wall = vec![Vec::new(); cases.len()];
+    let mut cpus = vec![Vec::new(); cases.len()];
+    let mut notes = vec![String::new(); cases.len()];
+    for _ in 0..reps {
+        for (i, (_, f)) in cases.iter_mut().enumerate() {
+            let (w, c) = (Instant::now(), cpu());
+            notes[i] = f();
+            wall[i].push(w.elapsed());
+            cpus[i].push(cpu() - c);
         }
-        std::hint::black_box(sum);
-        let us = s.elapsed().as_secs_f64() * 1e6 / picks as f64;
-        best = best.min(us);
-        format!("{picks} pages, {us:.1} µs per page (best {best:.1})")
-    });
-    bench("lazy map_mut 1% random stores", size, reps, || {
-        let s = Instant::now();
-        let mut m = MapOptions::new()
-            .strategy(Strategy::Lazy)
-            .map_mut(&file)
-            .unwrap();
-        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-        for _ in 0..picks {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            m[(x as usize % pages) * 4096] ^= 1;
-        }
-        let us = s.elapsed().as_secs_f64() * 1e6 / picks as f64;
-        format!("{picks} pages, {us:.1} µs per page")
-    });
-    println!(
-        "lazy / std::fs::read = {:.2}x, lazy / eager (THP copy limit) = {:.2}x",
-        lazy / read,
-        lazy / eager
-    );
+    }
+    let mut gbs = Vec::new();
+    for (i, (name, _)) in cases.iter().enumerate() {
+        let (w, c) = (&mut wall[i], &mut cpus[i]);
+        w.sort();
+        c.sort();
+        let med = w[w.len() / 2];
+        let g = size as f64 / med.as_secs_f64() / 1e9;
+        gbs.push((*name, g));
+        println!(
+            "{name:<30} {:>7.1} ms ({:>6.1}–{:>6.1})  {g:>6.2} GB/s  cpu {:>6.1} ms  {}",
+            med.as_secs_f64() * 1e3,
+            w[0].as_secs_f64() * 1e3,
+            w[w.len() - 1].as_secs_f64() * 1e3,
+            c[c.len() / 2].as_secs_f64() * 1e3,
+            notes[i]
+        );
+    }
+    let get = |n: &str| gbs.iter().find(|(k, _)| *k == n).map(|(_, g)| *g);
+    if let (Some(l), Some(r), Some(e)) = (
+        get("lazy + scan"),
+        get("std::fs::read + scan"),
+        get("eager (THP copy limit) + scan"),
+    ) {
+        println!(
+            "lazy + scan: {:.2}x std::fs::read, {:.2}x the THP copy limit (eager)",
+            l / r,
+            l / e
+        );
+    }
     Ok(())
 }
