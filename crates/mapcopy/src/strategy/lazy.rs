@@ -371,9 +371,9 @@ impl Server {
     /// Reads and serves the pending fault messages.
     fn serve_pending(&self) {
         let mut msgs = Vec::with_capacity(64);
-        // Bounded, so that other sources on the watcher get their turn; the
-        // fd is level-triggered and comes back if more is pending.
-        for _ in 0..16 {
+        // One batch per call, so that other sources on the watcher get their
+        // turn; the fd is level-triggered and comes back if more is pending.
+        for _ in 0..1 {
             match self.uffd.read(&mut msgs, 64) {
                 Ok(0) => return,
                 Ok(_) => {}
@@ -951,8 +951,17 @@ impl Lazy {
     fn prefill(&self) -> Result<(), Error> {
         let m = &self.mapping;
         let len = MIN_WINDOW.min(m.len);
-        let mut buf = vec![0u8; len];
-        m.read(&mut buf, 0)
+        // Page-aligned, as O_DIRECT file descriptors need.
+        let mut buf = Region::anonymous(
+            len,
+            ProtFlags::READ | ProtFlags::WRITE,
+            false,
+            crate::sys::page_size(),
+        )
+        .map_err(|e| Error::io("allocating a read buffer", e))?;
+        // SAFETY: fresh anonymous memory, borrowed only here.
+        let bytes = unsafe { buf.as_mut_slice(0, len) };
+        m.read(bytes, 0)
             .map_err(|(pos, e)| Error::io(format!("reading {} at offset {pos}", m.what()), e))?;
         {
             let mut st = lock(&m.state);
@@ -965,7 +974,7 @@ impl Lazy {
                 used: 1,
             };
         }
-        self.server.copy_all(m, 0, buf.as_ptr(), len);
+        self.server.copy_all(m, 0, bytes.as_ptr(), len);
         Ok(())
     }
 
@@ -1331,6 +1340,34 @@ mod tests {
         let map = lazy().populate(true).map(&file).unwrap();
         sh(&format!("truncate -s 0 '{}'", f.path().display()));
         assert!(map[..] == data[..]);
+    }
+
+    #[test]
+    fn o_direct_file_descriptors_work() {
+        if !usable() {
+            return;
+        }
+        use std::os::unix::fs::OpenOptionsExt;
+        let data = pattern(3 * CHUNK + 3 * PAGE + 17, 13);
+        let f = file_with(&data);
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(f.path())
+        {
+            Ok(file) => file,
+            Err(e) => {
+                eprintln!(
+                    "skipped: O_DIRECT not supported for {}: {e}",
+                    f.path().display()
+                );
+                return;
+            }
+        };
+        let map = lazy().map(&file).unwrap();
+        assert!(map[..] == data[..]);
+        let map = lazy().offset(5).populate(true).map(&file).unwrap();
+        assert!(map[..] == data[5..]);
     }
 
     #[test]
