@@ -265,6 +265,9 @@ fn server() -> Result<Arc<Server>, Error> {
     let uffd = Uffd::new(p.route, want_move)
         .map_err(|e| Error::io("creating the process's userfaultfd", e))?;
     let can_move = uffd.has(u64::from(g::UFFD_FEATURE_MOVE)) && want_move != 0;
+    // Tests exercise the UFFDIO_COPY-only path of kernels before 6.8 too.
+    #[cfg(test)]
+    let can_move = can_move && std::env::var("MAPCOPY_LAZY_CHILD").as_deref() != Ok("nomove");
     let srv = Arc::new_cyclic(|me| Server {
         uffd,
         pid,
@@ -449,9 +452,12 @@ impl Server {
         let len = CHUNK.min(m.len - off);
         let res = with_staging(|st| {
             let base = st.as_ptr() as usize;
-            // SAFETY: as in `fill_range`.
-            let buf = unsafe { st.as_mut_slice(0, len) };
-            m.read(buf, off)?;
+            {
+                // SAFETY: as in `fill_range`; the borrow ends before any
+                // page is moved away.
+                let buf = unsafe { st.as_mut_slice(0, len) };
+                m.read(buf, off)?;
+            }
             let live = m.live.read().unwrap_or_else(PoisonError::into_inner);
             if !*live {
                 return Ok(());
@@ -461,8 +467,8 @@ impl Server {
                 done = self.move_chunk(m, off, base);
             }
             if done < len {
-                // SAFETY: `done < len` bytes into the staging buffer.
-                let src = unsafe { buf.as_ptr().add(done) };
+                // The part not moved is still in the staging buffer.
+                let src = (base + done) as *const u8;
                 self.copy_all(m, off + done, src, len - done);
                 if done > 0 {
                     // A move that stopped half-way leaves the staging chunk
@@ -1244,9 +1250,30 @@ mod tests {
 
     #[test]
     fn contents_equal_the_file() {
-        if !usable() {
+        if child_role().is_some() || !usable() {
             return;
         }
+        contents_equal_the_file_body();
+    }
+
+    /// Everything above and the racing threads, with fills by UFFDIO_COPY
+    /// only (as on Linux < 6.8), in a child process.
+    #[test]
+    fn copy_only_fills() {
+        if child_role().as_deref() == Some("nomove") {
+            assert!(!server().unwrap().can_move);
+            contents_equal_the_file_body();
+            eight_threads_body();
+            std::process::exit(0);
+        }
+        if child_role().is_some() || !usable() {
+            return;
+        }
+        let (status, err) = run_child("strategy::lazy::tests::copy_only_fills", "nomove");
+        assert!(status.success(), "{status:?}: {err}");
+    }
+
+    fn contents_equal_the_file_body() {
         for size in [1, 4095, 4096, 4097, 3 * PAGE + 1, 5 * CHUNK + 123] {
             let data = pattern(size, 1);
             let f = file_with(&data);
@@ -1390,9 +1417,13 @@ mod tests {
 
     #[test]
     fn eight_threads_racing_on_first_touch() {
-        if !usable() {
+        if child_role().is_some() || !usable() {
             return;
         }
+        eight_threads_body();
+    }
+
+    fn eight_threads_body() {
         let size = 6 * CHUNK + 77;
         let data = pattern(size, 5);
         let f = file_with(&data);
