@@ -23,7 +23,7 @@
 //! # Fault-around and prefetch
 //!
 //! Each mapping tracks up to four access streams. A fault that does not
-//! continue a stream fills 16 KiB; each fault continuing one multiplies its
+//! continue a stream fills one page; each fault continuing one multiplies its
 //! window by four, and once it reaches 2 MiB the stream fills whole 2 MiB
 //! chunks and hands the next chunks (16 MiB ahead) to one per-process
 //! prefetch thread, so a sequential reader mostly finds its pages already
@@ -33,7 +33,13 @@
 //! own, and its thread is woken by the claimer's fill (plus a final
 //! `UFFDIO_WAKE` over the chunk). Two threads filling the same page race
 //! harmlessly: the loser's `UFFDIO_COPY` gets `EEXIST`, skips that page and
-//! wakes it.
+//! wakes it. `map` itself fills the first page on the calling thread, which
+//! spares the usual first access (at the start) a round trip.
+//!
+//! `UFFDIO_MOVE` only moves into writable memory, so for a read-only
+//! mapping the claimed chunk is made writable just for the move and
+//! read-only again right after; all its pages are missing meanwhile, so
+//! nothing is read or written through it in that window.
 //!
 //! # Dropping
 //!
@@ -98,7 +104,7 @@ use crate::watcher::{self, Registration, Source};
 /// Granule of whole-chunk fills, prefetch and huge pages.
 const CHUNK: usize = HUGE_PAGE;
 /// First fault-around window of a new stream.
-const MIN_WINDOW: usize = 16 << 10;
+const MIN_WINDOW: usize = 4 << 10;
 /// Growth factor of a stream's window per sequential fault.
 const GROWTH: usize = 4;
 /// How many chunks ahead of a sequential reader the prefetcher fills.
@@ -1163,7 +1169,7 @@ mod tests {
             let map = lazy().map(&file).unwrap();
             assert_eq!(map[0], data[0]);
             FAIL_READ_AT.store(4 * PAGE as u64 + 100, Ordering::Relaxed);
-            // Page 4 was not filled by the first fault's 16 KiB window.
+            // Page 4 is no neighbour of the pages filled so far.
             let v = std::hint::black_box(map[4 * PAGE]);
             eprintln!("child read {v} instead of aborting");
             std::process::exit(7);
