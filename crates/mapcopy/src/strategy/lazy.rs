@@ -1507,9 +1507,13 @@ mod tests {
             * 1024
     }
 
-    /// Rss of the mapping at `addr`, from /proc/self/smaps (sum over VMAs
-    /// inside `[addr, addr + len)`).
     fn smaps_rss(addr: usize, len: usize) -> u64 {
+        smaps_field(addr, len, "Rss:")
+    }
+
+    /// A field of /proc/self/smaps in bytes, summed over the VMAs inside
+    /// `[addr, addr + len)`.
+    fn smaps_field(addr: usize, len: usize, field: &str) -> u64 {
         let s = std::fs::read_to_string("/proc/self/smaps").unwrap();
         let mut inside = false;
         let mut rss = 0;
@@ -1524,8 +1528,8 @@ mod tests {
                     }
                 }
             }
-            if inside && l.starts_with("Rss:") {
-                rss += l[4..]
+            if inside && l.starts_with(field) {
+                rss += l[field.len()..]
                     .trim()
                     .trim_end_matches("kB")
                     .trim()
@@ -1535,6 +1539,43 @@ mod tests {
             }
         }
         rss
+    }
+
+    /// VMAs of this process inside `[addr, addr + len)`, with their
+    /// permissions.
+    fn vmas(addr: usize, len: usize) -> Vec<String> {
+        std::fs::read_to_string("/proc/self/maps")
+            .unwrap()
+            .lines()
+            .filter(|l| {
+                let (a, b) = l.split_once(' ').unwrap().0.split_once('-').unwrap();
+                let a = usize::from_str_radix(a, 16).unwrap();
+                let b = usize::from_str_radix(b, 16).unwrap();
+                a >= addr && b <= addr + len
+            })
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn read_only_after_huge_page_fills() {
+        if !usable() {
+            return;
+        }
+        let data = pattern(40 * CHUNK, 14);
+        let f = file_with(&data);
+        let file = File::open(f.path()).unwrap();
+        let map = lazy().map(&file).unwrap();
+        assert!(map[..] == data[..]);
+        let v = vmas(map.as_ptr() as usize, map.len());
+        let huge = smaps_field(map.as_ptr() as usize, map.len(), "AnonHugePages:");
+        eprintln!("{v:#?}, AnonHugePages {huge}");
+        // Chunks opened for UFFDIO_MOVE were closed again and merged back.
+        assert!(
+            !v.is_empty() && v.iter().all(|l| l.contains(" r--p ")),
+            "{v:#?}"
+        );
+        assert!(v.len() <= 2, "{v:#?}");
     }
 
     #[test]
