@@ -613,7 +613,7 @@ fn large_unaligned_script() -> Script {
     let off = mib + 3 * p + 77;
     let len = 3 * mib + 5;
     let first = off / p;
-    let last = (off + len as u64 - 1) / p;
+    let last = (off + len - 1) / p;
     Script {
         size: (5 * mib) as usize,
         off,
