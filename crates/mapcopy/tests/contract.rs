@@ -23,13 +23,15 @@
 //! Env: `MAPCOPY_REQUIRE_ALL=1` turns skips into failures.
 #![allow(unsafe_code)]
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::sync::Barrier;
+use std::sync::{Barrier, Mutex};
+use std::time::{Duration, Instant};
 
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use mapcopy::{ErrorKind, MapCopy, MapOptions, Strategy};
@@ -1012,8 +1014,23 @@ fn fork_case(s: Strategy, dir: &Path) -> Outcome {
     let r = writer.apply_checked(&old);
     let _ = rustix::io::write(&wr, b"g");
     let mut status = 0;
-    // SAFETY: waiting for our own child.
-    unsafe { libc::waitpid(pid, &mut status, 0) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // SAFETY: polling our own child.
+        let w = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if w == pid {
+            break;
+        }
+        if Instant::now() > deadline {
+            // SAFETY: killing and reaping our own child.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut status, 0);
+            }
+            return fail("the forked child hung for 30 s touching the mapping");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
     r.map_err(io("modification"))?;
     let got = if libc::WIFSIGNALED(status) {
         format!("killed by signal {}", libc::WTERMSIG(status))
@@ -1550,10 +1567,9 @@ fn trials(dirs: &[FsDir], missing: &[(FsKind, String)]) -> Vec<Trial> {
             // Not part of the suite until it lands; one ignored trial says so
             // (not a failure even with MAPCOPY_REQUIRE_ALL=1).
             let why = format!("{s} is not part of the suite yet: {why}");
-            t.push(Trial::ignorable_test(
-                format!("{s}/not-implemented"),
-                move || Ok(Completion::ignored_with(why)),
-            ));
+            t.push(watched(format!("{s}/not-implemented"), move || {
+                Ok(Completion::ignored_with(why))
+            }));
             continue;
         }
         let on: Vec<FsDir> = dirs
@@ -1629,41 +1645,34 @@ fn trials(dirs: &[FsDir], missing: &[(FsKind, String)]) -> Vec<Trial> {
             let pre = format!("{bname}/{}", d.name);
             for size in [0, 1, 4095, 4096, 4097, 3 * page() + 1] {
                 let dir = dir.clone();
-                t.push(Trial::ignorable_test(
-                    format!("{pre}/size/{size}"),
-                    move || size_case(s, &dir, size),
-                ));
+                t.push(watched(format!("{pre}/size/{size}"), move || {
+                    size_case(s, &dir, size)
+                }));
             }
             let dd = dir.clone();
-            t.push(Trial::ignorable_test(
-                format!("{pre}/populate"),
-                move || strategy_script(s, &dd, &populate_script()),
-            ));
+            t.push(watched(format!("{pre}/populate"), move || {
+                strategy_script(s, &dd, &populate_script())
+            }));
             let dd = dir.clone();
-            t.push(Trial::ignorable_test(
-                format!("{pre}/many-mappings"),
-                move || many_mappings_case(s, &dd),
-            ));
+            t.push(watched(format!("{pre}/many-mappings"), move || {
+                many_mappings_case(s, &dd)
+            }));
             let dd = dir.clone();
-            t.push(Trial::ignorable_test(format!("{pre}/threads"), move || {
+            t.push(watched(format!("{pre}/threads"), move || {
                 threads_case(s, &dd, false)
             }));
             let dd = dir.clone();
-            t.push(Trial::ignorable_test(
-                format!("{pre}/threads-many-mappings"),
-                move || threads_case(s, &dd, true),
-            ));
-            let dd = dir.clone();
-            t.push(Trial::ignorable_test(format!("{pre}/fork"), move || {
-                fork_case(s, &dd)
+            t.push(watched(format!("{pre}/threads-many-mappings"), move || {
+                threads_case(s, &dd, true)
             }));
             let dd = dir.clone();
-            t.push(Trial::ignorable_test(
-                format!("{pre}/kernel-access"),
-                move || kernel_access_case(s, &dd),
-            ));
+            t.push(watched(format!("{pre}/fork"), move || fork_case(s, &dd)));
             let dd = dir.clone();
-            t.push(Trial::ignorable_test(format!("{pre}/map-mut"), move || {
+            t.push(watched(format!("{pre}/kernel-access"), move || {
+                kernel_access_case(s, &dd)
+            }));
+            let dd = dir.clone();
+            t.push(watched(format!("{pre}/map-mut"), move || {
                 map_mut_case(s, &dd)
             }));
         }
@@ -1677,27 +1686,70 @@ fn trials(dirs: &[FsDir], missing: &[(FsKind, String)]) -> Vec<Trial> {
     for s in named {
         for b in BAD {
             let name = format!("{s}/bad-input/{}", b.name());
-            t.push(Trial::ignorable_test(name.clone(), move || {
-                bad_input_case(s, b)
-            }));
-            t.push(Trial::ignorable_test(format!("nobody/{name}"), move || {
+            t.push(watched(name.clone(), move || bad_input_case(s, b)));
+            t.push(watched(format!("nobody/{name}"), move || {
                 nobody_trial(&name)
             }));
         }
     }
-    t.push(Trial::ignorable_test("auto/probe", auto_probe_case));
-    t.push(Trial::ignorable_test("nobody/auto/probe", || {
-        nobody_trial("auto/probe")
-    }));
+    t.push(watched("auto/probe", auto_probe_case));
+    t.push(watched("nobody/auto/probe", || nobody_trial("auto/probe")));
     t
 }
 
 fn script_trial(b: Backend, name: String, dir: PathBuf, script: Script, mounts: String) -> Trial {
     let n = name.clone();
-    Trial::ignorable_test(name, move || match b {
+    watched(name, move || match b {
         Backend::Copy(s) => strategy_script(s, &dir, &script),
         Backend::Control => control_trial(&n, &dir, &script, &mounts),
     })
+}
+
+/// Trials running now, and when they started (for the watchdog).
+static RUNNING: Mutex<BTreeMap<String, Instant>> = Mutex::new(BTreeMap::new());
+/// The loop mounts, so that the watchdog can remove them before it aborts.
+static MOUNTS: Mutex<Vec<LoopMount>> = Mutex::new(Vec::new());
+
+/// A trial registered with the watchdog.
+fn watched(name: impl Into<String>, f: impl FnOnce() -> Outcome + Send + 'static) -> Trial {
+    let name = name.into();
+    let n = name.clone();
+    Trial::ignorable_test(name, move || {
+        RUNNING
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(n.clone(), Instant::now());
+        let r = f();
+        RUNNING.lock().unwrap_or_else(|e| e.into_inner()).remove(&n);
+        r
+    })
+}
+
+/// No trial may hang the suite (a writer blocked forever, a fault never
+/// served): after `MAPCOPY_TRIAL_TIMEOUT` seconds (default 120) of one
+/// trial, print it, remove the loop mounts and exit with failure.
+fn start_watchdog() {
+    let limit = std::env::var("MAPCOPY_TRIAL_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(120u64);
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+            let hung: Vec<String> = RUNNING
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .filter(|(_, t)| t.elapsed() > Duration::from_secs(limit))
+                .map(|(n, _)| n.clone())
+                .collect();
+            if !hung.is_empty() {
+                eprintln!("HUNG: trial(s) {hung:?} ran longer than {limit} s; aborting the suite");
+                MOUNTS.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                std::process::exit(101);
+            }
+        }
+    });
 }
 
 fn main() {
@@ -1710,9 +1762,11 @@ fn main() {
     } else {
         filesystems()
     };
+    *MOUNTS.lock().unwrap_or_else(|e| e.into_inner()) = mounts;
+    start_watchdog();
     let trials = trials(&dirs, &missing);
     let conclusion = libtest_mimic::run(&args, trials);
     // Unmount before exiting (exit skips destructors).
-    drop(mounts);
+    MOUNTS.lock().unwrap_or_else(|e| e.into_inner()).clear();
     conclusion.exit();
 }
