@@ -720,6 +720,22 @@ fn control_trial(name: &str, dir: &Path, script: &Script, mounts: &str) -> Outco
     }
 }
 
+/// A kind this filesystem lacks must come back as `Unsupported`, not as a
+/// failure, and leave the file as it was.
+fn unsupported_case(dir: &Path, kind: Kind) -> Outcome {
+    let p = page() as u64;
+    let tf = TestFile::new_in(dir, 4 * p as usize, 0).map_err(io("test file"))?;
+    let old = tf.contents().map_err(io("read"))?;
+    match Modification::new(kind, p, p, 1).apply_checked(tf.path(), &old) {
+        Err(ApplyError::Unsupported(why)) => {
+            eprintln!("{kind}: unsupported, as expected: {why}");
+            check_bytes(&tf.contents().map_err(io("read"))?, &old, "file after")?;
+            Ok(Completion::Completed)
+        }
+        other => fail(format!("{kind}: want Unsupported, got {other:?}")),
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Other cases, per strategy
 
@@ -1555,6 +1571,19 @@ fn trials(dirs: &[FsDir], missing: &[(FsKind, String)]) -> Vec<Trial> {
             format!("fixture/{kind}-loop-mount"),
             move || skip(why).map(|_| ()),
         ));
+    }
+    // The writers report "unsupported here" apart from failures.
+    for d in dirs {
+        for kind in [Kind::CloneRange, Kind::CollapseRange, Kind::InsertRange] {
+            if fs_supports(&d.name, kind) {
+                continue;
+            }
+            let dir = d.path.clone();
+            t.push(watched(
+                format!("fixture/{}/unsupported/{kind}", d.name),
+                move || unsupported_case(&dir, kind),
+            ));
+        }
     }
     // Which strategies are part of the suite, and on which filesystems.
     let machine = mapcopy::probe(None);
