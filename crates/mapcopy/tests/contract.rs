@@ -860,6 +860,84 @@ fn many_mappings_case(s: Strategy, dir: &Path) -> Outcome {
     Ok(Completion::Completed)
 }
 
+/// Mappings made and dropped in quick succession, alternating between two
+/// files with different contents (a new mapping may land at the address of
+/// the one just dropped, while its fault-around or prefetch is still in
+/// flight), while another thread keeps reading a third, long-lived mapping.
+fn churn_case(s: Strategy, dir: &Path) -> Outcome {
+    if let Err(why) = usable_in(s, dir) {
+        return skip(format!("{s} is not usable here: {why}"));
+    }
+    let p = page();
+    let size = (4 << 20) + 3 * p + 17;
+    let files = [
+        TestFile::new_in(dir, size, 0).map_err(io("test file"))?,
+        TestFile::new_in(dir, size, 5).map_err(io("test file"))?,
+    ];
+    let contents = [
+        files[0].contents().map_err(io("read"))?,
+        files[1].contents().map_err(io("read"))?,
+    ];
+    let opened = [
+        files[0].open().map_err(io("open"))?,
+        files[1].open().map_err(io("open"))?,
+    ];
+    let steady_file = TestFile::new_in(dir, size, 9).map_err(io("test file"))?;
+    let steady_content = steady_file.contents().map_err(io("read"))?;
+    let steady = MapOptions::new()
+        .strategy(s)
+        .map(&steady_file.open().map_err(io("open"))?)
+        .map_err(io("map"))?;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let pages = size.div_ceil(p) as u64;
+    std::thread::scope(|sc| -> Result<(), Failed> {
+        let reader = sc.spawn(|| -> Result<usize, String> {
+            let mut c = Checker::new(p, 0, steady.len(), steady_content.clone());
+            let mut rounds = 0;
+            let mut pg = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                c.touch(&steady, [pg])
+                    .map_err(|v| format!("steady mapping: {v}"))?;
+                pg = (pg * 7 + 13) % pages;
+                rounds += 1;
+            }
+            Ok(rounds)
+        });
+        let mut x: u64 = 12345;
+        let r = (|| -> Result<(), Failed> {
+            for i in 0..60 {
+                let which = i % 2;
+                let m = MapOptions::new()
+                    .strategy(s)
+                    .map(&opened[which])
+                    .map_err(io("map"))?;
+                let mut c = Checker::new(p, 0, m.len(), contents[which].clone());
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let first = (x >> 33) % pages;
+                let touch: Vec<u64> = if i % 5 == 0 {
+                    (0..pages).collect()
+                } else {
+                    vec![first, (first + 1) % pages, (first + 600) % pages]
+                };
+                c.touch(&m, touch)
+                    .map_err(|v| Failed::from(format!("iteration {i}, file {which}: {v}")))?;
+                drop(m);
+            }
+            Ok(())
+        })();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let rounds = reader
+            .join()
+            .expect("reader thread")
+            .map_err(Failed::from)?;
+        eprintln!("steady reader checked {rounds} page reads during the churn");
+        r
+    })?;
+    Ok(Completion::Completed)
+}
+
 /// 8 threads race on first touch: over one mapping, or over three mappings
 /// of the same file at different offsets (one handler serving several).
 fn threads_case(s: Strategy, dir: &Path, multi: bool) -> Outcome {
@@ -1682,6 +1760,8 @@ fn trials(dirs: &[FsDir], missing: &[(FsKind, String)]) -> Vec<Trial> {
             t.push(watched(format!("{pre}/populate"), move || {
                 strategy_script(s, &dd, &populate_script())
             }));
+            let dd = dir.clone();
+            t.push(watched(format!("{pre}/churn"), move || churn_case(s, &dd)));
             let dd = dir.clone();
             t.push(watched(format!("{pre}/many-mappings"), move || {
                 many_mappings_case(s, &dd)
