@@ -287,6 +287,8 @@ enum Step {
     Touch(Vec<u64>),
     TouchAll,
     Modify(Modification),
+    /// The same, done by the mapping process itself.
+    SelfModify(Modification),
 }
 
 #[derive(Clone, Debug)]
@@ -368,10 +370,11 @@ fn run_script(backend: Backend, dir: &Path, script: &Script) -> Result<Ran, Scri
         let r = match step {
             Step::Touch(pages) => checker.touch(src, pages.iter().copied()),
             Step::TouchAll => checker.touch_all(src),
-            Step::Modify(m) => {
+            Step::Modify(m) | Step::SelfModify(m) => {
                 let old = checker.current().to_vec();
                 let res = match early[i].take() {
                     Some(w) => w.apply_checked(&old),
+                    None if matches!(step, Step::SelfModify(_)) => m.apply_here(&path, &old),
                     None => m.apply_checked(&path, &old),
                 };
                 match res {
@@ -418,7 +421,7 @@ fn predict_control(script: &Script) -> Option<(usize, Violation)> {
         let r = match step {
             Step::Touch(p) => checker.touch(&src, p.iter().copied()),
             Step::TouchAll => checker.touch_all(&src),
-            Step::Modify(m) => {
+            Step::Modify(m) | Step::SelfModify(m) => {
                 state = m.model(&state);
                 checker.push_state(state.clone());
                 Ok(())
@@ -628,6 +631,27 @@ fn large_unaligned_script() -> Script {
             Step::Modify(Modification::new(Kind::FtruncateShrink, 3 * mib + 9, 0, 0)),
             Step::TouchAll,
             Step::Modify(Modification::new(Kind::Pwrite, 0, 5 * mib, 2)),
+            Step::TouchAll,
+        ],
+    }
+}
+
+/// The mapping process itself writes and truncates the file (strategies
+/// that watch writers must not deadlock on or miss their own process).
+fn self_write_script() -> Script {
+    let p = page() as u64;
+    Script {
+        size: 4 * p as usize + 1000,
+        off: 0,
+        len: Some(5 * p as usize),
+        populate: false,
+        steps: vec![
+            Step::Touch(vec![0, 2]),
+            Step::SelfModify(Modification::new(Kind::Pwrite, 100, 3 * p, 1)),
+            Step::Touch(vec![1]),
+            Step::SelfModify(Modification::new(Kind::FtruncateShrink, p + 5, 0, 0)),
+            Step::TouchAll,
+            Step::SelfModify(Modification::new(Kind::OpenTrunc, 0, 5 * p, 2)),
             Step::TouchAll,
         ],
     }
@@ -1736,6 +1760,7 @@ fn trials(dirs: &[FsDir], missing: &[(FsKind, String)]) -> Vec<Trial> {
                 ("large-sequential", large_script(false)),
                 ("large-random", large_script(true)),
                 ("large-unaligned", large_unaligned_script()),
+                ("self-write", self_write_script()),
             ] {
                 let name = format!("{bname}/{}/{case}", d.name);
                 t.push(script_trial(
