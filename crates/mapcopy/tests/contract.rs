@@ -1251,6 +1251,66 @@ fn state_with_overlay(
     ))
 }
 
+/// A large writable mapping: sequential reads (lazy strategies start
+/// filling ahead), private stores scattered over untouched pages, the file
+/// rewritten twice by another process. Every page must be a file state with
+/// exactly the owner's stores on top, and stay so.
+fn map_mut_large_case(s: Strategy, dir: &Path) -> Outcome {
+    if let Err(why) = usable_in(s, dir) {
+        return skip(format!("{s} is not usable here: {why}"));
+    }
+    let p = page();
+    let size = (6 << 20) + 123;
+    let tf = TestFile::new_in(dir, size, 0).map_err(io("test file"))?;
+    let old = tf.contents().map_err(io("read"))?;
+    let file = tf.open().map_err(io("open"))?;
+    let mut map = MapOptions::new()
+        .strategy(s)
+        .map_mut(&file)
+        .map_err(io("map_mut"))?;
+    let mut c = Checker::new(p, 0, map.len(), old.clone());
+    c.touch(&map, 0..32).map_err(Failed::from)?;
+    let pages = c.pages().end;
+    // Stores into every 37th page, at a page-dependent spot.
+    let stored: Vec<(u64, usize)> = (40..pages)
+        .step_by(37)
+        .map(|pg| (pg, (pg as usize * 13) % c.mapped(pg).len()))
+        .collect();
+    for &(pg, at) in &stored {
+        map[c.mapped(pg).start + at] = 0xA5;
+    }
+    let new = Modification::new(Kind::Pwrite, 0, size as u64, 1)
+        .apply_checked(tf.path(), &old)
+        .map_err(io("pwrite"))?;
+    c.push_state(new.clone());
+    let mut first: Vec<Vec<u8>> = Vec::new();
+    for pg in 0..pages {
+        let r = c.mapped(pg);
+        let got = map[r.clone()].to_vec();
+        match stored.iter().find(|(q, _)| *q == pg) {
+            Some(&(_, at)) => state_with_overlay(&c, pg, &got, at, &[0xA5])?,
+            None => c.observe(pg, got.clone()).map_err(Failed::from)?,
+        }
+        first.push(got);
+    }
+    let newer = Modification::new(Kind::Pwrite, 0, size as u64, 2)
+        .apply_checked(tf.path(), &new)
+        .map_err(io("pwrite"))?;
+    for pg in 0..pages {
+        let r = c.mapped(pg);
+        if map[r] != first[pg as usize][..] {
+            return fail(format!("page {pg} changed after it was read"));
+        }
+    }
+    drop(map);
+    check_bytes(
+        &std::fs::read(tf.path()).map_err(io("read"))?,
+        &newer,
+        "file at the end",
+    )?;
+    Ok(Completion::Completed)
+}
+
 fn map_mut_case(s: Strategy, dir: &Path) -> Outcome {
     if let Err(why) = usable_in(s, dir) {
         return skip(format!("{s} is not usable here: {why}"));
@@ -1803,6 +1863,10 @@ fn trials(dirs: &[FsDir], missing: &[(FsKind, String)]) -> Vec<Trial> {
             let dd = dir.clone();
             t.push(watched(format!("{pre}/kernel-access"), move || {
                 kernel_access_case(s, &dd)
+            }));
+            let dd = dir.clone();
+            t.push(watched(format!("{pre}/map-mut-large"), move || {
+                map_mut_large_case(s, &dd)
             }));
             let dd = dir.clone();
             t.push(watched(format!("{pre}/map-mut"), move || {
