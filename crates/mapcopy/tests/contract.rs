@@ -1311,6 +1311,112 @@ fn map_mut_large_case(s: Strategy, dir: &Path) -> Outcome {
     Ok(Completion::Completed)
 }
 
+fn vm_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|st| {
+            st.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024
+}
+
+/// A 64 GiB sparse file, more than this machine's memory: a strategy maps
+/// it without allocating it (touching a few pages costs a few pages), or
+/// refuses with `Unsupported`/`Io` — never an OOM kill, never `InvalidInput`.
+fn huge_sparse_case(s: Strategy, dir: &Path) -> Outcome {
+    if let Err(why) = usable_in(s, dir) {
+        return skip(format!("{s} is not usable here: {why}"));
+    }
+    let p = page() as u64;
+    let gib = 1u64 << 30;
+    let size = 64 * gib;
+    let tf = TestFile::new_in(dir, 0, 0).map_err(io("test file"))?;
+    let spots = [0, 32 * gib, size - 5000];
+    {
+        use std::os::unix::fs::FileExt;
+        let f = OpenOptions::new()
+            .write(true)
+            .open(tf.path())
+            .map_err(io("open"))?;
+        f.set_len(size).map_err(io("ftruncate 64 GiB"))?;
+        for &at in &spots {
+            f.write_all_at(&pattern::bytes(0, at, p as usize), at)
+                .map_err(io("pwrite"))?;
+        }
+    }
+    let file = tf.open().map_err(io("open"))?;
+    let rss0 = vm_rss();
+    let map = match MapOptions::new().strategy(s).map(&file) {
+        Ok(m) => m,
+        Err(e) if matches!(e.kind(), ErrorKind::Unsupported | ErrorKind::Io) => {
+            eprintln!("{s} refuses a 64 GiB file ({:?}): {e}", e.kind());
+            return Ok(Completion::Completed);
+        }
+        Err(e) => return fail(format!("64 GiB sparse file: {:?} {e}", e.kind())),
+    };
+    if map.len() as u64 != size {
+        return fail(format!("mapped {} bytes of {size}", map.len()));
+    }
+    let read = |at: u64, n: usize| -> Result<Vec<u8>, Failed> {
+        let mut b = vec![0u8; n];
+        Source::read(&map, at as usize, &mut b).map_err(Failed::from)?;
+        Ok(b)
+    };
+    for &at in &spots {
+        let want = slice_zero_ext(
+            &pattern::bytes(0, at, p as usize),
+            0,
+            (size - at).min(p) as usize,
+        );
+        check_bytes(&read(at, want.len())?, &want, &format!("data at {at}"))?;
+    }
+    check_bytes(
+        &read(gib, p as usize)?,
+        &vec![0; p as usize],
+        "hole at 1 GiB",
+    )?;
+    // Another process writes into a touched page and shrinks the file.
+    let m1 = Modification::new(Kind::Pwrite, 32 * gib, 3 * p, 1);
+    m1.apply(tf.path()).map_err(io("pwrite"))?;
+    Modification::new(Kind::FtruncateShrink, 33 * gib, 0, 0)
+        .apply(tf.path())
+        .map_err(io("ftruncate"))?;
+    let want = pattern::bytes(0, 32 * gib, p as usize);
+    check_bytes(
+        &read(32 * gib, p as usize)?,
+        &want,
+        "touched page after pwrite",
+    )?;
+    let tail = read(size - 5000, 5000)?;
+    let want_tail = pattern::bytes(0, size - 5000, 5000);
+    check_bytes(&tail, &want_tail, "touched last page after the truncation")?;
+    // Untouched: the old bytes (a hole, zeros) or the new ones.
+    let next = read(32 * gib + p, p as usize)?;
+    if next != vec![0; p as usize] && next != pattern::bytes(1, 32 * gib + p, p as usize) {
+        return fail(format!(
+            "untouched page at 32 GiB + 1 page holds [{}]",
+            pattern::describe(&next, 32 * gib + p)
+        ));
+    }
+    check_bytes(
+        &read(40 * gib, p as usize)?,
+        &vec![0; p as usize],
+        "past the new end",
+    )?;
+    let grown = vm_rss().saturating_sub(rss0);
+    // Other trials run in this process too; a 64 GiB allocation would show.
+    if grown > gib {
+        return fail(format!(
+            "resident memory grew by {grown} bytes for a few touched pages"
+        ));
+    }
+    eprintln!("{s}: 64 GiB sparse file mapped; resident memory grew by {grown} bytes");
+    Ok(Completion::Completed)
+}
+
 fn map_mut_case(s: Strategy, dir: &Path) -> Outcome {
     if let Err(why) = usable_in(s, dir) {
         return skip(format!("{s} is not usable here: {why}"));
@@ -1863,6 +1969,10 @@ fn trials(dirs: &[FsDir], missing: &[(FsKind, String)]) -> Vec<Trial> {
             let dd = dir.clone();
             t.push(watched(format!("{pre}/kernel-access"), move || {
                 kernel_access_case(s, &dd)
+            }));
+            let dd = dir.clone();
+            t.push(watched(format!("{pre}/huge-sparse"), move || {
+                huge_sparse_case(s, &dd)
             }));
             let dd = dir.clone();
             t.push(watched(format!("{pre}/map-mut-large"), move || {
