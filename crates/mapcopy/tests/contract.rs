@@ -8,7 +8,8 @@
 //! the checker can fail).
 //!
 //! * A strategy whose probe says "not implemented yet" is not part of the
-//!   suite (listed at startup).
+//!   suite: one ignored trial `STRATEGY/not-implemented` says so (not a
+//!   failure even with `MAPCOPY_REQUIRE_ALL=1`).
 //! * A strategy that is implemented but not usable here: its trials are
 //!   ignored with the reason — or fail with `MAPCOPY_REQUIRE_ALL=1`.
 //! * Cases run on the temp dir's filesystem (ext4 here) and, where a
@@ -20,7 +21,27 @@
 //! * Control trials re-execute themselves too: a plain mapping faults with
 //!   SIGBUS after a truncation, which must kill a child, not the suite.
 //!
-//! Env: `MAPCOPY_REQUIRE_ALL=1` turns skips into failures.
+//! Cases, each checked by `mapcopy_check::oracle::Checker` (pages read
+//! before a modification keep their bytes; pages first read after it hold
+//! the bytes of some file state since the mapping was made, zero past that
+//! state's end; nothing else, and never change again):
+//!
+//! * `modify/KIND`, `modify-far/KIND`: every modification kind of S2, from
+//!   another process, near the start and 2 MiB in;
+//! * `truncate-zero-regrow`, `truncate-zero-read-regrow`,
+//!   `unaligned-subrange`, `large-*`, `self-write` (the mapping process
+//!   writes itself), `populate` (every page as at map time);
+//! * `size/N` (0, 1, 4095, 4096, 4097, 3 pages + 1, with unaligned
+//!   sub-ranges), `threads*` (8 threads racing on first touch), `fork`
+//!   (per strategy's documented behaviour), `kernel-access` (`write(2)`
+//!   from untouched pages), `map-mut*` (S4), `many-mappings`, `churn`,
+//!   `huge-sparse` (64 GiB);
+//! * `bad-input/*` (DESIGN §4), `auto/probe`, and their `nobody/` twins;
+//! * `fixture/*`: loop mounts, and that writers report "unsupported on this
+//!   filesystem" apart from failures.
+//!
+//! Env: `MAPCOPY_REQUIRE_ALL=1` turns skips into failures;
+//! `MAPCOPY_TRIAL_TIMEOUT` (seconds, default 120) bounds each trial.
 #![allow(unsafe_code)]
 
 use std::collections::BTreeMap;
@@ -242,7 +263,7 @@ fn map_with(
     off: u64,
     len: Option<usize>,
     populate: bool,
-) -> Result<Mapped, mapcopy::Error> {
+) -> Result<Mapped, Result<mapcopy::Error, String>> {
     match backend {
         Backend::Copy(s) => {
             let mut o = MapOptions::new();
@@ -250,15 +271,14 @@ fn map_with(
             if let Some(l) = len {
                 o.len(l);
             }
-            let m = o.map(file)?;
-            Ok(Mapped::Copy(m))
+            o.map(file).map(Mapped::Copy).map_err(Ok)
         }
         Backend::Control => {
             let size = file.metadata().map(|m| m.len()).unwrap_or(0);
             let len = len.unwrap_or((size - off) as usize);
             Control::new(file, off, len)
                 .map(Mapped::Control)
-                .map_err(|e| panic!("control mmap failed: {e}"))
+                .map_err(|e| Err(format!("control mmap failed: {e}")))
         }
     }
 }
@@ -346,10 +366,11 @@ fn run_script(backend: Backend, dir: &Path, script: &Script) -> Result<Ran, Scri
     let file = tf.open().map_err(|e| other(e.to_string()))?;
     let mapped = match map_with(backend, &file, script.off, script.len, script.populate) {
         Ok(m) => m,
-        Err(e) if holds_open && e.kind() == ErrorKind::Unsupported => {
+        Err(Ok(e)) if holds_open && e.kind() == ErrorKind::Unsupported => {
             return Ok(Ran::Refused(e.to_string()));
         }
-        Err(e) => return Err(other(format!("mapping failed: {e}"))),
+        Err(Ok(e)) => return Err(other(format!("mapping failed: {e}"))),
+        Err(Err(e)) => return Err(other(e)),
     };
     let src = mapped.source();
     let len = src.len();
