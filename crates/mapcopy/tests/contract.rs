@@ -1439,6 +1439,141 @@ fn huge_sparse_case(s: Strategy, dir: &Path) -> Outcome {
     Ok(Completion::Completed)
 }
 
+/// Env var naming the file a re-executed read-error trial maps.
+const FILE_ENV: &str = "MAPCOPY_CONTRACT_FILE";
+
+/// What a strategy documents for a file whose data cannot be read (`EIO`).
+#[derive(Debug, PartialEq, Eq)]
+enum OnReadError {
+    /// `map` returns an `Io` error.
+    MapFails,
+    /// `map` succeeds; the access that needs the bad block aborts the
+    /// process with a message (a faulting thread can be given no error).
+    AbortOnTouch,
+    /// Not documented: any of the above.
+    Either,
+}
+
+fn on_read_error(s: Strategy, populate: bool) -> OnReadError {
+    match (s, populate) {
+        (Strategy::Eager, _) | (Strategy::Lazy, true) => OnReadError::MapFails,
+        (Strategy::Lazy, false) => OnReadError::AbortOnTouch,
+        _ => OnReadError::Either,
+    }
+}
+
+/// A file whose page 16 cannot be read: btrfs with that block's data
+/// corrupted in the image, so the checksum fails and reads get `EIO`. The
+/// strategy must fail as it documents — never hand out wrong bytes, never
+/// hang. Runs in a child (an abort must not kill the suite).
+fn read_error_case(name: &str, s: Strategy, populate: bool) -> Outcome {
+    let p = page();
+    let size = 64 * p;
+    if privilege::in_trial(name) {
+        let path = std::env::var(FILE_ENV).map_err(io("file to map"))?;
+        let want = pattern::bytes(0, 0, size);
+        let file = File::open(&path).map_err(io("open"))?;
+        match MapOptions::new().strategy(s).populate(populate).map(&file) {
+            Err(e) => println!("MAP-ERR {:?}: {e}", e.kind()),
+            Ok(m) => {
+                for i in 0..size / p {
+                    let mut got = vec![0u8; p];
+                    Source::read(&m, i * p, &mut got).map_err(Failed::from)?;
+                    if got == want[i * p..(i + 1) * p] {
+                        println!("PAGE {i} ok");
+                    } else {
+                        println!(
+                            "WRONG page {i}: [{}]",
+                            pattern::describe(&got, (i * p) as u64)
+                        );
+                    }
+                }
+                println!("DONE");
+            }
+        }
+        return Ok(Completion::Completed);
+    }
+    let mut mnt = match LoopMount::new(FsKind::Btrfs) {
+        Ok(m) => m,
+        Err(why) => return skip(why),
+    };
+    if let Err(why) = usable_in(s, mnt.path()) {
+        return skip(format!("{s} is not usable on btrfs: {why}"));
+    }
+    let path = mnt.path().join("file");
+    std::fs::write(&path, pattern::bytes(0, 0, size)).map_err(io("write"))?;
+    File::open(&path)
+        .and_then(|f| f.sync_all())
+        .map_err(io("fsync"))?;
+    mnt.unmount().map_err(Failed::from)?;
+    mnt.corrupt(&pattern::bytes(0, 16 * p as u64, 32), p, b'X')
+        .map_err(Failed::from)?;
+    mnt.mount().map_err(Failed::from)?;
+    let mut cmd = privilege::trial(name, false).map_err(Failed::from)?;
+    let mut child = cmd
+        .env(FILE_ENV, &path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(io("re-running the trial"))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(st) = child.try_wait().map_err(io("wait"))? {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return fail("the process mapping an unreadable file hung for 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut out = String::new();
+    let mut err = String::new();
+    child.stdout.take().map(|mut o| o.read_to_string(&mut out));
+    child.stderr.take().map(|mut e| e.read_to_string(&mut err));
+    // (libtest prints "test NAME ... " before the trial's first line)
+    let pages_ok = out.matches("PAGE ").count();
+    let map_err = out
+        .find("MAP-ERR ")
+        .map(|i| out[i..].lines().next().unwrap_or_default());
+    let all = format!("{status}\n{out}\n{err}");
+    if out.contains("WRONG") {
+        return fail(format!(
+            "wrong bytes handed out for an unreadable file:\n{all}"
+        ));
+    }
+    if out.contains("DONE") {
+        return fail(format!(
+            "every page read fine although page 16 is unreadable:\n{all}"
+        ));
+    }
+    let aborted = status.signal() == Some(libc::SIGABRT) && !err.trim().is_empty();
+    let map_failed = status.success() && map_err.is_some_and(|l| l.starts_with("MAP-ERR Io"));
+    let ok = match on_read_error(s, populate) {
+        OnReadError::MapFails => map_failed,
+        OnReadError::AbortOnTouch => aborted,
+        OnReadError::Either => map_failed || aborted,
+    };
+    if !ok {
+        return fail(format!(
+            "{s} documents {:?} for a read error, but: {all}",
+            on_read_error(s, populate)
+        ));
+    }
+    let last = err
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    eprintln!(
+        "{s}: {} after {pages_ok} good pages; {}",
+        if aborted { "aborted" } else { "map failed" },
+        map_err.unwrap_or(last)
+    );
+    Ok(Completion::Completed)
+}
+
 fn map_mut_case(s: Strategy, dir: &Path) -> Outcome {
     if let Err(why) = usable_in(s, dir) {
         return skip(format!("{s} is not usable here: {why}"));
@@ -2004,6 +2139,18 @@ fn trials(dirs: &[FsDir], missing: &[(FsKind, String)]) -> Vec<Trial> {
             t.push(watched(format!("{pre}/map-mut"), move || {
                 map_mut_case(s, &dd)
             }));
+        }
+    }
+    // Unreadable data (EIO), per strategy.
+    for (b, _) in &backends {
+        let Backend::Copy(s) = *b else { continue };
+        for populate in [false, true] {
+            let name = format!(
+                "{s}/btrfs/read-error{}",
+                if populate { "-populate" } else { "" }
+            );
+            let n = name.clone();
+            t.push(watched(name, move || read_error_case(&n, s, populate)));
         }
     }
     // Bad input: for every strategy in the suite and Auto; also as nobody.
