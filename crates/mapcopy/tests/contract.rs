@@ -120,7 +120,12 @@ fn filesystems() -> (Vec<FsDir>, Vec<LoopMount>, Vec<(FsKind, String)>) {
     let mut dirs = vec![FsDir { name, path: tmp }];
     let mut mounts = Vec::new();
     let mut missing = Vec::new();
-    if let Ok(list) = std::env::var(MOUNTS_ENV) {
+    // A re-executed single trial never mounts: it may die (SIGBUS, abort)
+    // and leave the mounts behind. It uses the outer run's, if handed any.
+    let list = std::env::var(MOUNTS_ENV)
+        .ok()
+        .or_else(|| std::env::var_os(privilege::TRIAL_ENV).map(|_| String::new()));
+    if let Some(list) = list {
         for item in list.split(',').filter(|s| !s.is_empty()) {
             if let Some((name, path)) = item.split_once('=') {
                 dirs.push(FsDir {
