@@ -221,7 +221,8 @@ impl LoopMount {
             }
         }
         let dir = tempfile::Builder::new()
-            .prefix(&format!("mapcopy-{kind}-"))
+            // The pid tells whose image a leftover is (after a kill -9).
+            .prefix(&format!("mapcopy-{kind}-pid{}-", std::process::id()))
             .tempdir_in(parent)
             .map_err(|e| format!("temp dir: {e}"))?;
         let image = dir.path().join("image");
