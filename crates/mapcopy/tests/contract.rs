@@ -683,6 +683,24 @@ fn self_write_script() -> Script {
     }
 }
 
+/// Writes only to pages nobody has read yet: S1 lets every page show the
+/// new bytes, so even plain MAP_PRIVATE keeps the contract here — the
+/// control must pass this one (the checker has no false positives).
+fn untouched_write_script() -> Script {
+    let p = page() as u64;
+    Script {
+        size: 4 * p as usize + 1000,
+        off: 0,
+        len: None,
+        populate: false,
+        steps: vec![
+            Step::Touch(vec![0]),
+            Step::Modify(Modification::new(Kind::Pwrite, 2 * p + 10, p, 1)),
+            Step::TouchAll,
+        ],
+    }
+}
+
 fn populate_script() -> Script {
     let p = page() as u64;
     Script {
@@ -2089,6 +2107,7 @@ fn trials(dirs: &[FsDir], missing: &[(FsKind, String)]) -> Vec<Trial> {
                 ("large-random", large_script(true)),
                 ("large-unaligned", large_unaligned_script()),
                 ("self-write", self_write_script()),
+                ("untouched-write", untouched_write_script()),
             ] {
                 let name = format!("{bname}/{}/{case}", d.name);
                 t.push(script_trial(
