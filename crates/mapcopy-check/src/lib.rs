@@ -14,6 +14,8 @@
 #![warn(missing_docs)]
 
 pub mod child;
+pub mod control;
+pub mod demo;
 pub mod fixture;
 pub mod modify;
 pub mod oracle;
