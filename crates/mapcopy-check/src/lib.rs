@@ -3,3 +3,4 @@
 //! the oracle.
 
 pub mod child;
+pub mod torture;

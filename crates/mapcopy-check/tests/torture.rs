@@ -1,0 +1,119 @@
+//! The torture oracle, bounded for CI: the control (plain MAP_PRIVATE) must
+//! be caught within 10 s at a fixed seed, and every strategy this machine
+//! can use must come out clean of a short run (at most 120 s in all).
+//!
+//! Runs with its own harness (libtest-mimic) because the writers and readers
+//! are this test binary re-executed as child processes.
+
+use std::time::Duration;
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use mapcopy_check::torture::{self, Config, Target};
+
+/// Total budget of the clean runs, split between the usable strategies.
+const CLEAN_BUDGET_S: f64 = 90.0;
+
+fn control_is_caught() -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let mut cfg = Config::new(Target::Private, dir.path());
+    cfg.seed = 42;
+    cfg.seconds = Some(10.0);
+    cfg.round = Duration::from_millis(500);
+    cfg.stop_on_violation = true;
+    cfg.replay_out = Some(dir.path().join("replay.txt"));
+    let stats = torture::run(&cfg, &mut |_| {})?;
+    eprintln!(
+        "control: {} ops, {} pages, stale {} torn {} changed {} signals {} model {} after {:?}",
+        stats.ops, stats.pages, stats.stale, stats.torn, stats.changed, stats.signals, stats.model,
+        stats.first_violation_after
+    );
+    if stats.model > 0 {
+        return Err(format!("the oracle's model disagreed with the file: {:?}", stats.examples).into());
+    }
+    let Some(after) = stats.first_violation_after else {
+        return Err("plain MAP_PRIVATE ran 10 s without a violation: the checker is blind".into());
+    };
+    if after > Duration::from_secs(10) {
+        return Err(format!("control caught only after {after:?}").into());
+    }
+    if stats.changed + stats.signals + stats.stale == 0 {
+        return Err("control produced only torn pages, not an S1/S2/S3 violation".into());
+    }
+    // The replay file reproduces a violation.
+    let replay = torture::Replay::load(cfg.replay_out.as_ref().unwrap())?;
+    let (attempt, rs) = torture::replay(&replay, dir.path(), 20)?;
+    eprintln!("replay: violation in attempt {attempt}: {:?}", rs.examples.first());
+    if rs.violations() == 0 || rs.model > 0 {
+        return Err(format!("replay did not reproduce: {:?}", rs.examples).into());
+    }
+    Ok(())
+}
+
+fn clean(target: Target, seconds: f64) -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let mut cfg = Config::new(target, dir.path());
+    cfg.seed = 7;
+    cfg.seconds = Some(seconds);
+    let stats = torture::run(&cfg, &mut |_| {})?;
+    eprintln!(
+        "{target}: {} ops, {} maps, {} pages, stale {} torn {} changed {} signals {} model {} hangs {}; map errors {:?}",
+        stats.ops,
+        stats.maps,
+        stats.pages,
+        stats.stale,
+        stats.torn,
+        stats.changed,
+        stats.signals,
+        stats.model,
+        stats.hangs,
+        stats.map_errors
+    );
+    if stats.violations() > 0 {
+        return Err(format!("{} violations: {:#?}", stats.violations(), stats.examples).into());
+    }
+    if stats.ops == 0 || stats.pages == 0 {
+        return Err(format!("nothing was checked: {} ops, {} pages", stats.ops, stats.pages).into());
+    }
+    Ok(())
+}
+
+fn main() {
+    mapcopy_check::child::dispatch();
+    let args = Arguments::from_args();
+    let usable: Vec<_> = mapcopy::probe(None)
+        .strategies
+        .into_iter()
+        .filter(|s| s.usable.is_ok())
+        .map(|s| s.strategy)
+        .collect();
+    // MAPCOPY_TORTURE_SECONDS overrides the total budget of the clean runs.
+    let budget = std::env::var("MAPCOPY_TORTURE_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(CLEAN_BUDGET_S);
+    let per = budget / usable.len().max(1) as f64;
+    let mut trials = vec![Trial::test("control_private_is_caught_within_10s", control_is_caught)];
+    for s in mapcopy::Strategy::ALL {
+        let name = format!("clean_{}", s.name());
+        if usable.contains(&s) {
+            trials.push(Trial::test(name, move || clean(Target::Strategy(s), per)));
+        } else {
+            let why = mapcopy::probe(None)
+                .strategies
+                .into_iter()
+                .find(|x| x.strategy == s)
+                .and_then(|x| x.usable.err())
+                .unwrap_or_default();
+            let required = std::env::var("MAPCOPY_REQUIRE_ALL").is_ok_and(|v| v == "1");
+            trials.push(Trial::test(name, move || {
+                eprintln!("skipped: {s} not usable here: {why}");
+                if required {
+                    Err(format!("MAPCOPY_REQUIRE_ALL=1 and {s} is not usable: {why}").into())
+                } else {
+                    Ok(())
+                }
+            }));
+        }
+    }
+    libtest_mimic::run(&args, trials).exit();
+}
