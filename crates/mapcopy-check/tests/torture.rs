@@ -49,6 +49,48 @@ fn control_is_caught() -> Result<(), Failed> {
     Ok(())
 }
 
+/// With no op that shrinks the file (no SIGBUS), plain MAP_PRIVATE must
+/// still be caught: by S2, a page changing after it was read.
+fn control_private_without_shrinking_fails_s2() -> Result<(), Failed> {
+    use mapcopy_check::torture::op::Kind;
+    let dir = tempfile::tempdir()?;
+    let mut cfg = Config::new(Target::Private, dir.path());
+    cfg.seed = 43;
+    cfg.seconds = Some(10.0);
+    cfg.round = Duration::from_millis(500);
+    cfg.stop_on_violation = true;
+    let (mask, _) = torture::supported_kinds(dir.path())?;
+    cfg.kinds = Some(mask & !(Kind::Truncate.bit() | Kind::OTrunc.bit() | Kind::Collapse.bit()));
+    let stats = torture::run(&cfg, &mut |_| {})?;
+    eprintln!(
+        "control (no shrink): {} ops, {} pages, changed {} signals {} after {:?}",
+        stats.ops, stats.pages, stats.changed, stats.signals, stats.first_violation_after
+    );
+    if stats.changed == 0 || stats.model > 0 {
+        return Err(format!("no S2 violation caught: {:?}", stats.examples).into());
+    }
+    Ok(())
+}
+
+/// A copy taken before `T_map` and handed out again must be caught by S1.
+fn control_stale_copy_fails_s1() -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let mut cfg = Config::new(Target::StaleCopy, dir.path());
+    cfg.seed = 44;
+    cfg.seconds = Some(10.0);
+    cfg.round = Duration::from_millis(500);
+    cfg.stop_on_violation = true;
+    let stats = torture::run(&cfg, &mut |_| {})?;
+    eprintln!(
+        "control (stale copy): {} ops, {} pages, stale {} after {:?}",
+        stats.ops, stats.pages, stats.stale, stats.first_violation_after
+    );
+    if stats.stale == 0 || stats.model > 0 {
+        return Err(format!("no S1 violation caught: {:?}", stats.examples).into());
+    }
+    Ok(())
+}
+
 fn clean(target: Target, seconds: f64) -> Result<(), Failed> {
     let dir = tempfile::tempdir()?;
     let mut cfg = Config::new(target, dir.path());
@@ -92,7 +134,11 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(CLEAN_BUDGET_S);
     let per = budget / usable.len().max(1) as f64;
-    let mut trials = vec![Trial::test("control_private_is_caught_within_10s", control_is_caught)];
+    let mut trials = vec![
+        Trial::test("control_private_is_caught_within_10s", control_is_caught),
+        Trial::test("control_private_without_shrinking_fails_s2", control_private_without_shrinking_fails_s2),
+        Trial::test("control_stale_copy_fails_s1", control_stale_copy_fails_s1),
+    ];
     for s in mapcopy::Strategy::ALL {
         let name = format!("clean_{}", s.name());
         if usable.contains(&s) {

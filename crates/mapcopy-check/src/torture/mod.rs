@@ -72,8 +72,12 @@ pub fn now() -> u64 {
 pub enum Target {
     /// A mapcopy strategy.
     Strategy(Strategy),
-    /// Plain `MAP_PRIVATE`: the control, which must fail.
+    /// Plain `MAP_PRIVATE`: the control, which must fail (S2, S3).
     Private,
+    /// A second control, for S1: one copy of the file read when the reader
+    /// starts, handed out again for every later mapping (a snapshot older
+    /// than `T_map`). Must fail with S1 (`stale`) violations.
+    StaleCopy,
 }
 
 impl Target {
@@ -82,6 +86,7 @@ impl Target {
         match self {
             Target::Strategy(s) => s.name(),
             Target::Private => "private",
+            Target::StaleCopy => "stale-copy",
         }
     }
 
@@ -89,6 +94,9 @@ impl Target {
     pub fn parse(s: &str) -> Result<Target, mapcopy::Error> {
         if s == "private" {
             return Ok(Target::Private);
+        }
+        if s == "stale-copy" {
+            return Ok(Target::StaleCopy);
         }
         s.parse().map(Target::Strategy)
     }

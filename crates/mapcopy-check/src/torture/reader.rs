@@ -166,8 +166,30 @@ impl Drop for Private {
     }
 }
 
-fn map(target: &Target, f: &File) -> Result<Box<dyn View>, (String, String)> {
+/// The S1 control: the bytes of the file when the reader started, served
+/// again for every mapping.
+#[derive(Clone)]
+struct Stale(std::sync::Arc<Vec<u8>>);
+
+impl View for Stale {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn read(&self, off: usize, out: &mut [u8]) {
+        out.copy_from_slice(&self.0[off..off + out.len()]);
+    }
+}
+
+fn map(target: &Target, f: &File, stale: &mut Option<Stale>) -> Result<Box<dyn View>, (String, String)> {
     match target {
+        Target::StaleCopy => {
+            if stale.is_none() {
+                let mut v = Vec::new();
+                io::Read::read_to_end(&mut &*f, &mut v).map_err(|e| ("io".to_string(), e.to_string()))?;
+                *stale = Some(Stale(std::sync::Arc::new(v)));
+            }
+            Ok(Box::new(stale.clone().unwrap()))
+        }
         Target::Private => Private::new(f)
             .map(|p| Box::new(p) as Box<dyn View>)
             .map_err(|e| ("io".to_string(), e.to_string())),
@@ -184,6 +206,7 @@ fn run(cfg: &ReaderConfig) -> io::Result<()> {
     let mut rng = Rng::new(cfg.seed);
     let mut cycle = 0u64;
     let mut buf = vec![0u8; PAGE];
+    let mut stale = None;
     while now() < cfg.deadline && (cfg.cycles == 0 || cycle < cfg.cycles) {
         if cfg.stop.exists() {
             break;
@@ -191,7 +214,7 @@ fn run(cfg: &ReaderConfig) -> io::Result<()> {
         cycle += 1;
         let f = File::open(&cfg.file)?;
         let t_map = now();
-        let view = match map(&cfg.target, &f) {
+        let view = match map(&cfg.target, &f, &mut stale) {
             Ok(v) => v,
             Err((kind, msg)) => {
                 writeln!(log, "E {t_map} {kind} {}", msg.replace('\n', " "))?;
