@@ -24,11 +24,21 @@ fn control_is_caught() -> Result<(), Failed> {
     let stats = torture::run(&cfg, &mut |_| {})?;
     eprintln!(
         "control: {} ops, {} pages, stale {} torn {} changed {} signals {} model {} after {:?}",
-        stats.ops, stats.pages, stats.stale, stats.torn, stats.changed, stats.signals, stats.model,
+        stats.ops,
+        stats.pages,
+        stats.stale,
+        stats.torn,
+        stats.changed,
+        stats.signals,
+        stats.model,
         stats.first_violation_after
     );
     if stats.model > 0 {
-        return Err(format!("the oracle's model disagreed with the file: {:?}", stats.examples).into());
+        return Err(format!(
+            "the oracle's model disagreed with the file: {:?}",
+            stats.examples
+        )
+        .into());
     }
     let Some(after) = stats.first_violation_after else {
         return Err("plain MAP_PRIVATE ran 10 s without a violation: the checker is blind".into());
@@ -42,7 +52,10 @@ fn control_is_caught() -> Result<(), Failed> {
     // The replay file reproduces a violation.
     let replay = torture::Replay::load(cfg.replay_out.as_ref().unwrap())?;
     let (attempt, rs) = torture::replay(&replay, dir.path(), 20)?;
-    eprintln!("replay: violation in attempt {attempt}: {:?}", rs.examples.first());
+    eprintln!(
+        "replay: violation in attempt {attempt}: {:?}",
+        rs.examples.first()
+    );
     if rs.violations() == 0 || rs.model > 0 {
         return Err(format!("replay did not reproduce: {:?}", rs.examples).into());
     }
@@ -114,7 +127,11 @@ fn clean(target: Target, seconds: f64) -> Result<(), Failed> {
         return Err(format!("{} violations: {:#?}", stats.violations(), stats.examples).into());
     }
     if stats.ops == 0 || stats.pages == 0 {
-        return Err(format!("nothing was checked: {} ops, {} pages", stats.ops, stats.pages).into());
+        return Err(format!(
+            "nothing was checked: {} ops, {} pages",
+            stats.ops, stats.pages
+        )
+        .into());
     }
     Ok(())
 }
@@ -136,7 +153,10 @@ fn main() {
     let per = budget / usable.len().max(1) as f64;
     let mut trials = vec![
         Trial::test("control_private_is_caught_within_10s", control_is_caught),
-        Trial::test("control_private_without_shrinking_fails_s2", control_private_without_shrinking_fails_s2),
+        Trial::test(
+            "control_private_without_shrinking_fails_s2",
+            control_private_without_shrinking_fails_s2,
+        ),
         Trial::test("control_stale_copy_fails_s1", control_stale_copy_fails_s1),
     ];
     for s in mapcopy::Strategy::ALL {

@@ -122,16 +122,23 @@ impl Args {
     pub(crate) fn parse(args: &[String]) -> Result<Args, String> {
         let mut m = BTreeMap::new();
         for a in args {
-            let (k, v) = a.split_once('=').ok_or_else(|| format!("bad argument {a:?}"))?;
+            let (k, v) = a
+                .split_once('=')
+                .ok_or_else(|| format!("bad argument {a:?}"))?;
             m.insert(k.to_string(), v.to_string());
         }
         Ok(Args(m))
     }
     pub(crate) fn get(&self, k: &str) -> Result<String, String> {
-        self.0.get(k).cloned().ok_or_else(|| format!("missing argument {k}"))
+        self.0
+            .get(k)
+            .cloned()
+            .ok_or_else(|| format!("missing argument {k}"))
     }
     pub(crate) fn num(&self, k: &str) -> Result<u64, String> {
-        self.get(k)?.parse().map_err(|e| format!("argument {k}: {e}"))
+        self.get(k)?
+            .parse()
+            .map_err(|e| format!("argument {k}: {e}"))
     }
     pub(crate) fn path(&self, k: &str) -> Result<PathBuf, String> {
         self.get(k).map(PathBuf::from)
@@ -204,6 +211,8 @@ pub struct Stats {
     pub ops: u64,
     /// Ops per kind.
     pub ops_by_kind: BTreeMap<&'static str, u64>,
+    /// Time spent inside ops per kind (ns, summed over ops).
+    pub op_ns_by_kind: BTreeMap<&'static str, u64>,
     /// Writer ops that failed (`-errno`), per kind and errno.
     pub op_errors: BTreeMap<String, u64>,
     /// Mappings made by readers.
@@ -276,17 +285,50 @@ pub fn supported_kinds(dir: &Path) -> io::Result<(u32, Vec<(Kind, String)>)> {
         Ok(f)
     };
     let p = PAGE as u64;
-    let tries: [(Kind, Box<dyn Fn(&File) -> io::Result<()>>); 6] = [
-        (Kind::Punch, Box::new(|f| Ok(rustix::fs::fallocate(f, F::PUNCH_HOLE | F::KEEP_SIZE, p, p)?))),
-        (Kind::ZeroRange, Box::new(|f| Ok(rustix::fs::fallocate(f, F::ZERO_RANGE | F::KEEP_SIZE, p, p)?))),
-        (Kind::Collapse, Box::new(|f| Ok(rustix::fs::fallocate(f, F::COLLAPSE_RANGE, p, p)?))),
-        (Kind::Insert, Box::new(|f| Ok(rustix::fs::fallocate(f, F::INSERT_RANGE, p, p)?))),
-        (Kind::CloneRange, Box::new(|f| writer::clone_range(f, 0, p, 2 * p))),
+    type Try<'a> = Box<dyn Fn(&File) -> io::Result<()> + 'a>;
+    let tries: [(Kind, Try<'_>); 6] = [
+        (
+            Kind::Punch,
+            Box::new(|f| {
+                Ok(rustix::fs::fallocate(
+                    f,
+                    F::PUNCH_HOLE | F::KEEP_SIZE,
+                    p,
+                    p,
+                )?)
+            }),
+        ),
+        (
+            Kind::ZeroRange,
+            Box::new(|f| {
+                Ok(rustix::fs::fallocate(
+                    f,
+                    F::ZERO_RANGE | F::KEEP_SIZE,
+                    p,
+                    p,
+                )?)
+            }),
+        ),
+        (
+            Kind::Collapse,
+            Box::new(|f| Ok(rustix::fs::fallocate(f, F::COLLAPSE_RANGE, p, p)?)),
+        ),
+        (
+            Kind::Insert,
+            Box::new(|f| Ok(rustix::fs::fallocate(f, F::INSERT_RANGE, p, p)?)),
+        ),
+        (
+            Kind::CloneRange,
+            Box::new(|f| writer::clone_range(f, 0, p, 2 * p)),
+        ),
         (
             Kind::Direct,
             Box::new(|_| {
                 use std::os::unix::fs::OpenOptionsExt;
-                let f = OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(&path)?;
+                let f = OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_DIRECT)
+                    .open(&path)?;
                 let mut raw = vec![0u8; 2 * PAGE];
                 let skew = raw.as_ptr().align_offset(PAGE);
                 f.write_all_at(&raw[skew..skew + PAGE], 0)?;
@@ -345,7 +387,11 @@ impl Paths {
 /// Writes `model`'s bytes to `path` (replacing it, keeping its inode so the
 /// hard link stays valid).
 fn restore(path: &Path, model: &Model) -> io::Result<()> {
-    let f = OpenOptions::new().write(true).create(true).truncate(true).open(path)?;
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
     let mut buf = vec![0u8; model.size as usize];
     for (p, chunk) in buf.chunks_mut(PAGE).enumerate() {
         stamp::render(&model.pages[p], chunk);
@@ -415,7 +461,9 @@ fn judge(
                     *stats.map_errors.entry(format!("{b}: {c}")).or_default() += 1;
                 }
                 "T" => {
-                    let (Ok(p), Ok(t), Some(seen)) = (a.parse::<usize>(), b.parse::<u64>(), Runs::parse(c)) else {
+                    let (Ok(p), Ok(t), Some(seen)) =
+                        (a.parse::<usize>(), b.parse::<u64>(), Runs::parse(c))
+                    else {
                         stats.model += 1;
                         stats.example(format!("unreadable reader log line {line:?}"));
                         continue;
@@ -456,7 +504,9 @@ fn judge(
                     stats.changed += 1;
                     let t = b.parse().unwrap_or(last_t);
                     note(t, r.seed, &mut first);
-                    stats.example(format!("S2 page {a} changed after it was read (mapped at {t_map}): now {c}"));
+                    stats.example(format!(
+                        "S2 page {a} changed after it was read (mapped at {t_map}): now {c}"
+                    ));
                 }
                 _ => {}
             }
@@ -492,7 +542,8 @@ pub fn run(cfg: &Config, progress: &mut dyn FnMut(Progress<'_>)) -> Result<Stats
         torn_counts: !cfg.target.documents_torn(),
         ..Stats::default()
     };
-    let paths = Paths::new(&cfg.dir, cfg.target).map_err(|e| format!("cannot create work dir: {e}"))?;
+    let paths =
+        Paths::new(&cfg.dir, cfg.target).map_err(|e| format!("cannot create work dir: {e}"))?;
     let result = run_rounds(cfg, &paths, &mut stats, started, progress);
     let _ = fs::remove_dir_all(&paths.logs);
     stats.elapsed = started.elapsed();
@@ -612,7 +663,8 @@ fn run_rounds(
         let reader_deadline = Instant::now() + Duration::from_secs(20);
         let mut rlogs = Vec::new();
         for (rc, mut child) in readers {
-            let status = wait_until(&mut child, reader_deadline).map_err(io("waiting for a reader"))?;
+            let status =
+                wait_until(&mut child, reader_deadline).map_err(io("waiting for a reader"))?;
             rlogs.push(ReaderLog {
                 seed: rc.seed,
                 lines: read_lines(&rc.log),
@@ -624,8 +676,12 @@ fn run_rounds(
         stats.ops += ops.len() as u64;
         for l in &ops {
             *stats.ops_by_kind.entry(l.op.kind.name()).or_default() += 1;
+            *stats.op_ns_by_kind.entry(l.op.kind.name()).or_default() += l.end - l.start;
             if l.result < 0 {
-                *stats.op_errors.entry(format!("{} errno {}", l.op.kind.name(), -l.result)).or_default() += 1;
+                *stats
+                    .op_errors
+                    .entry(format!("{} errno {}", l.op.kind.name(), -l.result))
+                    .or_default() += 1;
             }
         }
         let before = stats.violations();
@@ -658,7 +714,9 @@ fn run_rounds(
             }
         }
         let done = match (time_limit, cfg.ops) {
-            (Some(t), Some(n)) => (started.elapsed().as_secs_f64() / t.as_secs_f64()).max(stats.ops as f64 / n as f64),
+            (Some(t), Some(n)) => {
+                (started.elapsed().as_secs_f64() / t.as_secs_f64()).max(stats.ops as f64 / n as f64)
+            }
             (Some(t), None) => started.elapsed().as_secs_f64() / t.as_secs_f64(),
             (None, Some(n)) => stats.ops as f64 / n as f64,
             (None, None) => 1.0,
@@ -671,7 +729,10 @@ fn run_rounds(
         if cfg.stop_on_violation && stats.violations() > 0 {
             break;
         }
-        if model.diff(&fs::read(&paths.file).map_err(io("reading the file back"))?).is_some() {
+        if model
+            .diff(&fs::read(&paths.file).map_err(io("reading the file back"))?)
+            .is_some()
+        {
             // Resynchronize: rewrite the file from the model.
             restore(&paths.file, &model).map_err(io("rewriting the file"))?;
         }
@@ -746,13 +807,17 @@ impl Replay {
                 "size" => size = Some(rest.parse::<u64>().map_err(|_| bad())?),
                 "page" => {
                     let (p, r) = rest.split_once(' ').ok_or_else(bad)?;
-                    pages.push((p.parse::<usize>().map_err(|_| bad())?, Runs::parse(r).ok_or_else(bad)?));
+                    pages.push((
+                        p.parse::<usize>().map_err(|_| bad())?,
+                        Runs::parse(r).ok_or_else(bad)?,
+                    ));
                 }
                 "op" => ops.push(Logged::parse(line).ok_or_else(bad)?),
                 _ => return Err(bad()),
             }
         }
-        let (Some(target), Some(reader_seed), Some(max), Some(size)) = (target, seed, max, size) else {
+        let (Some(target), Some(reader_seed), Some(max), Some(size)) = (target, seed, max, size)
+        else {
             return Err("replay file lacks target, reader-seed, max or size".into());
         };
         let mut initial = Model::new(0, max, 1);
@@ -826,17 +891,28 @@ pub fn replay(replay: &Replay, dir: &Path, attempts: u32) -> Result<(u32, Stats)
                 deadline,
                 cycles: 0,
             };
-            let mut r = crate::child::command("torture-reader", &rc.to_args()).spawn().map_err(io)?;
-            let mut w = crate::child::command("torture-writer", &wc.to_args()).spawn().map_err(io)?;
-            let wst = wait_until(&mut w, Instant::now() + Duration::from_nanos(span) + Duration::from_secs(60))
+            let mut r = crate::child::command("torture-reader", &rc.to_args())
+                .spawn()
                 .map_err(io)?;
+            let mut w = crate::child::command("torture-writer", &wc.to_args())
+                .spawn()
+                .map_err(io)?;
+            let wst = wait_until(
+                &mut w,
+                Instant::now() + Duration::from_nanos(span) + Duration::from_secs(60),
+            )
+            .map_err(io)?;
             if wst.is_none_or(|s| !s.success()) {
                 stats.model += 1;
                 stats.example(format!("replay writer failed: {wst:?}"));
             }
             File::create(&paths.stop).map_err(io)?;
-            let status = wait_until(&mut r, Instant::now() + Duration::from_secs(20)).map_err(io)?;
-            let mut ops: Vec<Logged> = read_lines(&wc.log).iter().filter_map(|l| Logged::parse(l)).collect();
+            let status =
+                wait_until(&mut r, Instant::now() + Duration::from_secs(20)).map_err(io)?;
+            let mut ops: Vec<Logged> = read_lines(&wc.log)
+                .iter()
+                .filter_map(|l| Logged::parse(l))
+                .collect();
             ops.sort_by_key(|l| l.start);
             stats.ops = ops.len() as u64;
             stats.rounds = 1;

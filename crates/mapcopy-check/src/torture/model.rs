@@ -58,7 +58,13 @@ impl Model {
 
     /// Sets chunks `[from, to)` (byte offsets, chunk-aligned) to data of
     /// `version` written at their own position, or to zero.
-    fn fill(&mut self, from: u64, to: u64, version: Option<u64>, emit: &mut dyn FnMut(usize, &Runs)) {
+    fn fill(
+        &mut self,
+        from: u64,
+        to: u64,
+        version: Option<u64>,
+        emit: &mut dyn FnMut(usize, &Runs),
+    ) {
         let mut x = from;
         while x < to {
             let p = (x / P) as usize;
@@ -108,9 +114,12 @@ impl Model {
         let o = &l.op;
         let done = l.result as u64;
         match o.kind {
-            Kind::Write | Kind::Pwrite | Kind::Writev | Kind::Uring | Kind::Direct | Kind::MmapStore => {
-                self.write(o.off, done, o.version, emit)
-            }
+            Kind::Write
+            | Kind::Pwrite
+            | Kind::Writev
+            | Kind::Uring
+            | Kind::Direct
+            | Kind::MmapStore => self.write(o.off, done, o.version, emit),
             Kind::Append => self.write(l.size_before, done, o.version, emit),
             Kind::Truncate => self.truncate(o.len, emit),
             Kind::OTrunc => {
@@ -130,13 +139,21 @@ impl Model {
                 let (a, k) = ((o.off / P) as usize, (o.len / P) as usize);
                 let old_pages = self.size.div_ceil(P) as usize;
                 let before = self.pages.clone();
-                let top = if o.kind == Kind::Insert { old_pages + k } else { old_pages };
+                let top = if o.kind == Kind::Insert {
+                    old_pages + k
+                } else {
+                    old_pages
+                };
                 for p in a..top {
                     self.set(p, Runs::uniform(Cell::Zero), emit);
                 }
                 for p in a..top {
                     let r = if o.kind == Kind::Insert {
-                        if p < a + k { Runs::uniform(Cell::Zero) } else { before[p - k].clone() }
+                        if p < a + k {
+                            Runs::uniform(Cell::Zero)
+                        } else {
+                            before[p - k].clone()
+                        }
                     } else if p + k < old_pages {
                         before[p + k].clone()
                     } else {
@@ -160,9 +177,13 @@ impl Model {
                     let upto = (n - x).min(P);
                     let c1 = (upto / C) as usize;
                     let src = self.pages[sp].clone();
-                    let r = Runs::from_cells(
-                        (0..CHUNKS).map(|c| if c < c1 { src.cell(c) } else { self.pages[dp].cell(c) }),
-                    );
+                    let r = Runs::from_cells((0..CHUNKS).map(|c| {
+                        if c < c1 {
+                            src.cell(c)
+                        } else {
+                            self.pages[dp].cell(c)
+                        }
+                    }));
                     self.set(dp, r, emit);
                     x += P;
                 }
@@ -176,7 +197,11 @@ impl Model {
     /// else a description of the first difference.
     pub fn diff(&self, bytes: &[u8]) -> Option<String> {
         if bytes.len() as u64 != self.size {
-            return Some(format!("file size {} but model size {}", bytes.len(), self.size));
+            return Some(format!(
+                "file size {} but model size {}",
+                bytes.len(),
+                self.size
+            ));
         }
         for (p, chunk) in bytes.chunks(PAGE).enumerate() {
             let seen = Runs::decode(chunk);
@@ -325,7 +350,14 @@ mod tests {
         // Window overlapping the insert: both.
         assert_eq!(tl.judge(1, 150, 205, &d(0, 1)).0, Verdict::Ok);
         assert_eq!(tl.judge(1, 150, 205, &d(2, 1)).0, Verdict::Ok);
-        let torn = d(2, 1).with(0, 10, Cell::Data { origin: 0, version: 1 });
+        let torn = d(2, 1).with(
+            0,
+            10,
+            Cell::Data {
+                origin: 0,
+                version: 1,
+            },
+        );
         assert_eq!(tl.judge(1, 150, 205, &torn).0, Verdict::Torn);
         assert_eq!(tl.judge(1, 250, 260, &torn).0, Verdict::Stale);
     }
@@ -339,7 +371,16 @@ mod tests {
         ];
         let tl = Timelines::build(&mut m, &ops).unwrap();
         assert_eq!(m.size, P + 5 * C);
-        let want = d(1, 1).with(3, 5, Cell::Data { origin: 1, version: 3 }).with(5, CHUNKS, Cell::Zero);
+        let want = d(1, 1)
+            .with(
+                3,
+                5,
+                Cell::Data {
+                    origin: 1,
+                    version: 3,
+                },
+            )
+            .with(5, CHUNKS, Cell::Zero);
         assert_eq!(m.pages[1], want);
         assert_eq!(tl.judge(1, 300, 310, &want).0, Verdict::Ok);
         assert_eq!(tl.judge(1, 150, 160, &d(1, 1)).0, Verdict::Stale);

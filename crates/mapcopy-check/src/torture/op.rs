@@ -104,7 +104,10 @@ impl Kind {
 
     /// Kinds in `mask`.
     pub fn in_mask(mask: u32) -> Vec<Kind> {
-        Kind::ALL.into_iter().filter(|k| mask & k.bit() != 0).collect()
+        Kind::ALL
+            .into_iter()
+            .filter(|k| mask & k.bit() != 0)
+            .collect()
     }
 }
 

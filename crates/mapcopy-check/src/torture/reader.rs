@@ -180,12 +180,17 @@ impl View for Stale {
     }
 }
 
-fn map(target: &Target, f: &File, stale: &mut Option<Stale>) -> Result<Box<dyn View>, (String, String)> {
+fn map(
+    target: &Target,
+    f: &File,
+    stale: &mut Option<Stale>,
+) -> Result<Box<dyn View>, (String, String)> {
     match target {
         Target::StaleCopy => {
             if stale.is_none() {
                 let mut v = Vec::new();
-                io::Read::read_to_end(&mut &*f, &mut v).map_err(|e| ("io".to_string(), e.to_string()))?;
+                io::Read::read_to_end(&mut &*f, &mut v)
+                    .map_err(|e| ("io".to_string(), e.to_string()))?;
                 *stale = Some(Stale(std::sync::Arc::new(v)));
             }
             Ok(Box::new(stale.clone().unwrap()))
@@ -230,7 +235,11 @@ fn run(cfg: &ReaderConfig) -> io::Result<()> {
         let npages = len.div_ceil(PAGE);
         let mut order: Vec<usize> = (0..npages).collect();
         rng.shuffle(&mut order);
-        let k = if rng.chance(1, 2) { npages } else { rng.range(0, npages as u64) as usize };
+        let k = if rng.chance(1, 2) {
+            npages
+        } else {
+            rng.range(0, npages as u64) as usize
+        };
         let pause = rng.chance(1, 2);
         let mut first: Vec<(usize, Vec<u8>)> = Vec::with_capacity(k);
         for &p in &order[..k] {

@@ -170,13 +170,24 @@ impl Runs {
 
     /// This page with chunks in `[from, to)` replaced by `cell`.
     pub fn with(&self, from: usize, to: usize, cell: Cell) -> Runs {
-        Runs::from_cells((0..CHUNKS).map(|c| if c >= from && c < to { cell } else { self.cell(c) }))
+        Runs::from_cells((0..CHUNKS).map(|c| {
+            if c >= from && c < to {
+                cell
+            } else {
+                self.cell(c)
+            }
+        }))
     }
 
     /// Decodes the page bytes read back (up to 4096 bytes; fewer for a page
     /// cut by the end of the mapping).
     pub fn decode(bytes: &[u8]) -> Runs {
-        Runs::from_cells(bytes.chunks_exact(CHUNK).enumerate().map(|(c, b)| decode(b, c)))
+        Runs::from_cells(
+            bytes
+                .chunks_exact(CHUNK)
+                .enumerate()
+                .map(|(c, b)| decode(b, c)),
+        )
     }
 
     /// Parses the text form written by `Display`.
@@ -234,7 +245,13 @@ mod tests {
         let mut page = vec![0u8; PAGE];
         fill(&mut page, 3 * PAGE as u64, 77);
         let r = Runs::decode(&page);
-        assert_eq!(r, Runs::uniform(Cell::Data { origin: 3, version: 77 }));
+        assert_eq!(
+            r,
+            Runs::uniform(Cell::Data {
+                origin: 3,
+                version: 77
+            })
+        );
         assert_eq!(Runs::parse(&r.to_string()), Some(r.clone()));
         // Half of it from another version: two runs, no garbage.
         let mut other = vec![0u8; PAGE];
@@ -250,7 +267,11 @@ mod tests {
         assert_eq!(decode(&chunk(1, 5, 2), 3), Cell::Garbage);
         assert_eq!(decode(&[0u8; CHUNK], 0), Cell::Zero);
         let mut out = vec![0u8; PAGE];
-        let runs = Runs::uniform(Cell::Data { origin: 9, version: 1 }).with(10, 20, Cell::Zero);
+        let runs = Runs::uniform(Cell::Data {
+            origin: 9,
+            version: 1,
+        })
+        .with(10, 20, Cell::Zero);
         render(&runs, &mut out);
         assert_eq!(Runs::decode(&out), runs);
     }

@@ -181,7 +181,11 @@ impl Executor {
 
     /// Takes the writers' lock, reads the size, asks `pick` for an op, runs
     /// it and returns its log record.
-    fn locked(&mut self, lock: &File, pick: impl FnOnce(u64) -> Option<Op>) -> io::Result<Option<Logged>> {
+    fn locked(
+        &mut self,
+        lock: &File,
+        pick: impl FnOnce(u64) -> Option<Op>,
+    ) -> io::Result<Option<Logged>> {
         rustix::fs::flock(lock, FlockOperation::LockExclusive)?;
         let out = (|| {
             let size = std::fs::metadata(&self.file)?.len();
@@ -250,7 +254,10 @@ impl Executor {
                 cuts.push(buf.len());
                 cuts.sort_unstable();
                 cuts.dedup();
-                let mut slices: Vec<IoSlice<'_>> = cuts.windows(2).map(|w| IoSlice::new(&buf[w[0]..w[1]])).collect();
+                let mut slices: Vec<IoSlice<'_>> = cuts
+                    .windows(2)
+                    .map(|w| IoSlice::new(&buf[w[0]..w[1]]))
+                    .collect();
                 let mut bufs = &mut slices[..];
                 while !bufs.is_empty() {
                     let n = f.write_vectored(bufs)?;
@@ -370,7 +377,8 @@ impl Executor {
             .build();
             // SAFETY: the buffer and the fd outlive the operation: we wait
             // for its completion before returning or touching either.
-            unsafe { ring.submission().push(&sqe) }.map_err(|_| io::Error::other("io_uring queue full"))?;
+            unsafe { ring.submission().push(&sqe) }
+                .map_err(|_| io::Error::other("io_uring queue full"))?;
             ring.submit_and_wait(1)?;
             let cqe = ring
                 .completion()
