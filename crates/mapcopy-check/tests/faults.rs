@@ -1,0 +1,577 @@
+//! Fault injection, against every strategy `mapcopy::probe` finds usable:
+//!
+//! * EIO from the device under the file: the loop device under a mounted
+//!   ext4 is shrunk (`losetup -c` after truncating its backing file) so the
+//!   file's data blocks lie past the end of the device and every read of
+//!   them fails with EIO in the block layer. (Device-mapper `error`/`flakey`
+//!   targets would do the same, but this kernel has no device-mapper:
+//!   `/dev/mapper/control` does not answer.) The map call fails with
+//!   `ErrorKind::Io`, or the strategy follows its documented policy (a loud
+//!   abort of the mapping process) — never a silent zero page. `Eager` must
+//!   fail with `Io`.
+//! * ENOSPC: mapping a file on a full filesystem either works (and holds the
+//!   file's bytes) or fails with a clear error.
+//! * The mapping process SIGKILLed while a writer waits on it: the writer
+//!   proceeds within 1 s.
+//! * 1000 mappings of one file, and mappings of 1000 files.
+//! * A low RLIMIT_NOFILE: a clear error (or success), never a panic.
+//!
+//! Tests that need root, loop devices or dmsetup print why they skip; with
+//! `MAPCOPY_REQUIRE_ALL=1` a skip is a failure. Own harness: the children
+//! are this binary re-executed (env `FAULTS_CHILD`).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use mapcopy::{ErrorKind, MapOptions, Strategy};
+
+const CHILD_ENV: &str = "FAULTS_CHILD";
+
+fn usable() -> Vec<Strategy> {
+    mapcopy::probe(None)
+        .strategies
+        .into_iter()
+        .filter(|s| s.usable.is_ok())
+        .map(|s| s.strategy)
+        .collect()
+}
+
+fn skip(why: &str) -> Result<(), Failed> {
+    if std::env::var("MAPCOPY_REQUIRE_ALL").is_ok_and(|v| v == "1") {
+        return Err(format!("MAPCOPY_REQUIRE_ALL=1 and this test cannot run: {why}").into());
+    }
+    eprintln!("skipped: {why}");
+    Ok(())
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 1)
+        .collect()
+}
+
+fn sh(cmd: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .map_err(|e| format!("{cmd}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// An ext4 filesystem (4 KiB blocks) on a loop device over a file in a
+/// temp dir. Torn down on drop (umount, losetup -d), even after a failure.
+struct Fs {
+    dir: tempfile::TempDir,
+    loopdev: Option<String>,
+    mounted: bool,
+}
+
+impl Fs {
+    fn new(mib: u64) -> Result<Fs, String> {
+        if !rustix::process::geteuid().is_root() {
+            return Err("needs root (loop devices, mount)".into());
+        }
+        for tool in ["losetup", "mkfs.ext4", "filefrag"] {
+            if Command::new(tool).arg("-V").output().is_err() {
+                return Err(format!("{tool} is not installed"));
+            }
+        }
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let img = dir.path().join("img");
+        File::create(&img)
+            .and_then(|f| f.set_len(mib << 20))
+            .map_err(|e| e.to_string())?;
+        let mut fs = Fs {
+            dir,
+            loopdev: None,
+            mounted: false,
+        };
+        fs.loopdev = Some(sh("losetup", &["--find", "--show", img.to_str().unwrap()])?);
+        let dev = fs.loopdev.clone().unwrap();
+        sh("mkfs.ext4", &["-q", "-F", "-b", "4096", &dev])?;
+        let mnt = fs.mnt();
+        fs::create_dir_all(&mnt).map_err(|e| e.to_string())?;
+        sh("mount", &[&dev, mnt.to_str().unwrap()])?;
+        fs.mounted = true;
+        Ok(fs)
+    }
+
+    fn mnt(&self) -> PathBuf {
+        self.dir.path().join("mnt")
+    }
+
+    /// Byte offset on the device of the first block of `path` (from
+    /// `filefrag -v`, which uses FIEMAP).
+    fn physical_start(path: &Path) -> Result<u64, String> {
+        let out = sh("filefrag", &["-v", "-b4096", path.to_str().unwrap()])?;
+        // "   0:        0..     255:      34816..     35071:    256:   last,eof"
+        for line in out.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.first() == Some(&"0:") && f.len() >= 4 {
+                let phys = f[3]
+                    .trim_end_matches("..")
+                    .parse::<u64>()
+                    .map_err(|e| format!("{line}: {e}"))?;
+                return Ok(phys * 4096);
+            }
+        }
+        Err(format!("no extent in filefrag output: {out}"))
+    }
+
+    /// Cuts the device at byte `at`: every block from there on fails with
+    /// EIO.
+    fn fail_io_from(&self, at: u64) -> Result<(), String> {
+        let img = self.dir.path().join("img");
+        File::options()
+            .write(true)
+            .open(&img)
+            .and_then(|f| f.set_len(at))
+            .map_err(|e| e.to_string())?;
+        sh("losetup", &["-c", self.loopdev.as_ref().unwrap()])?;
+        Ok(())
+    }
+}
+
+impl Drop for Fs {
+    fn drop(&mut self) {
+        if self.mounted {
+            let mnt = self.mnt();
+            if sh("umount", &[mnt.to_str().unwrap()]).is_err() {
+                let _ = sh("umount", &["-l", mnt.to_str().unwrap()]);
+            }
+        }
+        if let Some(dev) = &self.loopdev {
+            let _ = sh("losetup", &["-d", dev]);
+        }
+    }
+}
+
+fn child(kind: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(std::env::current_exe().unwrap());
+    c.env(CHILD_ENV, kind).args(args);
+    c
+}
+
+/// Drops the file's clean pages from the page cache, so reads go to disk.
+fn evict(f: &File) {
+    let _ = f.sync_all();
+    let _ = rustix::fs::fadvise(f, 0, None, rustix::fs::Advice::DontNeed);
+}
+
+// ---------------------------------------------------------------- EIO
+
+fn eio() -> Result<(), Failed> {
+    let fs = match Fs::new(64) {
+        Ok(fs) => fs,
+        Err(why) => return skip(&why),
+    };
+    // A filler first pushes the data file's blocks well past the metadata.
+    fs::write(fs.mnt().join("filler"), vec![1u8; 8 << 20])?;
+    let path = fs.mnt().join("data");
+    let want = pattern(1 << 20, 7);
+    fs::write(&path, &want)?;
+    // Hold the file open so its inode stays cached: only data reads fail.
+    let f = File::open(&path)?;
+    rustix::fs::syncfs(&f)?;
+    evict(&f);
+    let at = Fs::physical_start(&path)?;
+    if at < (4 << 20) {
+        return Err(
+            format!("data file starts at {at}, too close to the metadata to cut there").into(),
+        );
+    }
+    // Cut inside the file: its first 256 KiB stay readable, the rest fails
+    // (a strategy must not take the failure for the end of the file).
+    fs.fail_io_from(at + (256 << 10))?;
+    evict(&f);
+    // Precondition: the data really comes from the failing device now.
+    let mut probe = vec![0u8; 4096];
+    match f.read_at(&mut probe, 512 * 1024) {
+        Err(e) if e.raw_os_error() == Some(libc::EIO) => {}
+        other => {
+            return Err(format!("precondition: a read should fail with EIO, got {other:?}").into());
+        }
+    }
+    if f.read_at(&mut probe, 0)? != 4096 || probe[..] != want[..4096] {
+        return Err("precondition: the head of the file should still read".into());
+    }
+    evict(&f);
+    let mut failures = Vec::new();
+    for s in usable() {
+        let out = child("eio", &[path.to_str().unwrap(), s.name()])
+            .stderr(Stdio::piped())
+            .output()?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        eprintln!(
+            "{s}: status {}, stdout {stdout:?}, stderr {:?}",
+            out.status,
+            stderr.trim()
+        );
+        let line = stdout.lines().last().unwrap_or("");
+        let ok = match (s, line) {
+            // Eager reads everything at map time: the map call must fail.
+            (Strategy::Eager, l) => l == "MAPERR Io",
+            (_, "MAPERR Io") => true,
+            // Anything that maps first and reads later may abort loudly (a
+            // signal, with a message naming the I/O error) — never read
+            // zeros or garbage.
+            (_, l) if l.starts_with("READBAD") => false,
+            (_, _) => out.status.signal().is_some() && !stderr.trim().is_empty(),
+        };
+        if !ok {
+            failures.push(format!("{s}: {line:?} (status {})", out.status));
+        }
+    }
+    if !failures.is_empty() {
+        return Err(format!("EIO not reported as an error: {failures:?}").into());
+    }
+    Ok(())
+}
+
+fn child_eio(args: &[String]) -> i32 {
+    let (path, s) = (&args[0], args[1].parse::<Strategy>().unwrap());
+    let f = File::open(path).unwrap();
+    evict(&f);
+    match MapOptions::new().strategy(s).map(&f) {
+        Err(e) => {
+            eprintln!("{e}");
+            println!("MAPERR {:?}", e.kind());
+        }
+        Ok(m) => {
+            println!("MAPPED");
+            let _ = std::io::stdout().flush();
+            let want = pattern(1 << 20, 7);
+            if m[..] == want[..] {
+                println!("READOK");
+            } else {
+                let bad = m.iter().zip(&want).position(|(a, b)| a != b).unwrap_or(0);
+                println!("READBAD at {bad}");
+            }
+        }
+    }
+    0
+}
+
+// ---------------------------------------------------------------- ENOSPC
+
+fn enospc() -> Result<(), Failed> {
+    let fs = match Fs::new(32) {
+        Ok(fs) => fs,
+        Err(why) => return skip(&why),
+    };
+    let path = fs.mnt().join("data");
+    let want = pattern(4 << 20, 3);
+    fs::write(&path, &want)?;
+    // Fill the filesystem.
+    let mut filler = File::create(fs.mnt().join("filler"))?;
+    let block = vec![0x55u8; 1 << 20];
+    loop {
+        match filler.write(&block) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let _ = filler.sync_all();
+    // Small files too, until even inodes/blocks for them run out.
+    for i in 0..10_000 {
+        if fs::write(fs.mnt().join(format!("f{i}")), b"x").is_err() {
+            break;
+        }
+    }
+    let f = File::open(&path)?;
+    let mut failures = Vec::new();
+    for s in usable() {
+        match MapOptions::new().strategy(s).map(&f) {
+            Ok(m) => {
+                eprintln!("{s}: mapped on a full filesystem");
+                if m[..] != want[..] {
+                    failures.push(format!("{s}: mapped but does not hold the file's bytes"));
+                }
+            }
+            Err(e) => {
+                eprintln!("{s}: {:?}: {e}", e.kind());
+                if !matches!(e.kind(), ErrorKind::Io | ErrorKind::Unsupported)
+                    || e.to_string().is_empty()
+                {
+                    failures.push(format!("{s}: unexpected error {:?}: {e}", e.kind()));
+                }
+            }
+        }
+    }
+    if !failures.is_empty() {
+        return Err(failures.join("; ").into());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- SIGKILL
+
+fn sigkill_mapper() -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("data");
+    fs::write(&path, pattern(1 << 20, 1))?;
+    let mut failures = Vec::new();
+    for s in usable() {
+        let mut c = child("hold", &[path.to_str().unwrap(), s.name()])
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut line = [0u8; 7];
+        c.stdout.take().unwrap().read_exact(&mut line)?;
+        if &line != b"MAPPED\n" {
+            let _ = c.kill();
+            failures.push(format!(
+                "{s}: child did not map: {:?}",
+                String::from_utf8_lossy(&line)
+            ));
+            continue;
+        }
+        // A writer in another process opens the file, writes, and closes.
+        let mut w = child("write", &[path.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .spawn()?;
+        std::thread::sleep(Duration::from_millis(200));
+        let killed_at = Instant::now();
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(c.id() as i32).unwrap(),
+            rustix::process::Signal::KILL,
+        );
+        let _ = c.wait();
+        let mut done = None;
+        while killed_at.elapsed() < Duration::from_secs(5) {
+            if let Some(st) = w.try_wait()? {
+                done = Some((st, killed_at.elapsed()));
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        match done {
+            Some((st, after)) if st.success() && after <= Duration::from_secs(1) => {
+                eprintln!("{s}: writer done {after:?} after the mapper was killed")
+            }
+            Some((st, after)) => failures.push(format!(
+                "{s}: writer finished {st} only {after:?} after the kill"
+            )),
+            None => {
+                let _ = w.kill();
+                failures.push(format!(
+                    "{s}: writer still waiting 5 s after the mapper was killed"
+                ));
+            }
+        }
+    }
+    if !failures.is_empty() {
+        return Err(failures.join("; ").into());
+    }
+    Ok(())
+}
+
+fn child_hold(args: &[String]) -> i32 {
+    let (path, s) = (&args[0], args[1].parse::<Strategy>().unwrap());
+    let f = File::open(path).unwrap();
+    let m = match MapOptions::new().strategy(s).map(&f) {
+        Ok(m) => m,
+        Err(e) => {
+            println!("ERROR {e}");
+            return 1;
+        }
+    };
+    // Touch a few pages so lazy strategies have state in flight.
+    let sum: u64 = m.iter().step_by(4096 * 16).map(|&b| b as u64).sum();
+    println!("MAPPED");
+    let _ = std::io::stdout().flush();
+    std::thread::sleep(Duration::from_secs(60));
+    std::hint::black_box(sum) as i32
+}
+
+fn child_write(args: &[String]) -> i32 {
+    let f = OpenOptions::new().write(true).open(&args[0]).unwrap();
+    f.write_all_at(&pattern(8192, 9), 4096).unwrap();
+    0
+}
+
+// ---------------------------------------------------------------- many
+
+fn many_mappings_of_one_file() -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("data");
+    let want = pattern(64 << 10, 5);
+    fs::write(&path, &want)?;
+    for s in usable() {
+        let f = File::open(&path)?;
+        let mut maps = Vec::with_capacity(1000);
+        for i in 0..1000 {
+            match MapOptions::new().strategy(s).map(&f) {
+                Ok(m) => maps.push(m),
+                Err(e) => return Err(format!("{s}: mapping #{i} of one file failed: {e}").into()),
+            }
+        }
+        // Another process rewrites the file; every mapping keeps its bytes.
+        let st = child("write", &[path.to_str().unwrap()]).status()?;
+        assert!(st.success());
+        for (i, m) in maps.iter().enumerate() {
+            if m[..] != want[..] {
+                return Err(format!("{s}: mapping #{i} changed or is wrong").into());
+            }
+        }
+        fs::write(&path, &want)?;
+        eprintln!("{s}: 1000 mappings of one file hold");
+    }
+    Ok(())
+}
+
+fn mappings_of_1000_files() -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    for i in 0..1000 {
+        fs::write(dir.path().join(format!("f{i}")), pattern(8192, i as u8))?;
+    }
+    for s in usable() {
+        let mut maps = Vec::with_capacity(1000);
+        let mut errors = Vec::new();
+        for i in 0..1000 {
+            let f = File::open(dir.path().join(format!("f{i}")))?;
+            match MapOptions::new().strategy(s).map(&f) {
+                Ok(m) => maps.push((i, m)),
+                Err(e) if matches!(e.kind(), ErrorKind::Io | ErrorKind::Unsupported) => {
+                    errors.push(e.to_string())
+                }
+                Err(e) => {
+                    return Err(format!("{s}: file {i}: unexpected {:?}: {e}", e.kind()).into());
+                }
+            }
+        }
+        for (i, m) in &maps {
+            if m[..] != pattern(8192, *i as u8)[..] {
+                return Err(format!("{s}: mapping of file {i} is wrong").into());
+            }
+        }
+        eprintln!(
+            "{s}: {} of 1000 files mapped, {} clear errors {:?}",
+            maps.len(),
+            errors.len(),
+            errors.first()
+        );
+        // Eager needs nothing per mapping but memory: all must map.
+        if s == Strategy::Eager && maps.len() != 1000 {
+            return Err(format!(
+                "eager mapped only {} of 1000 files: {:?}",
+                maps.len(),
+                errors.first()
+            )
+            .into());
+        }
+        if maps.is_empty() {
+            return Err(format!("{s}: no file mapped at all: {:?}", errors.first()).into());
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- RLIMIT_NOFILE
+
+fn low_nofile() -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("data");
+    fs::write(&path, pattern(256 << 10, 11))?;
+    let mut failures = Vec::new();
+    for s in usable() {
+        let out = child("nofile", &[path.to_str().unwrap(), s.name()]).output()?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        eprintln!("{s}: status {}, {}", out.status, stdout.trim());
+        let last = stdout.lines().last().unwrap_or("");
+        let ok = out.status.success()
+            && (last == "OK"
+                || last.starts_with("ERR Io ")
+                || last.starts_with("ERR Unsupported "));
+        if !ok {
+            failures.push(format!(
+                "{s}: status {} output {stdout:?} stderr {:?}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
+    if !failures.is_empty() {
+        return Err(failures.join("; ").into());
+    }
+    Ok(())
+}
+
+fn child_nofile(args: &[String]) -> i32 {
+    let (path, s) = (&args[0], args[1].parse::<Strategy>().unwrap());
+    let f = File::open(path).unwrap();
+    // No new file descriptor can be made: the limit is the highest fd in use + 1.
+    let highest = fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .max()
+        .unwrap();
+    let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    rustix::process::setrlimit(
+        rustix::process::Resource::Nofile,
+        rustix::process::Rlimit {
+            current: Some(highest + 1),
+            maximum: lim.maximum,
+        },
+    )
+    .unwrap();
+    // Fill every free slot below the limit.
+    let mut hold = Vec::new();
+    while let Ok(f) = File::open("/dev/null") {
+        hold.push(f);
+    }
+    assert!(File::open(path).is_err(), "the limit should forbid new fds");
+    match MapOptions::new().strategy(s).map(&f) {
+        Ok(m) => {
+            if m[..] != pattern(256 << 10, 11)[..] {
+                println!("WRONG BYTES");
+                return 1;
+            }
+            println!("OK");
+        }
+        Err(e) => println!("ERR {:?} {e}", e.kind()),
+    }
+    0
+}
+
+fn main() {
+    if let Ok(kind) = std::env::var(CHILD_ENV) {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let code = match kind.as_str() {
+            "eio" => child_eio(&args),
+            "hold" => child_hold(&args),
+            "write" => child_write(&args),
+            "nofile" => child_nofile(&args),
+            _ => 2,
+        };
+        std::process::exit(code);
+    }
+    mapcopy_check::child::dispatch();
+    let mut args = Arguments::from_args();
+    // Loop devices and dm names are global: one at a time.
+    args.test_threads = Some(1);
+    let trials = vec![
+        Trial::test("eio_from_device_is_an_error_not_zeros", eio),
+        Trial::test("enospc_full_filesystem", enospc),
+        Trial::test("sigkilled_mapper_does_not_block_writer", sigkill_mapper),
+        Trial::test("thousand_mappings_of_one_file", many_mappings_of_one_file),
+        Trial::test("mappings_of_thousand_files", mappings_of_1000_files),
+        Trial::test("low_rlimit_nofile_is_a_clear_error", low_nofile),
+    ];
+    libtest_mimic::run(&args, trials).exit();
+}
