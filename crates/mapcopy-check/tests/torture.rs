@@ -11,7 +11,7 @@ use libtest_mimic::{Arguments, Failed, Trial};
 use mapcopy_check::torture::{self, Config, Target};
 
 /// Total budget of the clean runs, split between the usable strategies.
-const CLEAN_BUDGET_S: f64 = 90.0;
+const CLEAN_BUDGET_S: f64 = 60.0;
 
 fn control_is_caught() -> Result<(), Failed> {
     let dir = tempfile::tempdir()?;

@@ -113,8 +113,12 @@ fn run_inner(args: Args) -> Result<bool, String> {
         }
         if stats.violations() > 0 {
             println!(
-                "{target}: {} violations (seed {seed}, caught after {:.2} s):",
+                "{target}: {} violations (seed {seed}; first violating event {:.3} s into the run, reported after {:.2} s):",
                 stats.violations(),
+                stats
+                    .first_violation_event
+                    .unwrap_or_default()
+                    .as_secs_f64(),
                 stats
                     .first_violation_after
                     .unwrap_or_default()

@@ -238,8 +238,11 @@ pub struct Stats {
     /// Up to ten violation descriptions.
     pub examples: Vec<String>,
     /// Time from the start of the run to the end of the first round that
-    /// showed a violation.
+    /// showed a violation (when the checker reported it).
     pub first_violation_after: Option<Duration>,
+    /// Time from the start of the run to the first violating event itself
+    /// (the reader's touch, re-read or last event before its death).
+    pub first_violation_event: Option<Duration>,
     /// Wall time of the run.
     pub elapsed: Duration,
     /// Replay file written, if any.
@@ -538,13 +541,14 @@ fn judge(
 /// Runs the torture for `cfg.target`, calling `progress` after each round.
 pub fn run(cfg: &Config, progress: &mut dyn FnMut(Progress<'_>)) -> Result<Stats, String> {
     let started = Instant::now();
+    let started_ns = now();
     let mut stats = Stats {
         torn_counts: !cfg.target.documents_torn(),
         ..Stats::default()
     };
     let paths =
         Paths::new(&cfg.dir, cfg.target).map_err(|e| format!("cannot create work dir: {e}"))?;
-    let result = run_rounds(cfg, &paths, &mut stats, started, progress);
+    let result = run_rounds(cfg, &paths, &mut stats, (started, started_ns), progress);
     let _ = fs::remove_dir_all(&paths.logs);
     stats.elapsed = started.elapsed();
     result.map(|()| stats)
@@ -554,7 +558,7 @@ fn run_rounds(
     cfg: &Config,
     paths: &Paths,
     stats: &mut Stats,
-    started: Instant,
+    (started, started_ns): (Instant, u64),
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<(), String> {
     let io = |what: &str| {
@@ -704,6 +708,8 @@ fn run_rounds(
         if stats.violations() > before {
             if stats.first_violation_after.is_none() {
                 stats.first_violation_after = Some(started.elapsed());
+                stats.first_violation_event =
+                    first.map(|(t, _)| Duration::from_nanos(t.saturating_sub(started_ns)));
             }
             if let (Some(out), None, Some((t, seed))) = (&cfg.replay_out, &stats.replay, first) {
                 let cut: Vec<&Logged> = ops.iter().filter(|l| l.start <= t).collect();
