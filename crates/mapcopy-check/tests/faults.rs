@@ -22,141 +22,24 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use libtest_mimic::{Arguments, Failed, Trial};
+
+mod common;
+use common::{LoopFs, skip, usable_for};
 use mapcopy::{ErrorKind, MapOptions, Strategy};
 
 const CHILD_ENV: &str = "FAULTS_CHILD";
-
-fn usable() -> Vec<Strategy> {
-    mapcopy::probe(None)
-        .strategies
-        .into_iter()
-        .filter(|s| s.usable.is_ok())
-        .map(|s| s.strategy)
-        .collect()
-}
-
-fn skip(why: &str) -> Result<(), Failed> {
-    if std::env::var("MAPCOPY_REQUIRE_ALL").is_ok_and(|v| v == "1") {
-        return Err(format!("MAPCOPY_REQUIRE_ALL=1 and this test cannot run: {why}").into());
-    }
-    eprintln!("skipped: {why}");
-    Ok(())
-}
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 1)
         .collect()
-}
-
-fn sh(cmd: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .map_err(|e| format!("{cmd}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{cmd} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-/// An ext4 filesystem (4 KiB blocks) on a loop device over a file in a
-/// temp dir. Torn down on drop (umount, losetup -d), even after a failure.
-struct Fs {
-    dir: tempfile::TempDir,
-    loopdev: Option<String>,
-    mounted: bool,
-}
-
-impl Fs {
-    fn new(mib: u64) -> Result<Fs, String> {
-        if !rustix::process::geteuid().is_root() {
-            return Err("needs root (loop devices, mount)".into());
-        }
-        for tool in ["losetup", "mkfs.ext4", "filefrag"] {
-            if Command::new(tool).arg("-V").output().is_err() {
-                return Err(format!("{tool} is not installed"));
-            }
-        }
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let img = dir.path().join("img");
-        File::create(&img)
-            .and_then(|f| f.set_len(mib << 20))
-            .map_err(|e| e.to_string())?;
-        let mut fs = Fs {
-            dir,
-            loopdev: None,
-            mounted: false,
-        };
-        fs.loopdev = Some(sh("losetup", &["--find", "--show", img.to_str().unwrap()])?);
-        let dev = fs.loopdev.clone().unwrap();
-        sh("mkfs.ext4", &["-q", "-F", "-b", "4096", &dev])?;
-        let mnt = fs.mnt();
-        fs::create_dir_all(&mnt).map_err(|e| e.to_string())?;
-        sh("mount", &[&dev, mnt.to_str().unwrap()])?;
-        fs.mounted = true;
-        Ok(fs)
-    }
-
-    fn mnt(&self) -> PathBuf {
-        self.dir.path().join("mnt")
-    }
-
-    /// Byte offset on the device of the first block of `path` (from
-    /// `filefrag -v`, which uses FIEMAP).
-    fn physical_start(path: &Path) -> Result<u64, String> {
-        let out = sh("filefrag", &["-v", "-b4096", path.to_str().unwrap()])?;
-        // "   0:        0..     255:      34816..     35071:    256:   last,eof"
-        for line in out.lines() {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.first() == Some(&"0:") && f.len() >= 4 {
-                let phys = f[3]
-                    .trim_end_matches("..")
-                    .parse::<u64>()
-                    .map_err(|e| format!("{line}: {e}"))?;
-                return Ok(phys * 4096);
-            }
-        }
-        Err(format!("no extent in filefrag output: {out}"))
-    }
-
-    /// Cuts the device at byte `at`: every block from there on fails with
-    /// EIO.
-    fn fail_io_from(&self, at: u64) -> Result<(), String> {
-        let img = self.dir.path().join("img");
-        File::options()
-            .write(true)
-            .open(&img)
-            .and_then(|f| f.set_len(at))
-            .map_err(|e| e.to_string())?;
-        sh("losetup", &["-c", self.loopdev.as_ref().unwrap()])?;
-        Ok(())
-    }
-}
-
-impl Drop for Fs {
-    fn drop(&mut self) {
-        if self.mounted {
-            let mnt = self.mnt();
-            if sh("umount", &[mnt.to_str().unwrap()]).is_err() {
-                let _ = sh("umount", &["-l", mnt.to_str().unwrap()]);
-            }
-        }
-        if let Some(dev) = &self.loopdev {
-            let _ = sh("losetup", &["-d", dev]);
-        }
-    }
 }
 
 fn child(kind: &str, args: &[&str]) -> Command {
@@ -173,8 +56,8 @@ fn evict(f: &File) {
 
 // ---------------------------------------------------------------- EIO
 
-fn eio() -> Result<(), Failed> {
-    let fs = match Fs::new(64) {
+fn eio(fstype: &str) -> Result<(), Failed> {
+    let fs = match LoopFs::new(fstype, if fstype == "xfs" { 320 } else { 64 }) {
         Ok(fs) => fs,
         Err(why) => return skip(&why),
     };
@@ -187,7 +70,15 @@ fn eio() -> Result<(), Failed> {
     let f = File::open(&path)?;
     rustix::fs::syncfs(&f)?;
     evict(&f);
-    let at = Fs::physical_start(&path)?;
+    // Which strategies to try, decided while the file still reads.
+    let (strategies, others) = usable_for(&path);
+    for (s, why) in others {
+        eprintln!("{s} not tried on {fstype}: {why}");
+    }
+    if strategies.is_empty() {
+        return Err("no strategy is usable for the file (Eager always should be)".into());
+    }
+    let at = LoopFs::physical_start(&path)?;
     if at < (4 << 20) {
         return Err(
             format!("data file starts at {at}, too close to the metadata to cut there").into(),
@@ -210,8 +101,11 @@ fn eio() -> Result<(), Failed> {
     }
     evict(&f);
     let mut failures = Vec::new();
-    for s in usable() {
+    for s in strategies {
+        // The child maps the fd we hold (as its stdin): opening by name
+        // again may itself fail once the filesystem sees I/O errors.
         let out = child("eio", &[path.to_str().unwrap(), s.name()])
+            .stdin(Stdio::from(f.try_clone()?))
             .stderr(Stdio::piped())
             .output()?;
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -243,8 +137,8 @@ fn eio() -> Result<(), Failed> {
 }
 
 fn child_eio(args: &[String]) -> i32 {
-    let (path, s) = (&args[0], args[1].parse::<Strategy>().unwrap());
-    let f = File::open(path).unwrap();
+    let s = args[1].parse::<Strategy>().unwrap();
+    let f = File::from(std::io::stdin().as_fd().try_clone_to_owned().unwrap());
     evict(&f);
     match MapOptions::new().strategy(s).map(&f) {
         Err(e) => {
@@ -268,8 +162,8 @@ fn child_eio(args: &[String]) -> i32 {
 
 // ---------------------------------------------------------------- ENOSPC
 
-fn enospc() -> Result<(), Failed> {
-    let fs = match Fs::new(32) {
+fn enospc(fstype: &str) -> Result<(), Failed> {
+    let fs = match LoopFs::new(fstype, if fstype == "xfs" { 320 } else { 32 }) {
         Ok(fs) => fs,
         Err(why) => return skip(&why),
     };
@@ -295,8 +189,12 @@ fn enospc() -> Result<(), Failed> {
         }
     }
     let f = File::open(&path)?;
+    let (strategies, others) = usable_for(&path);
+    for (s, why) in others {
+        eprintln!("{s} not tried on {fstype}: {why}");
+    }
     let mut failures = Vec::new();
-    for s in usable() {
+    for s in strategies {
         match MapOptions::new().strategy(s).map(&f) {
             Ok(m) => {
                 eprintln!("{s}: mapped on a full filesystem");
@@ -327,7 +225,7 @@ fn sigkill_mapper() -> Result<(), Failed> {
     let path = dir.path().join("data");
     fs::write(&path, pattern(1 << 20, 1))?;
     let mut failures = Vec::new();
-    for s in usable() {
+    for s in usable_for(&path).0 {
         let mut c = child("hold", &[path.to_str().unwrap(), s.name()])
             .stdout(Stdio::piped())
             .spawn()?;
@@ -412,7 +310,7 @@ fn many_mappings_of_one_file() -> Result<(), Failed> {
     let path = dir.path().join("data");
     let want = pattern(64 << 10, 5);
     fs::write(&path, &want)?;
-    for s in usable() {
+    for s in usable_for(&path).0 {
         let f = File::open(&path)?;
         let mut maps = Vec::with_capacity(1000);
         for i in 0..1000 {
@@ -440,7 +338,7 @@ fn mappings_of_1000_files() -> Result<(), Failed> {
     for i in 0..1000 {
         fs::write(dir.path().join(format!("f{i}")), pattern(8192, i as u8))?;
     }
-    for s in usable() {
+    for s in usable_for(&dir.path().join("f0")).0 {
         let mut maps = Vec::with_capacity(1000);
         let mut errors = Vec::new();
         for i in 0..1000 {
@@ -489,7 +387,7 @@ fn low_nofile() -> Result<(), Failed> {
     let path = dir.path().join("data");
     fs::write(&path, pattern(256 << 10, 11))?;
     let mut failures = Vec::new();
-    for s in usable() {
+    for s in usable_for(&path).0 {
         let out = child("nofile", &[path.to_str().unwrap(), s.name()]).output()?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         eprintln!("{s}: status {}, {}", out.status, stdout.trim());
@@ -566,8 +464,10 @@ fn main() {
     // Loop devices and dm names are global: one at a time.
     args.test_threads = Some(1);
     let trials = vec![
-        Trial::test("eio_from_device_is_an_error_not_zeros", eio),
-        Trial::test("enospc_full_filesystem", enospc),
+        Trial::test("eio_from_device_is_an_error_not_zeros_ext4", || eio("ext4")),
+        Trial::test("eio_from_device_is_an_error_not_zeros_xfs", || eio("xfs")),
+        Trial::test("enospc_full_filesystem_ext4", || enospc("ext4")),
+        Trial::test("enospc_full_filesystem_xfs", || enospc("xfs")),
         Trial::test("sigkilled_mapper_does_not_block_writer", sigkill_mapper),
         Trial::test("thousand_mappings_of_one_file", many_mappings_of_one_file),
         Trial::test("mappings_of_thousand_files", mappings_of_1000_files),

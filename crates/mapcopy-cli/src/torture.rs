@@ -145,6 +145,9 @@ fn run_inner(args: Args) -> Result<bool, String> {
             for (e, n) in &stats.op_errors {
                 println!("{target}: op error {e}: {n}");
             }
+            for e in &stats.torn_examples {
+                println!("{target}: documented tear: {e}");
+            }
         }
         for (e, n) in &stats.map_errors {
             println!("{target}: map failed {n} times: {e}");

@@ -237,6 +237,9 @@ pub struct Stats {
     pub torn_counts: bool,
     /// Up to ten violation descriptions.
     pub examples: Vec<String>,
+    /// Up to three descriptions of torn pages the target documents (not
+    /// violations).
+    pub torn_examples: Vec<String>,
     /// Time from the start of the run to the end of the first round that
     /// showed a violation (when the checker reported it).
     pub first_violation_after: Option<Duration>,
@@ -493,13 +496,20 @@ fn judge(
                                 .take(6)
                                 .map(|l| l.to_string())
                                 .collect();
-                            stats.example(format!(
+                            let text = format!(
                                 "{} page {p}: mapped at {t_map}, first touched at {t}, saw {seen}; \
                                  the file held one of [{}] in that window; ops then: [{}]",
                                 if torn { "torn" } else { "S1 stale" },
                                 cands.join(" | "),
                                 during.join("; ")
-                            ));
+                            );
+                            if torn && target.documents_torn() {
+                                if stats.torn_examples.len() < 3 {
+                                    stats.torn_examples.push(text);
+                                }
+                            } else {
+                                stats.example(text);
+                            }
                         }
                     }
                 }

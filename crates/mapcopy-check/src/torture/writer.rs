@@ -125,8 +125,14 @@ fn run(cfg: &WriterConfig) -> io::Result<()> {
         let t0 = ops.first().map_or(0, |l| l.start);
         for l in ops {
             let due = base + (l.start - t0);
+            // Sleep while far from the due time, spin the last 200 us.
             while now() < due {
-                std::hint::spin_loop();
+                let left = due - now();
+                if left > 200_000 {
+                    std::thread::sleep(std::time::Duration::from_nanos(left - 150_000));
+                } else {
+                    std::hint::spin_loop();
+                }
             }
             let rec = ex.locked(&lock, |_size| Some(l.op.clone()))?;
             if let Some(rec) = rec {
