@@ -239,16 +239,18 @@ fn sigkill_mapper() -> Result<(), Failed> {
             ));
             continue;
         }
-        // A writer in another process opens the file, writes, and closes.
+        // Freeze the mapper so it cannot answer anything (a lease break, a
+        // permission event), then a writer in another process opens the
+        // file, writes and closes; it may have to wait for the mapper.
+        let pid = rustix::process::Pid::from_raw(c.id() as i32).unwrap();
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::STOP);
         let mut w = child("write", &[path.to_str().unwrap()])
             .stdout(Stdio::piped())
             .spawn()?;
         std::thread::sleep(Duration::from_millis(200));
+        let waited = w.try_wait()?.is_none();
         let killed_at = Instant::now();
-        let _ = rustix::process::kill_process(
-            rustix::process::Pid::from_raw(c.id() as i32).unwrap(),
-            rustix::process::Signal::KILL,
-        );
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
         let _ = c.wait();
         let mut done = None;
         while killed_at.elapsed() < Duration::from_secs(5) {
@@ -260,7 +262,14 @@ fn sigkill_mapper() -> Result<(), Failed> {
         }
         match done {
             Some((st, after)) if st.success() && after <= Duration::from_secs(1) => {
-                eprintln!("{s}: writer done {after:?} after the mapper was killed")
+                eprintln!(
+                    "{s}: writer {} the frozen mapper; done {after:?} after it was killed",
+                    if waited {
+                        "waited on"
+                    } else {
+                        "did not wait for"
+                    }
+                )
             }
             Some((st, after)) => failures.push(format!(
                 "{s}: writer finished {st} only {after:?} after the kill"
