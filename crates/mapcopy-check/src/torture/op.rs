@@ -356,3 +356,58 @@ pub fn generate(rng: &mut Rng, mask: u32, size: u64, max: u64, version: u64) -> 
     }
     Some(op)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::torture::model::Model;
+
+    /// Every generated op is well-formed for the size it was drawn for, and
+    /// the model applying it stays inside the maximum size.
+    #[test]
+    fn generated_ops_fit_the_file() {
+        let max = 64 * P;
+        let mut model = Model::new(8 * P, max, 1);
+        let mut rng = Rng::new(3);
+        let mut seen = std::collections::BTreeSet::new();
+        for v in 2..50_000u64 {
+            let size = model.size;
+            let Some(op) = generate(&mut rng, Kind::all_mask(), size, max, v) else {
+                continue;
+            };
+            seen.insert(op.kind);
+            assert_eq!(op.off % C, 0, "{op:?}");
+            assert_eq!(op.len % C, 0, "{op:?}");
+            match op.kind {
+                Kind::Collapse => {
+                    assert!(op.off + op.len < size && op.off % P == 0 && op.len % P == 0)
+                }
+                Kind::Insert => assert!(op.off < size && size + op.len <= max && op.off % P == 0),
+                Kind::CopyRange | Kind::CloneRange => {
+                    assert!(op.src + op.len <= size && op.off + op.len <= max);
+                    assert!(
+                        op.off >= op.src + op.len || op.src >= op.off + op.len,
+                        "{op:?}"
+                    );
+                }
+                Kind::MmapStore | Kind::Punch | Kind::ZeroRange => assert!(op.off + op.len <= size),
+                Kind::Direct => {
+                    assert!(op.off % P == 0 && op.len % P == 0 && op.off + op.len <= max)
+                }
+                Kind::Truncate | Kind::OTrunc => assert!(op.len <= max),
+                _ => assert!(op.off + op.len <= max),
+            }
+            let l = Logged {
+                result: op.len as i64,
+                op,
+                size_before: size,
+                start: v * 10,
+                end: v * 10 + 5,
+                writer: 1,
+            };
+            model.apply(&l, &mut |_, _| {}).unwrap();
+            assert!(model.size <= max && model.size % C == 0);
+        }
+        assert_eq!(seen.len(), Kind::ALL.len(), "every kind drawn: {seen:?}");
+    }
+}
