@@ -74,6 +74,7 @@ fn control_private_without_shrinking_fails_s2() -> Result<(), Failed> {
     cfg.seconds = Some(10.0);
     cfg.round = Duration::from_millis(500);
     cfg.stop_on_violation = true;
+    cfg.replay_out = Some(dir.path().join("replay.txt"));
     let (mask, _) = torture::supported_kinds(dir.path())?;
     cfg.kinds = Some(mask & !(Kind::Truncate.bit() | Kind::OTrunc.bit() | Kind::Collapse.bit()));
     let stats = torture::run(&cfg, &mut |_| {})?;
@@ -83,6 +84,17 @@ fn control_private_without_shrinking_fails_s2() -> Result<(), Failed> {
     );
     if stats.changed == 0 || stats.model > 0 {
         return Err(format!("no S2 violation caught: {:?}", stats.examples).into());
+    }
+    // Its replay file (ops up to the changed re-read) reproduces it.
+    let replay = torture::Replay::load(cfg.replay_out.as_ref().unwrap())?;
+    let (attempt, rs) = torture::replay(&replay, dir.path(), 20)?;
+    eprintln!(
+        "replay of {} ops: violation in attempt {attempt}: {:?}",
+        replay.ops.len(),
+        rs.examples.first()
+    );
+    if rs.violations() == 0 || rs.model > 0 {
+        return Err(format!("replay did not reproduce: {:?}", rs.examples).into());
     }
     Ok(())
 }

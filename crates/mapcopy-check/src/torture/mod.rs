@@ -441,8 +441,9 @@ fn judge(
     ops: &[Logged],
     readers: &[ReaderLog],
     target: Target,
-) -> Option<(u64, u64)> {
-    let mut first: Option<(u64, u64)> = None; // (time, reader seed)
+) -> (Option<(u64, u64)>, Option<u64>) {
+    let mut first: Option<(u64, u64)> = None; // (replay cut time, reader seed)
+    let mut event: Option<u64> = None; // earliest violating event seen
     let note = |t: u64, seed: u64, first: &mut Option<(u64, u64)>| {
         if first.is_none_or(|(ft, _)| t < ft) {
             *first = Some((t, seed));
@@ -527,7 +528,10 @@ fn judge(
         match r.status {
             Some(st) if st.signal().is_some() => {
                 stats.signals += 1;
-                note(last_t, r.seed, &mut first);
+                // When it died is unknown (after its last event): keep every
+                // op of the round in the replay.
+                note(u64::MAX, r.seed, &mut first);
+                event = Some(event.map_or(last_t, |e| e.min(last_t)));
                 stats.example(format!(
                     "S3 reader killed by signal {} (last event at {last_t})",
                     st.signal().unwrap()
@@ -539,13 +543,17 @@ fn judge(
             }
             None => {
                 stats.hangs += 1;
-                note(last_t, r.seed, &mut first);
+                note(u64::MAX, r.seed, &mut first);
+                event = Some(event.map_or(last_t, |e| e.min(last_t)));
                 stats.example("reader did not finish; killed".into());
             }
             _ => {}
         }
     }
-    first
+    if let Some((t, _)) = first.filter(|(t, _)| *t != u64::MAX) {
+        event = Some(event.map_or(t, |e| e.min(t)));
+    }
+    (first, event)
 }
 
 /// Runs the torture for `cfg.target`, calling `progress` after each round.
@@ -699,11 +707,11 @@ fn run_rounds(
             }
         }
         let before = stats.violations();
-        let first = match Timelines::build(&mut model, &ops) {
+        let (first, event) = match Timelines::build(&mut model, &ops) {
             Err(e) => {
                 stats.model += 1;
                 stats.example(format!("op log inconsistent: {e}"));
-                None
+                (None, None)
             }
             Ok(tl) => {
                 let bytes = fs::read(&paths.file).map_err(io("reading the file back"))?;
@@ -719,7 +727,7 @@ fn run_rounds(
             if stats.first_violation_after.is_none() {
                 stats.first_violation_after = Some(started.elapsed());
                 stats.first_violation_event =
-                    first.map(|(t, _)| Duration::from_nanos(t.saturating_sub(started_ns)));
+                    event.map(|t| Duration::from_nanos(t.saturating_sub(started_ns)));
             }
             if let (Some(out), None, Some((t, seed))) = (&cfg.replay_out, &stats.replay, first) {
                 let cut: Vec<&Logged> = ops.iter().filter(|l| l.start <= t).collect();

@@ -126,8 +126,11 @@ fn run(cfg: &WriterConfig) -> io::Result<()> {
         for l in ops {
             let due = base + (l.start - t0);
             // Sleep while far from the due time, spin the last 200 us.
-            while now() < due {
-                let left = due - now();
+            loop {
+                let left = due.saturating_sub(now());
+                if left == 0 {
+                    break;
+                }
                 if left > 200_000 {
                     std::thread::sleep(std::time::Duration::from_nanos(left - 150_000));
                 } else {
