@@ -650,6 +650,7 @@ fn run_rounds(
                 stop: paths.stop.clone(),
                 deadline: deadline + 30_000_000_000,
                 cycles: 0,
+                max,
             };
             let child = crate::child::command("torture-reader", &rc.to_args())
                 .spawn()
@@ -914,6 +915,7 @@ pub fn replay(replay: &Replay, dir: &Path, attempts: u32) -> Result<(u32, Stats)
                 stop: paths.stop.clone(),
                 deadline,
                 cycles: 0,
+                max: replay.initial.max(),
             };
             let mut r = crate::child::command("torture-reader", &rc.to_args())
                 .spawn()

@@ -3,8 +3,13 @@
 //! random pauses, logs what each page held at first touch and when, then
 //! re-reads them later and logs any page that changed.
 //!
+//! A strategy's mapping is the whole file in half the cycles; otherwise a
+//! page-aligned sub-range that may reach past the end of the file (bytes
+//! there must read as zero, or as data written before the first touch); a
+//! quarter of the mappings ask for `populate(true)`.
+//!
 //! Log lines (one cycle = one mapping):
-//! `M <cycle> <t_map> <len>` mapped; `E <t> <kind> <message>` the map call
+//! `M <cycle> <t_map> <len> <offset>` mapped; `E <t> <kind> <message>` the map call
 //! failed; `T <page> <t_touch> <runs>` first touch; `D <page> <t> <runs>` a
 //! re-read differed from the first read (S2); `U <cycle>` unmapped.
 #![allow(unsafe_code)]
@@ -15,7 +20,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::op::Rng;
-use super::stamp::{PAGE, Runs};
+use super::stamp::{CHUNK, PAGE, Runs};
 use super::{Args, Target, now};
 
 /// Everything a reader process needs, passed as `key=value` arguments.
@@ -35,6 +40,9 @@ pub struct ReaderConfig {
     pub deadline: u64,
     /// Stop after this many cycles (0: no limit).
     pub cycles: u64,
+    /// Largest file size: sub-range mappings may reach past the end up to
+    /// here.
+    pub max: u64,
 }
 
 impl ReaderConfig {
@@ -48,6 +56,7 @@ impl ReaderConfig {
             format!("stop={}", self.stop.display()),
             format!("deadline={}", self.deadline),
             format!("cycles={}", self.cycles),
+            format!("max={}", self.max),
         ]
     }
 
@@ -60,6 +69,7 @@ impl ReaderConfig {
             stop: a.path("stop")?,
             deadline: a.num("deadline")?,
             cycles: a.num("cycles")?,
+            max: a.num("max")?,
         })
     }
 }
@@ -180,10 +190,18 @@ impl View for Stale {
     }
 }
 
+/// Which part of the file to map and how.
+struct Shape {
+    offset: u64,
+    len: Option<usize>,
+    populate: bool,
+}
+
 fn map(
     target: &Target,
     f: &File,
     stale: &mut Option<Stale>,
+    shape: &Shape,
 ) -> Result<Box<dyn View>, (String, String)> {
     match target {
         Target::StaleCopy => {
@@ -198,11 +216,16 @@ fn map(
         Target::Private => Private::new(f)
             .map(|p| Box::new(p) as Box<dyn View>)
             .map_err(|e| ("io".to_string(), e.to_string())),
-        Target::Strategy(s) => mapcopy::MapOptions::new()
-            .strategy(*s)
-            .map(f)
-            .map(|m| Box::new(m) as Box<dyn View>)
-            .map_err(|e| (format!("{:?}", e.kind()).to_lowercase(), e.to_string())),
+        Target::Strategy(s) => {
+            let mut o = mapcopy::MapOptions::new();
+            o.strategy(*s).offset(shape.offset).populate(shape.populate);
+            if let Some(len) = shape.len {
+                o.len(len);
+            }
+            o.map(f)
+                .map(|m| Box::new(m) as Box<dyn View>)
+                .map_err(|e| (format!("{:?}", e.kind()).to_lowercase(), e.to_string()))
+        }
     }
 }
 
@@ -218,8 +241,22 @@ fn run(cfg: &ReaderConfig) -> io::Result<()> {
         }
         cycle += 1;
         let f = File::open(&cfg.file)?;
+        let mut shape = Shape {
+            offset: 0,
+            len: None,
+            populate: false,
+        };
+        if let Target::Strategy(_) = cfg.target {
+            if rng.chance(1, 2) {
+                let size = f.metadata()?.len();
+                shape.offset = rng.below(size / PAGE as u64 + 1) * PAGE as u64;
+                let room = cfg.max.saturating_sub(shape.offset) / CHUNK as u64;
+                shape.len = Some((rng.range(0, room) * CHUNK as u64) as usize);
+            }
+            shape.populate = rng.chance(1, 4);
+        }
         let t_map = now();
-        let view = match map(&cfg.target, &f, &mut stale) {
+        let view = match map(&cfg.target, &f, &mut stale, &shape) {
             Ok(v) => v,
             Err((kind, msg)) => {
                 writeln!(log, "E {t_map} {kind} {}", msg.replace('\n', " "))?;
@@ -230,7 +267,8 @@ fn run(cfg: &ReaderConfig) -> io::Result<()> {
         };
         drop(f);
         let len = view.len();
-        writeln!(log, "M {cycle} {t_map} {len}")?;
+        writeln!(log, "M {cycle} {t_map} {len} {}", shape.offset)?;
+        let first_page = (shape.offset / PAGE as u64) as usize;
         log.flush()?;
         let npages = len.div_ceil(PAGE);
         let mut order: Vec<usize> = (0..npages).collect();
@@ -250,7 +288,7 @@ fn run(cfg: &ReaderConfig) -> io::Result<()> {
             let n = PAGE.min(len - off);
             view.read(off, &mut buf[..n]);
             let t = now();
-            writeln!(log, "T {p} {t} {}", Runs::decode(&buf[..n]))?;
+            writeln!(log, "T {} {t} {}", first_page + p, Runs::decode(&buf[..n]))?;
             first.push((p, buf[..n].to_vec()));
         }
         log.flush()?;
@@ -259,7 +297,13 @@ fn run(cfg: &ReaderConfig) -> io::Result<()> {
             let n = bytes.len();
             view.read(p * PAGE, &mut buf[..n]);
             if buf[..n] != bytes[..] {
-                writeln!(log, "D {p} {} {}", now(), Runs::decode(&buf[..n]))?;
+                writeln!(
+                    log,
+                    "D {} {} {}",
+                    first_page + p,
+                    now(),
+                    Runs::decode(&buf[..n])
+                )?;
             }
         }
         drop(view);
