@@ -173,9 +173,12 @@ fn select(name: &str, dir: &Path) -> Result<Vec<Target>, String> {
         return Ok(vec![t]);
     }
     // Probe with a file in the directory under test.
-    let probe_file =
-        tempfile::NamedTempFile::new_in(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let p = mapcopy::probe(Some(probe_file.path()));
+    // Closed before probing: an open writable fd would itself make a lease
+    // or a guard refuse.
+    let probe_file = tempfile::NamedTempFile::new_in(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .into_temp_path();
+    let p = mapcopy::probe(Some(&probe_file));
     let mut out = Vec::new();
     for s in &p.strategies {
         match &s.usable {
