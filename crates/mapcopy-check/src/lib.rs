@@ -21,3 +21,4 @@ pub mod modify;
 pub mod oracle;
 pub mod pattern;
 pub mod privilege;
+pub mod torture;

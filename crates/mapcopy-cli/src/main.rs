@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 
 mod demo;
 mod probe;
+mod torture;
 
 /// MAP_COPY for Linux: file mappings that other writers cannot change.
 #[derive(Parser, Debug)]
@@ -27,6 +28,9 @@ enum Command {
     /// Show plain MAP_PRIVATE breaking under another process's writes, and
     /// every usable copy strategy keeping its snapshot.
     Demo(demo::Args),
+    /// Seeded random writers race readers of every strategy; the checker
+    /// proves the contract from their logs. Last line: `N passed, N failed`.
+    Torture(torture::Args),
 }
 
 fn main() -> ExitCode {
@@ -35,5 +39,6 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Probe(args) => probe::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Torture(args) => torture::run(args),
     }
 }
