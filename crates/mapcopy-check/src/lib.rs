@@ -2,4 +2,5 @@
 //! and torture commands: writers that run in other processes, fixtures, and
 //! the oracle.
 
+pub mod bench_writer;
 pub mod child;
