@@ -18,6 +18,7 @@ use std::fs::File;
 use std::io::{IsTerminal, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Instant;
 
 use mapcopy::Strategy;
@@ -30,7 +31,7 @@ const GIB: u64 = 1 << 30;
 
 /// Arguments of `mapcopy bench`.
 #[derive(clap::Args, Debug, Clone)]
-pub struct BenchArgs {
+pub struct Args {
     /// Smaller files (16 and 64 MiB, 256 MiB for the random case) and 3
     /// repetitions: finishes in under a minute. Not the real numbers.
     #[arg(long)]
@@ -81,6 +82,8 @@ fn parse_size(s: &str) -> Result<u64, String> {
 #[derive(Clone, Debug)]
 pub struct Plan {
     pub quick: bool,
+    /// Sizes given with the hidden --sizes / --random-size flags.
+    pub custom: bool,
     pub cold: bool,
     pub reps: usize,
     /// Sizes of the dense files every workload runs on.
@@ -96,7 +99,7 @@ pub struct Plan {
 }
 
 impl Plan {
-    fn from_args(a: &BenchArgs) -> Plan {
+    fn from_args(a: &Args) -> Plan {
         let reps = a.reps.unwrap_or(if a.quick { 3 } else { 5 }).max(1);
         let mut sizes = if !a.sizes.is_empty() {
             a.sizes.clone()
@@ -112,6 +115,7 @@ impl Plan {
             .unwrap_or(if a.quick { 256 * MIB } else { 4 * GIB });
         Plan {
             quick: a.quick,
+            custom: !a.sizes.is_empty() || a.random_size.is_some(),
             cold: a.cold,
             reps,
             writer_size: sizes[0].min(64 * MIB),
@@ -137,10 +141,11 @@ impl Plan {
         let sizes: Vec<String> = self.sizes.iter().map(|&s| fmt_size(s)).collect();
         format!(
             "{}: files of {} (random pattern also on a {} sparse-ish file), page cache {}, {} repetition{} per measurement, {} 4 KiB writes per writer run",
-            if self.quick {
-                "QUICK RUN (smaller files, fewer repetitions: indicative only, not the real numbers)"
-            } else {
-                "full run"
+            match (self.quick, self.custom) {
+                (true, _) =>
+                    "QUICK RUN (smaller files, fewer repetitions: indicative only, not the real numbers)",
+                (false, true) => "CUSTOM SIZES (not the standard benchmark)",
+                (false, false) => "full run",
             },
             sizes.join(" and "),
             fmt_size(self.random_size),
@@ -265,8 +270,19 @@ impl Results {
     }
 }
 
-/// Runs `mapcopy bench`.
-pub fn run(args: BenchArgs) -> Result<(), String> {
+/// Runs `mapcopy bench`: the table on stdout, progress on stderr, the
+/// report files with `--out`.
+pub fn run(args: Args) -> ExitCode {
+    match bench(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mapcopy bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn bench(args: Args) -> Result<(), String> {
     let plan = Plan::from_args(&args);
     let started = Instant::now();
     fixed_mmap_threshold();
@@ -390,9 +406,19 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
                     error: None,
                 })
                 .collect();
-            let mut reference: Option<u64> = None;
+            // What every method must read: the checksum of the unchanged
+            // file through MAP_PRIVATE (an untimed run).
+            let reference = workload::run_once(Method::MapPrivate, w, path, size as usize)
+                .map_err(|e| format!("MAP_PRIVATE of {}: {e}", path.display()))?
+                .checksum;
             for rep in 0..plan.reps {
-                for cell in row.iter_mut() {
+                // Each repetition starts with a different method, so none
+                // always runs right after the same neighbour (a copy that
+                // follows one freeing 1 GiB of small pages pays for
+                // compaction).
+                let n = row.len();
+                for k in 0..n {
+                    let cell = &mut row[(rep + k) % n];
                     progress.step(&format!(
                         "{} · {} · {} · rep {}/{}",
                         w.key(),
@@ -415,10 +441,9 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
                             anon,
                             private,
                         }) => {
-                            let expect = *reference.get_or_insert(checksum);
-                            if checksum != expect {
+                            if checksum != reference {
                                 cell.error = Some(format!(
-                                    "wrong bytes: checksum {checksum:#x}, MAP_PRIVATE of the unchanged file gives {expect:#x}"
+                                    "wrong bytes: checksum {checksum:#x}, MAP_PRIVATE of the unchanged file gives {reference:#x}"
                                 ));
                                 continue;
                             }

@@ -1,34 +1,33 @@
-mod bench;
+//! `mapcopy`: measure the strategies.
+//!
+//! Each subcommand lives in its own module with an `Args` struct (clap
+//! derive) and a `run(args) -> ExitCode`; this file only dispatches.
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
-/// MAP_COPY for Linux: file mappings no other writer can change.
-#[derive(Parser)]
-#[command(name = "mapcopy", version)]
+mod bench;
+
+/// MAP_COPY for Linux: file mappings that other writers cannot change.
+#[derive(Parser, Debug)]
+#[command(name = "mapcopy", version, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(clap::Subcommand)]
+#[derive(Subcommand, Debug)]
 enum Command {
-    /// Every strategy against MAP_PRIVATE, std::fs::read and the THP copy
-    /// limit in one run: table, report, plots, goals.
-    Bench(bench::BenchArgs),
+    /// Every usable strategy against MAP_PRIVATE, std::fs::read and the THP
+    /// copy limit in one run: table, goals, and with --out a report and plots.
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
+    // Re-executed as a writer or checker process: runs that and exits.
     mapcopy_check::child::dispatch();
-    let result = match Cli::parse().command {
+    match Cli::parse().command {
         Command::Bench(args) => bench::run(args),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("mapcopy: {e}");
-            ExitCode::FAILURE
-        }
     }
 }
