@@ -620,7 +620,7 @@ fn workload_svg(r: &Results, w: Workload) -> String {
                         max: s.max,
                         color: svg::color(c.method.label()),
                         note: format!(
-                            "{}  ({} MAP_PRIVATE, {} fs::read)",
+                            "{} · {} MAP_PRIVATE · {} fs::read",
                             fmt_secs(s.median),
                             ratio_str(r.ratio(c.method, Method::MapPrivate, w, size)),
                             ratio_str(r.ratio(c.method, Method::FsRead, w, size)),

@@ -30,7 +30,7 @@ pub enum Axis {
     Linear { unit: &'static str },
 }
 
-const WIDTH: f64 = 960.0;
+const WIDTH: f64 = 1080.0;
 const X0: f64 = 130.0;
 const X1: f64 = 720.0;
 const ROW: f64 = 20.0;
@@ -118,7 +118,7 @@ pub fn chart(title: &str, subtitle: &str, groups: &[Group], axis: Axis) -> Strin
         Axis::LogSeconds => (lo as i32..=hi as i32)
             .map(|k| {
                 let v = 10f64.powi(k);
-                (v, super::fmt_secs(v))
+                (v, decade_label(k))
             })
             .collect(),
         Axis::Linear { unit } => (0..=4)
@@ -199,13 +199,25 @@ pub fn chart(title: &str, subtitle: &str, groups: &[Group], axis: Axis) -> Strin
     s
 }
 
-/// The smallest of 1, 2, 5 × 10^k not below `v` (and above 0).
+/// `10^k` seconds as `1 µs`, `10 ms`, `1 s`, ...
+fn decade_label(k: i32) -> String {
+    let (unit, base) = match k {
+        ..=-10 => return format!("1e{k} s"),
+        -9..=-7 => ("ns", -9),
+        -6..=-4 => ("µs", -6),
+        -3..=-1 => ("ms", -3),
+        _ => ("s", 0),
+    };
+    format!("{} {unit}", 10u64.pow((k - base) as u32))
+}
+
+/// The smallest of 1, 1.2, 1.6, 2, 3, 4, 6, 8 × 10^k not below `v` (and above 0).
 fn nice_ceiling(v: f64) -> f64 {
     if v <= 0.0 || !v.is_finite() {
         return 1.0;
     }
     let p = 10f64.powf(v.log10().floor());
-    [1.0, 2.0, 5.0, 10.0]
+    [1.0, 1.2, 1.6, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0]
         .into_iter()
         .map(|m| m * p)
         .find(|&c| c >= v)
@@ -248,7 +260,10 @@ mod tests {
         assert!(svg.starts_with("<svg ") && svg.ends_with("</svg>\n"));
         assert_eq!(svg.matches("<rect ").count(), 2); // background + one bar
         assert!(svg.contains("lazy&lt;x&gt;") && svg.contains("failed &amp; &lt;why&gt;"));
-        assert_eq!(nice_ceiling(3.2), 5.0);
+        assert_eq!(nice_ceiling(3.2), 4.0);
+        assert_eq!(decade_label(-4), "100 µs");
+        assert_eq!(decade_label(-3), "1 ms");
+        assert_eq!(decade_label(1), "10 s");
         assert_eq!(nice_ceiling(10.0), 10.0);
     }
 }
