@@ -29,7 +29,7 @@ impl Goal {
     }
 }
 
-const RATIO_NOTE: &str = "ratio = baseline median time / this median time (same run): 1.00 = as fast as the baseline, 0.50 = twice as slow, 2.00 = twice as fast";
+const RATIO_NOTE: &str = "ratio = baseline median time / this median time (same run): 1.00× = as fast as the baseline, 0.50× = twice as slow, 2.00× = twice as fast, 1/40× = 40 times slower";
 
 fn unavailable(r: &Results, s: Strategy) -> Option<String> {
     if r.methods.contains(&Method::Strategy(s)) {
@@ -228,8 +228,17 @@ fn ratio_str(x: Option<f64>) -> String {
     match x {
         Some(x) if x >= 100.0 => format!("{x:.0}×"),
         Some(x) if x >= 10.0 => format!("{x:.1}×"),
-        Some(x) => format!("{x:.2}×"),
-        None => "–".into(),
+        Some(x) if x >= 0.1 => format!("{x:.2}×"),
+        // Far slower than the baseline: say how many times, `1/N×`.
+        Some(x) if x > 0.0 => {
+            let n = 1.0 / x;
+            if n >= 100.0 {
+                format!("1/{n:.0}×")
+            } else {
+                format!("1/{n:.1}×")
+            }
+        }
+        _ => "–".into(),
     }
 }
 
