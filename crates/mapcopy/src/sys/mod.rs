@@ -5,9 +5,11 @@
 //! `libc` offers the interface, defines it once with the kernel header it
 //! comes from. The rest of the crate is `#![deny(unsafe_code)]`.
 
+pub(crate) mod detect;
 pub(crate) mod file;
 pub(crate) mod mmap;
 pub(crate) mod procfs;
+pub(crate) mod uffd;
 
 use std::io;
 
