@@ -88,6 +88,22 @@ impl Raw {
         })
     }
 
+    /// Faults in every page for writing (`MADV_POPULATE_WRITE`): for `thp`
+    /// memory, what a copy into it pays before the copy itself.
+    pub fn populate(&mut self) -> io::Result<()> {
+        assert!(self.writable, "populating a read-only file mapping");
+        // SAFETY: the range is this mapping's own anonymous memory; populating
+        // it does not change its contents (zero).
+        unsafe {
+            mm::madvise(
+                self.ptr.as_ptr().cast(),
+                self.len,
+                Advice::LinuxPopulateWrite,
+            )
+        }?;
+        Ok(())
+    }
+
     /// The mapped bytes.
     pub fn bytes(&self) -> &[u8] {
         // SAFETY: `len` bytes at `ptr` are mapped readable for as long as

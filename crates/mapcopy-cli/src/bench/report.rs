@@ -385,7 +385,16 @@ fn header_lines(r: &Results) -> Vec<String> {
                 ""
             }
         ),
-        format!("THP: {}; files on {}", r.thp, r.filesystem),
+        format!(
+            "THP: {}; files on {}; priority: {}",
+            r.thp, r.filesystem, r.priority
+        ),
+        match r.memory {
+            Some((fault, write)) => format!(
+                "fresh anonymous memory: {fault:.2} GB/s to fault in (2 MiB pages, MADV_POPULATE_WRITE), {write:.2} GB/s to write once resident — every copy (fs::read, THP copy, eager, lazy) pays the first"
+            ),
+            None => "fresh anonymous memory: not measured".into(),
+        },
         r.plan.describe(),
         RATIO_NOTE.to_string(),
         "times include the map (or read, or copy) and the pattern, not the unmap; anon MiB = growth of Anonymous in /proc/self/smaps_rollup while the mapping lived (copies; page cache not counted)".to_string(),
@@ -540,6 +549,12 @@ fn results_json(r: &Results, goals: &[Goal]) -> Json {
                 ("busy", Json::Bool(busy(r))),
                 ("thp", Json::Str(r.thp.clone())),
                 ("filesystem", Json::Str(r.filesystem.clone())),
+                ("priority", Json::Str(r.priority.clone())),
+                ("fresh_memory_fault_gbps", Json::num(r.memory.map(|m| m.0))),
+                (
+                    "resident_memory_write_gbps",
+                    Json::num(r.memory.map(|m| m.1)),
+                ),
             ]),
         ),
         ("ratio_definition", Json::Str(RATIO_NOTE.into())),

@@ -10,8 +10,9 @@ use mapcopy::{MapOptions, Strategy};
 
 use super::raw::{self, Raw};
 
-/// `pread` chunk for the THP copy baseline: one huge page per call.
-pub const COPY_CHUNK: usize = raw::HUGE_PAGE;
+/// `pread` chunk for the THP copy baseline: 1 GiB per call (2 MiB calls
+/// measured no faster here).
+pub const COPY_CHUNK: usize = 1 << 30;
 
 const PAGE: usize = 4096;
 
@@ -23,7 +24,7 @@ pub enum Method {
     MapPrivate,
     /// `std::fs::read` into a `Vec<u8>`: the ordinary copy.
     FsRead,
-    /// `pread` in 2 MiB calls into fresh 2 MiB-aligned `MADV_HUGEPAGE`
+    /// `pread` (1 GiB per call) into fresh 2 MiB-aligned `MADV_HUGEPAGE`
     /// anonymous memory: the copy limit on this machine.
     ThpCopy,
     /// A mapcopy strategy.
