@@ -13,6 +13,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bench_writer;
 pub mod child;
 pub mod control;
 pub mod demo;
