@@ -300,6 +300,18 @@ fn usable_in(s: Strategy, dir: &Path) -> Result<(), String> {
     e.usable.clone().map(|_| ())
 }
 
+/// Does strategy `s` offer `map_mut` for files in `dir`? A strategy may
+/// refuse writable mappings altogether (`Unsupported`, with the reason);
+/// then every `map_mut` must refuse, and the read-only cases still run.
+fn offers_map_mut(s: Strategy, dir: &Path) -> Result<(), String> {
+    let f = TestFile::new_in(dir, 3 * page() + 1, 0).map_err(|e| e.to_string())?;
+    let file = f.open().map_err(|e| e.to_string())?;
+    match MapOptions::new().strategy(s).map_mut(&file) {
+        Err(e) if e.kind() == ErrorKind::Unsupported => Err(e.to_string()),
+        _ => Ok(()),
+    }
+}
+
 fn not_implemented(reason: &str) -> bool {
     reason.contains("not implemented yet")
 }
@@ -839,6 +851,7 @@ fn size_case(s: Strategy, dir: &Path, size: usize) -> Outcome {
     let tf = TestFile::new_in(dir, size, 0).map_err(io("test file"))?;
     let content = tf.contents().map_err(io("read"))?;
     let file = tf.open().map_err(io("open"))?;
+    let mut_refused = offers_map_mut(s, dir);
     let mut ranges: Vec<(usize, Option<usize>)> =
         vec![(0, None), (size, Some(0)), (0, Some(size + p + 3))];
     if size > 0 {
@@ -871,9 +884,18 @@ fn size_case(s: Strategy, dir: &Path, size: usize) -> Outcome {
         let mut got = vec![0u8; m.len()];
         Source::read(&m, 0, &mut got).map_err(Failed::from)?;
         check_bytes(&got, &want, &what)?;
-        // Same through map_mut.
-        let mm = o.map_mut(&file).map_err(io(&what))?;
-        check_bytes(&mm, &want, &format!("{what} (map_mut)"))?;
+        // Same through map_mut (or the strategy's refusal of writable
+        // mappings, the same every time).
+        match (o.map_mut(&file), &mut_refused) {
+            (Ok(mm), Ok(())) => check_bytes(&mm, &want, &format!("{what} (map_mut)"))?,
+            (Err(e), Err(_)) if e.kind() == ErrorKind::Unsupported => {}
+            (r, refused) => {
+                return fail(format!(
+                    "{what} (map_mut): got {:?}, but map_mut of a plain file gave {refused:?}",
+                    r.map(|m| m.len())
+                ));
+            }
+        }
     }
     // And the whole file against a modification.
     if size > 0 {
@@ -1303,6 +1325,12 @@ fn map_mut_large_case(s: Strategy, dir: &Path) -> Outcome {
     if let Err(why) = usable_in(s, dir) {
         return skip(format!("{s} is not usable here: {why}"));
     }
+    if let Err(why) = offers_map_mut(s, dir) {
+        // Documented by the strategy, not a lack of this machine.
+        return Ok(Completion::ignored_with(format!(
+            "{s} offers no map_mut: {why}"
+        )));
+    }
     let p = page();
     let size = (6 << 20) + 123;
     let tf = TestFile::new_in(dir, size, 0).map_err(io("test file"))?;
@@ -1601,6 +1629,12 @@ fn map_mut_case(s: Strategy, dir: &Path) -> Outcome {
     if let Err(why) = usable_in(s, dir) {
         return skip(format!("{s} is not usable here: {why}"));
     }
+    if let Err(why) = offers_map_mut(s, dir) {
+        // Documented by the strategy, not a lack of this machine.
+        return Ok(Completion::ignored_with(format!(
+            "{s} offers no map_mut: {why}"
+        )));
+    }
     let p = page();
     let size = 4 * p + 1;
     let tf = TestFile::new_in(dir, size, 0).map_err(io("test file"))?;
@@ -1799,6 +1833,11 @@ fn bad_input_case(s: Strategy, b: Bad) -> Outcome {
     } else {
         usable_in(s, &std::env::temp_dir())
     };
+    let mut_refused = if usable.is_ok() {
+        offers_map_mut(s, &std::env::temp_dir()).is_err()
+    } else {
+        false
+    };
     for mutable in [false, true] {
         let what = format!(
             "{} with {s}{}",
@@ -1823,7 +1862,12 @@ fn bad_input_case(s: Strategy, b: Bad) -> Outcome {
                     r.map(|v| v.len())
                 ));
             }
-            (None, Ok(got)) if usable.is_ok() => check_bytes(&got, &want, &what)?,
+            (None, Ok(got)) if usable.is_ok() && !(mutable && mut_refused) => {
+                check_bytes(&got, &want, &what)?
+            }
+            (None, Err(e)) if mutable && mut_refused && e.kind() == ErrorKind::Unsupported => {
+                eprintln!("{what}: {s} refuses map_mut: {e}");
+            }
             (None, Err(e)) if usable.is_err() && e.kind() == ErrorKind::Unsupported => {
                 eprintln!("{what}: Unsupported as probe said: {e}");
             }
