@@ -81,7 +81,11 @@
 //!   hang, so the process **aborts** with a message on stderr naming the
 //!   file, the offset and the error. With `populate(true)` everything is read
 //!   inside the map call and a read error is returned as
-//!   [`ErrorKind::Io`] instead.
+//!   [`ErrorKind::Io`] instead. A `Guard` mapping reads the page cache
+//!   directly, like any file mapping: a page that cannot be read raises
+//!   `SIGBUS` in the thread touching it (with `populate(true)`: an
+//!   [`ErrorKind::Io`] error from the map call); a writer whose pages the
+//!   guard cannot read to copy them is refused with `EIO`.
 //! * **Memory**: a `Lazy` mapping reserves address space only
 //!   (`MAP_NORESERVE`) and allocates pages as they are touched, plus
 //!   fault-around: one page for an isolated access, growing to whole 2 MiB

@@ -1613,14 +1613,18 @@ enum OnReadError {
     /// `map` succeeds; the access that needs the bad block aborts the
     /// process with a message (a faulting thread can be given no error).
     AbortOnTouch,
+    /// `map` succeeds; the access that needs the bad block gets `SIGBUS`,
+    /// as from any file mapping (Guard reads the page cache directly).
+    SigbusOnTouch,
     /// Not documented: any of the above.
     Either,
 }
 
 fn on_read_error(s: Strategy, populate: bool) -> OnReadError {
     match (s, populate) {
-        (Strategy::Eager, _) | (Strategy::Lazy, true) => OnReadError::MapFails,
+        (Strategy::Eager, _) | (Strategy::Lazy | Strategy::Guard, true) => OnReadError::MapFails,
         (Strategy::Lazy, false) => OnReadError::AbortOnTouch,
+        (Strategy::Guard, false) => OnReadError::SigbusOnTouch,
         _ => OnReadError::Either,
     }
 }
@@ -1692,10 +1696,12 @@ fn read_error_case(name: &str, s: Strategy, populate: bool) -> Outcome {
         ));
     }
     let aborted = status.signal() == Some(libc::SIGABRT) && !err.trim().is_empty();
+    let sigbus = status.signal() == Some(libc::SIGBUS);
     let map_failed = status.success() && map_err.is_some_and(|l| l.starts_with("MAP-ERR Io"));
     let ok = match on_read_error(s, populate) {
         OnReadError::MapFails => map_failed,
         OnReadError::AbortOnTouch => aborted,
+        OnReadError::SigbusOnTouch => sigbus,
         OnReadError::Either => map_failed || aborted,
     };
     if !ok {
@@ -1711,7 +1717,13 @@ fn read_error_case(name: &str, s: Strategy, populate: bool) -> Outcome {
         .unwrap_or("");
     eprintln!(
         "{s}: {} after {pages_ok} good pages; {}",
-        if aborted { "aborted" } else { "map failed" },
+        if aborted {
+            "aborted"
+        } else if sigbus {
+            "SIGBUS"
+        } else {
+            "map failed"
+        },
         map_err.unwrap_or(last)
     );
     Ok(Completion::Completed)

@@ -208,7 +208,7 @@ impl Mapping {
     /// Copies the file pages of `[start, end)` (file offsets) that this
     /// mapping holds into private pages. Pages already private stay as
     /// they are.
-    fn copy(&self, start: u64, end: u64) -> io::Result<()> {
+    fn copy(&self, start: u64, end: u64, fd: BorrowedFd<'_>) -> io::Result<()> {
         let page = sys::page_size() as u64;
         let lo = (start & !(page - 1)).max(self.offset);
         let hi = end
@@ -223,7 +223,9 @@ impl Mapping {
         loop {
             match self.region.advise(off, len, Advice::LinuxPopulateWrite) {
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                Err(e) if e.raw_os_error() == Some(libc::EFAULT) => self.copy_pages(off, len)?,
+                Err(e) if e.raw_os_error() == Some(libc::EFAULT) => {
+                    self.copy_pages(off, len, fd)?
+                }
                 r => r?,
             }
             break;
@@ -236,14 +238,25 @@ impl Mapping {
         Ok(())
     }
 
-    /// Page by page, replacing pages that lie past the end of the file
-    /// (EFAULT: a shrink slipped past) by zeros instead of failing.
-    fn copy_pages(&self, off: usize, len: usize) -> io::Result<()> {
+    /// Page by page, after a fault: a page wholly past the end of the file
+    /// (a shrink slipped past) becomes zeros; a page inside the file that
+    /// cannot be read (an I/O error) is an `EIO` error, never zeros.
+    fn copy_pages(&self, off: usize, len: usize, fd: BorrowedFd<'_>) -> io::Result<()> {
         let page = sys::page_size();
         for p in (off..off + len).step_by(page) {
             match self.region.advise(p, page, Advice::LinuxPopulateWrite) {
                 Ok(()) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EFAULT) => {
+                    let size = rustix::fs::fstat(fd)?.st_size as u64;
+                    if self.offset + (p as u64) < size {
+                        return Err(io::Error::new(
+                            io::ErrorKind::Other,
+                            format!(
+                                "reading the file at offset {} failed (I/O error)",
+                                self.offset + p as u64
+                            ),
+                        ));
+                    }
                     // SAFETY: [p, p + page) lies inside our own region; the
                     // page is past the end of the file, so its contents were
                     // unreadable (a read would have raised SIGBUS) and no
@@ -272,8 +285,8 @@ impl Mapping {
     }
 
     /// Copies every file page of the mapping.
-    fn copy_all(&self) -> io::Result<()> {
-        self.copy(0, u64::MAX)
+    fn copy_all(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        self.copy(0, u64::MAX, fd)
     }
 
     /// Moves the file pages from file offset `from` on out of the file
@@ -303,6 +316,20 @@ impl Mapping {
                 .map(|&(a, b)| (a.max(lo), b.min(end)))
                 .filter(|(a, b)| a < b),
         );
+        for &(a, b) in &ranges {
+            // Fault the file's pages in first: an unreadable block must
+            // become an error here, not a SIGBUS in the copy below.
+            let src = (a - self.offset) as usize;
+            if let Err(e) = self
+                .region
+                .advise(src, (b - a) as usize, Advice::LinuxPopulateRead)
+            {
+                return Err(io::Error::new(
+                    io::ErrorKind::Other,
+                    format!("reading the file between {a} and {b} failed ({e})"),
+                ));
+            }
+        }
         for (a, b) in ranges {
             let src = (a - self.offset) as usize;
             let dst = (a - lo) as usize;
@@ -584,7 +611,7 @@ impl Guards {
             for m in &inode.maps {
                 let mut r = Ok(());
                 for &(start, end) in ranges {
-                    r = r.and_then(|()| m.copy(start, end));
+                    r = r.and_then(|()| m.copy(start, end, inode.fd.as_fd()));
                 }
                 if let Action::Detach(from) = action {
                     r = r.and_then(|()| m.detach(*from, inode.fd.as_fd()));
@@ -950,7 +977,7 @@ fn map_armed(
             // Under the lock: the guard thread may be detaching this mapping.
             let r = {
                 let _inodes = lock(&g.inodes);
-                m.copy_all()
+                m.copy_all(fd.as_fd())
             };
             if let Err(e) = r {
                 unregister();
