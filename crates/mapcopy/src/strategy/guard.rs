@@ -249,13 +249,10 @@ impl Mapping {
                 Err(e) if e.raw_os_error() == Some(libc::EFAULT) => {
                     let size = rustix::fs::fstat(fd)?.st_size as u64;
                     if self.offset + (p as u64) < size {
-                        return Err(io::Error::new(
-                            io::ErrorKind::Other,
-                            format!(
-                                "reading the file at offset {} failed (I/O error)",
-                                self.offset + p as u64
-                            ),
-                        ));
+                        return Err(io::Error::other(format!(
+                            "reading the file at offset {} failed (I/O error)",
+                            self.offset + p as u64
+                        )));
                     }
                     // SAFETY: [p, p + page) lies inside our own region; the
                     // page is past the end of the file, so its contents were
@@ -324,10 +321,9 @@ impl Mapping {
                 .region
                 .advise(src, (b - a) as usize, Advice::LinuxPopulateRead)
             {
-                return Err(io::Error::new(
-                    io::ErrorKind::Other,
-                    format!("reading the file between {a} and {b} failed ({e})"),
-                ));
+                return Err(io::Error::other(format!(
+                    "reading the file between {a} and {b} failed ({e})"
+                )));
             }
         }
         for (a, b) in ranges {
