@@ -691,9 +691,12 @@ impl Lookup for Proc {
 fn classify(ev: &Event, file: &dyn Fn() -> Option<(u64, u64)>, look: &dyn Lookup) -> Action {
     // An io_uring worker shows the syscall its process was in when the
     // worker was made, not the request it runs: trust no syscall there.
-    let sc = look
-        .syscall(ev.pid)
-        .filter(|_| look.is_io_worker(ev.pid) == Some(false));
+    // (The worker check goes first: it does not need the task asleep, and
+    // by the time it is done the task usually is, so that reading its
+    // syscall does not have to wait.)
+    let sc = (look.is_io_worker(ev.pid) == Some(false))
+        .then(|| look.syscall(ev.pid))
+        .flatten();
     if ev.mask & libc::FAN_OPEN_PERM != 0 {
         return classify_open(ev.pid, sc, look);
     }
