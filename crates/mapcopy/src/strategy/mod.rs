@@ -58,8 +58,8 @@ impl Strategy {
     /// `Auto` considers them.
     pub const ALL: [Strategy; 5] = [
         Strategy::Lease,
-        Strategy::Guard,
         Strategy::Reflink,
+        Strategy::Guard,
         Strategy::Lazy,
         Strategy::Eager,
     ];
@@ -173,13 +173,7 @@ pub(crate) fn map(s: Strategy, req: &Request<'_>) -> Result<Box<dyn Snapshot>, E
 /// a guard shares the page cache. [`auto_order_for`] moves it ahead of
 /// `Lease` for large ranges without reflink.
 pub(crate) fn auto_order() -> &'static [Strategy] {
-    &[
-        Strategy::Lease,
-        Strategy::Reflink,
-        Strategy::Guard,
-        Strategy::Lazy,
-        Strategy::Eager,
-    ]
+    &Strategy::ALL
 }
 
 /// A mapping at least this long goes to `Guard` before `Lease` when the
