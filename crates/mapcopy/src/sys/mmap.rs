@@ -98,6 +98,49 @@ impl Region {
         })
     }
 
+    /// Maps `len` bytes of `fd` from page-aligned `file_off` privately
+    /// (copy-on-write) over `[off, off + len)` of this region with
+    /// `MAP_FIXED`, replacing what was there in one step: a concurrent access
+    /// sees either the old or the new mapping, never a hole. With `noreserve`
+    /// the range is not charged to overcommit even if writable.
+    ///
+    /// # Safety
+    /// Any live borrow of the range must see the same bytes before and after
+    /// (the new mapping holds what the old one showed, or nothing borrows
+    /// the range), and the new mapping must not fault fatally within `len`
+    /// (the file is at least `file_off + len` bytes, rounded to a page, for
+    /// as long as the mapping lives).
+    #[allow(dead_code)]
+    pub(crate) unsafe fn overlay_file<Fd: AsFd>(
+        &self,
+        off: usize,
+        len: usize,
+        fd: Fd,
+        file_off: u64,
+        prot: ProtFlags,
+        noreserve: bool,
+    ) -> io::Result<()> {
+        self.check(off, len)?;
+        let mut flags = MapFlags::PRIVATE | MapFlags::FIXED;
+        if noreserve {
+            flags |= MapFlags::NORESERVE;
+        }
+        // SAFETY: the range lies inside this region (checked), which we own,
+        // so MAP_FIXED replaces only our own pages; the caller vouches for
+        // the contents.
+        unsafe {
+            mm::mmap(
+                self.ptr.as_ptr().add(off).cast(),
+                len,
+                prot,
+                flags,
+                fd,
+                file_off,
+            )?
+        };
+        Ok(())
+    }
+
     /// First byte of the region.
     #[allow(dead_code)]
     pub(crate) fn as_ptr(&self) -> *mut u8 {
