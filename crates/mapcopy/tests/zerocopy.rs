@@ -50,6 +50,35 @@ fn main() {
     trials.push(trial("reflink/ext4/refused".into(), || {
         with_fs(Kind::Ext4, reflink_refused)
     }));
+    for fs in [Kind::Ext4, Kind::Xfs, Kind::Btrfs] {
+        trials.push(trial(format!("lease/{fs}/writers"), move || {
+            with_fs(fs, |dir| writers(Strategy::Lease, dir))
+        }));
+        trials.push(trial(
+            format!("lease/{fs}/past_eof_reads_zero"),
+            move || with_fs(fs, |dir| past_eof(Strategy::Lease, dir)),
+        ));
+        trials.push(trial(format!("lease/{fs}/many_mappings"), move || {
+            with_fs(fs, lease_many)
+        }));
+        trials.push(trial(format!("lease/{fs}/drop_during_break"), move || {
+            with_fs(fs, lease_drop_in_flight)
+        }));
+        trials.push(trial(format!("lease/{fs}/auto_order"), move || {
+            with_fs(fs, move |dir| auto_order(fs, dir))
+        }));
+    }
+    trials.push(trial("lease/ext4/refusals".into(), || {
+        with_fs(Kind::Ext4, lease_refusals)
+    }));
+    trials.push(trial("lease/ext4/as_nobody".into(), || {
+        with_fs(Kind::Ext4, lease_as_nobody)
+    }));
+    trials.push(trial(
+        "lease/foreign_signal_handler".into(),
+        lease_foreign_handler,
+    ));
+    trials.push(trial("lease/own_process_writes".into(), lease_own_writes));
     libtest_mimic::run(&args, trials).exit();
 }
 
@@ -202,10 +231,21 @@ fn ensure(cond: bool, msg: impl FnOnce() -> String) -> Result<(), Failed> {
 /// Writers in other processes, each given the file's path as `$1`.
 const WRITERS: &[(&str, &str)] = &[
     ("open O_TRUNC", r#"printf new > "$1""#),
-    ("truncate by path", r#"truncate -s 0 "$1""#),
+    // truncate(2) of the path (our own child: GNU truncate(1) opens the
+    // file instead, with O_NONBLOCK; that case is the next one).
+    (
+        "truncate(2) by path",
+        r#"MAPCOPY_ZC_CHILD=truncate "$ZC_EXE" "$1" 0"#,
+    ),
+    // An O_NONBLOCK open for writing gets EAGAIN while a lease is being
+    // broken (kernel semantics), and succeeds once the snapshot is taken.
+    (
+        "O_NONBLOCK open (GNU truncate), retried",
+        r#"until truncate -s 0 "$1" 2>/dev/null; do sleep 0.01; done"#,
+    ),
     (
         "truncate then regrow",
-        r#"truncate -s 0 "$1" && dd if=/dev/zero of="$1" bs=64k count=40 conv=notrunc status=none"#,
+        r#"MAPCOPY_ZC_CHILD=truncate "$ZC_EXE" "$1" 0 && dd if=/dev/zero of="$1" bs=64k count=40 conv=notrunc status=none"#,
     ),
     (
         "MAP_SHARED store after our mapping",
@@ -226,7 +266,12 @@ const WRITERS: &[(&str, &str)] = &[
 /// Runs writer `script` on `path` in a shell; returns how long it took.
 fn write_with(script: &str, path: &Path) -> Result<Duration, Failed> {
     let t = Instant::now();
-    run(Command::new("sh").arg("-c").arg(script).arg("sh").arg(path))?;
+    run(Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .arg("sh")
+        .arg(path)
+        .env("ZC_EXE", std::env::current_exe()?))?;
     Ok(t.elapsed())
 }
 
@@ -291,7 +336,7 @@ fn past_eof(s: Strategy, dir: &Path) -> Result<(), Failed> {
     make_file(&path, b"short file")?;
     let file = File::open(&path)?;
     let map = MapOptions::new().strategy(s).len(3 * 4096 + 7).map(&file)?;
-    write_with(r#"truncate -s 0 "$1""#, &path)?;
+    write_with(r#"MAPCOPY_ZC_CHILD=truncate "$ZC_EXE" "$1" 0"#, &path)?;
     ensure(&map[..10] == b"short file", || "head changed".into())?;
     ensure(map[10..].iter().all(|&b| b == 0), || "tail not zero".into())?;
     Ok(())
@@ -401,6 +446,250 @@ fn usage(dir: &Path) -> Result<(u64, u64), Failed> {
     Ok((st.f_files - st.f_ffree, st.f_blocks - st.f_bfree))
 }
 
+// -------------------------------------------------------------------- lease
+
+/// Longest a writer may wait on our lease before the test calls it hung:
+/// well below the kernel's 45 s lease-break-time, far above a real answer.
+const HUNG: Duration = Duration::from_secs(30);
+
+/// Several mappings of one file, different ranges, one writer: all keep
+/// their bytes; the writer waits for all of them.
+fn lease_many(dir: &Path) -> Result<(), Failed> {
+    let path = dir.join("many");
+    let data = pattern(2 << 20, 4);
+    make_file(&path, &data)?;
+    let file = File::open(&path)?;
+    let mut opts = MapOptions::new();
+    opts.strategy(Strategy::Lease);
+    let whole = opts.map(&file)?;
+    let part = MapOptions::new()
+        .strategy(Strategy::Lease)
+        .offset(4096 + 3)
+        .len(8192)
+        .map(&file)?;
+    let populated = MapOptions::new()
+        .strategy(Strategy::Lease)
+        .populate(true)
+        .map(&file)?;
+    ensure(whole[..] == data[..], || "whole differs before".into())?;
+    let took = write_with(r#"printf new > "$1""#, &path)?;
+    eprintln!("  3 mappings, O_TRUNC writer took {took:?}");
+    ensure(took < HUNG, || format!("writer waited {took:?}"))?;
+    ensure(whole[..] == data[..], || "whole changed".into())?;
+    ensure(part[..] == data[4099..4099 + 8192], || {
+        "part changed".into()
+    })?;
+    ensure(populated[..] == data[..], || "populated changed".into())?;
+    Ok(())
+}
+
+/// A mapping dropped while a writer is breaking its lease: the writer goes
+/// on at once (never waits out lease-break-time), whatever the timing.
+fn lease_drop_in_flight(dir: &Path) -> Result<(), Failed> {
+    let path = dir.join("drop");
+    let data = pattern(8 << 20, 6);
+    let mut worst = Duration::ZERO;
+    for i in 0..12u64 {
+        make_file(&path, &data)?;
+        let file = File::open(&path)?;
+        let map = MapOptions::new().strategy(Strategy::Lease).map(&file)?;
+        let t = Instant::now();
+        let mut w = Command::new("sh")
+            .arg("-c")
+            .arg(r#"printf x > "$1""#)
+            .arg("sh")
+            .arg(&path)
+            .spawn()?;
+        std::thread::sleep(Duration::from_micros(250 * i));
+        drop(map);
+        w.wait()?;
+        worst = worst.max(t.elapsed());
+    }
+    eprintln!("  slowest writer over 12 drops during a break: {worst:?}");
+    ensure(worst < HUNG, || format!("a writer waited {worst:?}"))
+}
+
+/// Auto picks Lease where it can; with a writer present it falls through,
+/// for map_mut it takes Reflink where the filesystem clones.
+fn auto_order(fs: Kind, dir: &Path) -> Result<(), Failed> {
+    let path = dir.join("auto");
+    make_file(&path, &pattern(100_000, 1))?;
+    let file = File::open(&path)?;
+    let m = MapCopy::map(&file)?;
+    ensure(m.strategy() == Strategy::Lease, || {
+        format!("auto picked {}", m.strategy())
+    })?;
+    drop(m);
+    let writer = File::options().append(true).open(&path)?;
+    let m = MapCopy::map(&file)?;
+    let want = if fs == Kind::Ext4 {
+        None
+    } else {
+        Some(Strategy::Reflink)
+    };
+    eprintln!("  {fs}: auto with a writer open: {}", m.strategy());
+    ensure(m.strategy() != Strategy::Lease, || {
+        "lease taken despite a writer".into()
+    })?;
+    if let Some(w) = want {
+        ensure(m.strategy() == w, || {
+            format!("auto picked {}", m.strategy())
+        })?;
+    }
+    drop(writer);
+    let mm = MapOptions::new().map_mut(&file)?;
+    eprintln!("  {fs}: auto for map_mut: {}", mm.strategy());
+    if let Some(w) = want {
+        ensure(mm.strategy() == w, || {
+            format!("auto map_mut picked {}", mm.strategy())
+        })?;
+    }
+    Ok(())
+}
+
+/// Each refusal says why, before mapping.
+fn lease_refusals(dir: &Path) -> Result<(), Failed> {
+    let path = dir.join("refuse");
+    make_file(&path, b"abc")?;
+    let file = File::open(&path)?;
+    let lease = || MapOptions::new().strategy(Strategy::Lease).map(&file);
+    // Another process holds it open for writing.
+    let mut holder = Command::new("sh")
+        .arg("-c")
+        .arg(r#"exec 3>>"$1"; echo open; exec sleep 5"#)
+        .arg("sh")
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(holder.stdout.take().unwrap()).read_line(&mut line)?;
+    let e = lease().expect_err("a writer holds the file");
+    holder.kill()?;
+    holder.wait()?;
+    eprintln!("  writer elsewhere: {e}");
+    ensure(
+        e.kind() == ErrorKind::Unsupported && e.to_string().contains("EAGAIN"),
+        || e.to_string(),
+    )?;
+    // Another process maps it shared-writable (and closed its fd).
+    let mut m = child_cmd("shared-map-hold", &[path.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(m.stdout.take().unwrap()).read_line(&mut line)?;
+    ensure(line.starts_with("mapped"), || {
+        format!("child said {line:?}")
+    })?;
+    let r = lease();
+    drop(m.stdin.take());
+    m.wait()?;
+    let e = r.expect_err("a shared-writable mapping exists");
+    eprintln!("  MAP_SHARED writer (fd closed): {e}");
+    ensure(e.to_string().contains("EAGAIN"), || e.to_string())?;
+    // This process's own fd is writable.
+    let rw = File::options().read(true).write(true).open(&path)?;
+    let e = MapOptions::new()
+        .strategy(Strategy::Lease)
+        .map(&rw)
+        .expect_err("own writable fd");
+    eprintln!("  own writable fd: {e}");
+    ensure(e.to_string().contains("open for writing"), || e.to_string())?;
+    drop(rw);
+    // map_mut.
+    let e = MapOptions::new()
+        .strategy(Strategy::Lease)
+        .map_mut(&file)
+        .expect_err("map_mut");
+    eprintln!("  map_mut: {e}");
+    ensure(e.kind() == ErrorKind::Unsupported, || e.to_string())?;
+    // And after all that, it works.
+    let m = lease()?;
+    ensure(&m[..] == b"abc", || "bytes".into())?;
+    Ok(())
+}
+
+/// As nobody: a root-owned file is refused (EACCES: not the owner, no
+/// CAP_LEASE); a file nobody owns works, and survives root's writer.
+fn lease_as_nobody(dir: &Path) -> Result<(), Failed> {
+    let theirs = dir.join("roots");
+    make_file(&theirs, b"root's bytes")?;
+    fs::set_permissions(&theirs, fs::Permissions::from_mode(0o644))?;
+    let out = as_nobody(&["lease-refused", theirs.to_str().unwrap()])?;
+    eprintln!("  as nobody on root's file: {}", out.trim());
+    ensure(out.contains("EACCES") && out.contains("CAP_LEASE"), || {
+        out.clone()
+    })?;
+
+    let mine = dir.join("nobodys");
+    let data = pattern(1 << 20, 8);
+    make_file(&mine, &data)?;
+    std::os::unix::fs::chown(&mine, Some(65534), Some(65534))?;
+    let exe = std::env::current_exe()?;
+    let mut child = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(exe)
+        .arg(&mine)
+        .env(CHILD_ENV, "lease-hold")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line)?;
+    ensure(line.starts_with("mapped lease"), || {
+        format!("child said {line:?}")
+    })?;
+    let took = write_with(r#"printf new > "$1""#, &mine)?;
+    eprintln!("  root's writer broke nobody's lease in {took:?}");
+    writeln!(child.stdin.take().unwrap(), "check")?;
+    line.clear();
+    out.read_line(&mut line)?;
+    child.wait()?;
+    ensure(line.starts_with("intact"), || {
+        format!("child said {line:?}")
+    })?;
+    Ok(())
+}
+
+/// The application owns the lease-break signal: Lease refuses, naming it.
+fn lease_foreign_handler() -> Result<(), Failed> {
+    let tmp = tempfile::NamedTempFile::new()?;
+    fs::write(tmp.path(), b"x")?;
+    let out = child_cmd("lease-foreign", &[tmp.path().to_str().unwrap()])
+        .env("MAPCOPY_LEASE_SIGNAL", "RTMIN+3")
+        .output()?;
+    let so = String::from_utf8_lossy(&out.stdout);
+    eprintln!("  {}", so.trim());
+    ensure(
+        out.status.success() && so.contains("SIGRTMIN+3") && so.contains("MAPCOPY_LEASE_SIGNAL"),
+        || format!("{so} {}", String::from_utf8_lossy(&out.stderr)),
+    )
+}
+
+/// This process writes the file it maps (another fd, same thread): the
+/// open waits for our own watcher thread, then goes on.
+fn lease_own_writes() -> Result<(), Failed> {
+    let tmp = tempfile::NamedTempFile::new()?;
+    let path = tmp.into_temp_path();
+    let data = pattern(4 << 20, 2);
+    fs::write(&path, &data)?;
+    let file = File::open(&path)?;
+    let map = MapOptions::new().strategy(Strategy::Lease).map(&file)?;
+    let t = Instant::now();
+    fs::write(&path, b"v2")?;
+    eprintln!("  in-process O_TRUNC writer took {:?}", t.elapsed());
+    ensure(map[..] == data[..], || "changed".into())?;
+    // And again, with a fresh lease, from another thread.
+    let map = MapOptions::new().strategy(Strategy::Lease).map(&file)?;
+    let p2 = path.to_path_buf();
+    std::thread::spawn(move || fs::write(p2, b"v3"))
+        .join()
+        .unwrap()?;
+    ensure(&map[..] == b"v2", || "changed".into())?;
+    Ok(())
+}
+
 // ----------------------------------------------------------------- children
 
 fn child_cmd(name: &str, args: &[&str]) -> Command {
@@ -470,6 +759,102 @@ fn child_main(name: &str, args: &[String]) -> i32 {
                 1
             }
         },
+        // truncate(2) of path args[0] to args[1] bytes.
+        "truncate" => {
+            let p = std::ffi::CString::new(args[0].as_bytes()).unwrap();
+            let len: i64 = args[1].parse().unwrap();
+            // SAFETY: a valid C string; truncate touches no memory of ours.
+            if unsafe { libc::truncate(p.as_ptr(), len) } == 0 {
+                0
+            } else {
+                eprintln!("truncate: {}", std::io::Error::last_os_error());
+                1
+            }
+        }
+        // Maps args[0] MAP_SHARED writable, closes the fd, says so, waits
+        // for stdin to close.
+        "shared-map-hold" => {
+            let f = File::options()
+                .read(true)
+                .write(true)
+                .open(&args[0])
+                .unwrap();
+            // SAFETY: a new shared mapping at an address of the kernel's
+            // choosing; never accessed.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    4096,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED,
+                    std::os::fd::AsRawFd::as_raw_fd(&f),
+                    0,
+                )
+            };
+            assert_ne!(p, libc::MAP_FAILED);
+            drop(f);
+            println!("mapped");
+            std::io::stdout().flush().ok();
+            let mut l = String::new();
+            std::io::stdin().read_line(&mut l).ok();
+            0
+        }
+        // Expects Lease to be refused; prints the reason.
+        "lease-refused" => match map(Strategy::Lease) {
+            Ok(_) => {
+                println!("mapped lease (should have been refused)");
+                1
+            }
+            Err(e) => {
+                println!("refused: {e}");
+                0
+            }
+        },
+        // Maps with Lease, says so, waits for a line on stdin, then checks
+        // the bytes against what it read at map time.
+        "lease-hold" => match map(Strategy::Lease) {
+            Ok(m) => {
+                let before = fs::read(&args[0]).expect("read");
+                println!("mapped lease");
+                std::io::stdout().flush().ok();
+                let mut l = String::new();
+                std::io::stdin().read_line(&mut l).ok();
+                println!(
+                    "{}",
+                    if m[..] == before[..] {
+                        "intact"
+                    } else {
+                        "CHANGED"
+                    }
+                );
+                0
+            }
+            Err(e) => {
+                println!("error {e}");
+                1
+            }
+        },
+        // Installs its own handler for the lease signal, then asks for Lease.
+        "lease-foreign" => {
+            extern "C" fn mine(_: libc::c_int) {}
+            let sig = libc::SIGRTMIN() + 3;
+            // SAFETY: a zeroed sigaction with a plain handler is valid.
+            unsafe {
+                let mut act: libc::sigaction = std::mem::zeroed();
+                act.sa_sigaction = mine as *const () as usize;
+                libc::sigaction(sig, &act, std::ptr::null_mut());
+            }
+            match map(Strategy::Lease) {
+                Ok(_) => {
+                    println!("mapped lease over the application's handler");
+                    1
+                }
+                Err(e) => {
+                    println!("refused: {e}");
+                    0
+                }
+            }
+        }
         other => {
             eprintln!("unknown child {other}");
             2

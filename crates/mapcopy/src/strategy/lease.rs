@@ -1,15 +1,670 @@
-//! The `Lease` strategy (not implemented yet: see DESIGN §2).
+//! `Lease`: a read lease (`F_SETLEASE`, `F_RDLCK`) over a private mapping of
+//! the file; when a writer opens the file, snapshot the range before its
+//! `open` returns.
+//!
+//! While the lease is held nobody has the file open for writing: the kernel
+//! grants a read lease only then, and makes every later `open` for writing,
+//! `open(O_TRUNC)` and `truncate(2)` of a path wait until the holder releases
+//! it. So until a writer appears the mapping shares the page cache — nothing
+//! copied, nothing reserved — and its bytes are the file's bytes at map time.
+//!
+//! When a writer appears the kernel signals the watcher thread (the
+//! lease-break signal, see below, with `si_fd` naming our fd). The watcher
+//! then, still holding the lease:
+//!
+//! 1. where the filesystem clones (xfs with reflink, btrfs, ...): clones the
+//!    file (`FICLONE`) into an unlinked `O_TMPFILE` on the same mount and
+//!    maps the clone over the range with `MAP_FIXED` (no data copied);
+//! 2. elsewhere (ext4, tmpfs, ...): reads the range into fresh anonymous
+//!    memory and moves it over the range with `mremap(MREMAP_FIXED)`.
+//!    (Not `MADV_POPULATE_WRITE` on the file mapping: its private copies
+//!    would still belong to a mapping of the file, and `truncate` discards
+//!    even the private copies of a file mapping beyond the new end — a
+//!    later access then raises SIGBUS.)
+//!
+//! Both replace the mapping in one step with the same bytes, so a thread
+//! reading meanwhile sees no change; then the watcher releases the lease
+//! (`F_UNLCK`) and the writer's `open` returns. The mapping no longer refers
+//! to the file at all.
+//!
+//! **Retaking the lease** after the writer closes: not done. After a break
+//! the mapping is complete and independent of the file; a new lease could
+//! only be used to drop the snapshot in favour of the page cache again, and
+//! the file has (most likely) been changed by then.
+//!
+//! **The signal.** A realtime signal, `SIGRTMIN+11` unless the environment
+//! variable `MAPCOPY_LEASE_SIGNAL` names another (`RTMIN+n`, `RTMAX-n` or a
+//! number), read once per process. Its handler is installed on first use
+//! only if the signal's disposition is the default; if the application has
+//! a handler for it, `Lease` is `Unsupported` and says which signal and how
+//! to pick another (no replacing, no chaining). The handler only writes
+//! `si_fd` to a pipe the watcher thread reads; notifications are aimed at
+//! the watcher thread alone (`F_SETOWN_EX`), which blocks every other
+//! asynchronous signal, so application threads see no `EINTR` from us.
+//!
+//! **Unsupported** (said before mapping): `map_mut` (see `check`); the fd
+//! passed in is open for writing; any writer has the file open or mapped
+//! shared-writable (`EAGAIN`); not the file's owner and no `CAP_LEASE`
+//! (`EACCES`); a filesystem without leases (`EINVAL`), or leases disabled
+//! (`fs.leases-enable = 0`); the lease-break signal taken by the
+//! application; no reflink and not enough memory to copy the range when a
+//! writer comes.
+//!
+//! **Limits** (properties this strategy lacks):
+//!
+//! * The kernel waits for a lease holder only `fs.lease-break-time` seconds
+//!   (45 by default). The watcher answers in milliseconds (a reflink clone)
+//!   or at copy speed (about 1 s per GiB from the page cache here); but a
+//!   process that is stopped (SIGSTOP, a debugger) or frozen longer than
+//!   that lets the writer through before its snapshot is taken.
+//! * `fork()`: the mapping is `MADV_DONTFORK`: a child does not inherit it
+//!   (touching its address there faults, SIGSEGV, never a changed byte). A child that never calls `exec` also
+//!   keeps our lease's open file alive after the parent dies, so a writer
+//!   then waits out lease-break-time.
+//! * Without reflink, a break costs a copy of the whole mapped range,
+//!   paid before the writer's `open` returns; many mappings of one file each
+//!   pay it.
+//!
+//! If the watcher thread fails, every lease is snapshotted and released
+//! (`Source::shutdown`); if a snapshot cannot be made at all (no memory),
+//! the process aborts with a message rather than let a writer change a
+//! mapping.
+#![allow(unsafe_code)]
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::mem::ManuallyDrop;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+
+use rustix::fs::{Mode, OFlags};
+use rustix::mm::{Advice, MprotectFlags, ProtFlags};
+use rustix::process::Pid;
 
 use super::{Request, Snapshot, Strategy};
 use crate::Error;
+use crate::sys::clone::{CloneDir, CloneError};
+use crate::sys::file::fs_name;
+use crate::sys::lease::{self, Lease};
+use crate::sys::mmap::{HUGE_PAGE, Region};
+use crate::sys::{procfs, signal};
+use crate::watcher::{self, Registration, Source};
 
-pub(crate) fn check(_req: Option<&Request<'_>>) -> Result<String, String> {
-    Err("not implemented yet".into())
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+pub(crate) fn check(req: Option<&Request<'_>>) -> Result<String, String> {
+    if !lease::leases_enabled() {
+        return Err("leases are disabled on this machine (/proc/sys/fs/leases-enable is 0)".into());
+    }
+    let sig = signal::status()?;
+    let Some(req) = req else {
+        return Ok(format!(
+            "read leases enabled (a holder must answer a break within {} s); {sig}; \
+             per file it needs the owner or CAP_LEASE and no writer",
+            lease::break_time().map_or("?".into(), |t| t.to_string())
+        ));
+    };
+    static_checks(req)?;
+    // Try it: the only reliable test for writers, permission and
+    // filesystem support. The lease is released at once.
+    let (signo, _) = signal::install()?;
+    let file = reopen(req)?;
+    lease::set_signal(&file, signo).map_err(|e| format!("F_SETSIG failed: {e}"))?;
+    lease::set_lease(&file, Lease::Read).map_err(|e| refusal(e, req))?;
+    let _ = lease::set_lease(&file, Lease::Unlock);
+    let plan = plan(req)?;
+    Ok(format!(
+        "no writer has the file open; {}; {sig}",
+        describe_plan(&plan, req)
+    ))
+}
+
+/// Refusals that need no syscall.
+fn static_checks(req: &Request<'_>) -> Result<(), String> {
+    if req.writable {
+        return Err(
+            "a writable (map_mut) mapping cannot be snapshotted on a lease break without racing \
+             the owner's own stores (a file mapping's private copies are discarded by truncate, \
+             and moving them needs a copy concurrent stores could miss); use reflink, lazy or eager"
+                .into(),
+        );
+    }
+    if req.meta.writable {
+        return Err(
+            "this process holds the file open for writing (the fd passed in is writable); \
+             a read lease needs no writer anywhere, this process included"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// Why `F_SETLEASE` refused, for a user.
+fn refusal(e: std::io::Error, req: &Request<'_>) -> String {
+    match e.raw_os_error() {
+        Some(libc::EAGAIN) => "the file is open for writing (by this or another process, or \
+             mapped shared-writable); a read lease can only be taken while nobody has it open for \
+             writing (F_SETLEASE: EAGAIN)"
+            .into(),
+        Some(libc::EACCES) => format!(
+            "this process (uid {}) is not the file's owner (uid {}) and lacks CAP_LEASE \
+             (F_SETLEASE: EACCES)",
+            rustix::process::geteuid().as_raw(),
+            req.meta.uid
+        ),
+        Some(libc::EINVAL) => format!(
+            "{} does not support leases (F_SETLEASE: EINVAL)",
+            fs_name(req.meta.fs_type)
+        ),
+        _ => format!("F_SETLEASE failed: {e}"),
+    }
+}
+
+/// A new read-only open file of the same inode (our own open file
+/// description: the lease belongs to it, not to the caller's fd).
+fn reopen(req: &Request<'_>) -> Result<File, String> {
+    let fd = rustix::fs::open(
+        format!("/proc/self/fd/{}", req.file.as_raw_fd()),
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY,
+        Mode::empty(),
+    )
+    .map_err(|e| format!("cannot reopen the file read-only for a lease of its own: {e}"))?;
+    let st = rustix::fs::fstat(&fd).map_err(|e| format!("fstat: {e}"))?;
+    if st.st_dev != req.meta.dev || st.st_ino != req.meta.ino {
+        return Err("reopening the file through /proc/self/fd gave another file".into());
+    }
+    Ok(File::from(fd))
+}
+
+/// How a break will be snapshotted: a clone directory, or `None` for a copy
+/// (then the range must fit in memory).
+fn plan(req: &Request<'_>) -> Result<Option<CloneDir>, String> {
+    match CloneDir::find(req.file, req.meta.fs_type) {
+        Ok(dir) => Ok(Some(dir)),
+        Err(no_clone) => {
+            let len = req.map_len() as u64;
+            match procfs::memory_available() {
+                Some(avail) if len > avail => Err(format!(
+                    "when a writer comes the whole range ({len} bytes) must be copied ({no_clone}), \
+                     and only {avail} bytes of memory are available"
+                )),
+                _ => Ok(None),
+            }
+        }
+    }
+}
+
+fn describe_plan(plan: &Option<CloneDir>, req: &Request<'_>) -> String {
+    match plan {
+        Some(dir) => format!(
+            "a writer's open waits for a reflink clone (in {})",
+            dir.path().display()
+        ),
+        None => format!(
+            "a writer's open waits for a copy of the range ({} bytes; {} has no reflink here)",
+            req.map_len(),
+            fs_name(req.meta.fs_type)
+        ),
+    }
 }
 
 pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
-    Err(Error::unsupported(
-        Strategy::Lease,
-        check(Some(req)).err().unwrap_or_default(),
-    ))
+    let unsupported = |why: String| Error::unsupported(Strategy::Lease, why);
+    if !lease::leases_enabled() {
+        return Err(unsupported(
+            "leases are disabled on this machine (/proc/sys/fs/leases-enable is 0)".into(),
+        ));
+    }
+    static_checks(req).map_err(unsupported)?;
+    let (signo, breaks) = signal::install().map_err(unsupported)?;
+    let plan = plan(req).map_err(unsupported)?;
+    let file = reopen(req).map_err(unsupported)?;
+    lease::set_signal(&file, signo).map_err(|e| Error::io("F_SETSIG", e))?;
+
+    // Hold the table from taking the lease until the entry is in it: the
+    // watcher looks breaks up in the table, so it waits for us.
+    let mut table = lock(&TABLE);
+    let tid = ensure_source(&mut table, breaks)?;
+    lease::set_lease(&file, Lease::Read).map_err(|e| unsupported(refusal(e, req)))?;
+    let made = (|| -> Result<Entry, Error> {
+        lease::set_owner_thread(&file, tid).map_err(|e| Error::io("F_SETOWN_EX", e))?;
+        // Stable while the lease is held.
+        let size = rustix::fs::fstat(&file)
+            .map_err(|e| Error::io("fstat", e))?
+            .st_size as u64;
+        let len = req.map_len();
+        let region = Region::anonymous(len, ProtFlags::READ, true, HUGE_PAGE)
+            .map_err(|e| Error::io(format!("reserving {len} bytes of address space"), e))?;
+        let page = crate::sys::page_size();
+        let in_file = size.saturating_sub(req.offset);
+        let file_len = if in_file >= len as u64 {
+            len
+        } else {
+            (in_file as usize).div_ceil(page) * page
+        };
+        if file_len > 0 {
+            // SAFETY: nothing borrows the fresh region; the file holds bytes
+            // up to the last partial page of `file_len` (completed with zeros
+            // by the kernel) and cannot shrink while our lease is held; after
+            // the lease is gone this part is replaced (see `Entry::resolve`).
+            unsafe { region.overlay_file(0, file_len, &file, req.offset, ProtFlags::READ, true) }
+                .map_err(|e| Error::io("mapping the file", e))?;
+        }
+        // A child must not inherit a mapping only our lease keeps stable.
+        region
+            .advise(0, region.len(), Advice::LinuxDontFork)
+            .map_err(|e| Error::io("madvise(MADV_DONTFORK)", e))?;
+        Ok(Entry {
+            region,
+            file_len,
+            offset: req.offset,
+            size,
+            fs_type: req.meta.fs_type,
+            key: file.as_raw_fd(),
+            pid: rustix::process::getpid(),
+            abandoned: AtomicBool::new(false),
+            state: Mutex::new(State {
+                file: None,
+                plan: None,
+            }),
+        })
+    })();
+    let entry = match made {
+        Ok(e) => e,
+        Err(err) => {
+            let _ = lease::set_lease(&file, Lease::Unlock);
+            return Err(err);
+        }
+    };
+    let key = entry.key;
+    {
+        let mut st = lock(&entry.state);
+        st.file = Some(file);
+        st.plan = plan;
+    }
+    let entry = Arc::new(entry);
+    if let Some(t) = table.as_mut() {
+        t.entries.insert(key, Arc::downgrade(&entry));
+    }
+    drop(table);
+    if req.populate {
+        // Every page's snapshot now: do what a break would, release.
+        entry.resolve(false);
+    }
+    Ok(Box::new(LeaseMap {
+        entry: ManuallyDrop::new(entry),
+        head: req.head,
+        len: req.len,
+    }))
+}
+
+/// One leased mapping, shared by its [`LeaseMap`] and the watcher.
+#[derive(Debug)]
+struct Entry {
+    /// The mapping: the file's pages `[0, file_len)`, anonymous zeros after.
+    region: Region,
+    file_len: usize,
+    /// File offset of the region's first byte.
+    offset: u64,
+    /// File size at map time (unchanged while leased).
+    size: u64,
+    fs_type: i64,
+    /// Our lease fd's number: what `si_fd` says.
+    key: RawFd,
+    /// The process that made it (a forked child must not touch it).
+    pid: Pid,
+    /// Its `LeaseMap` is being dropped: release, don't snapshot.
+    abandoned: AtomicBool,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    /// Our open file holding the lease; `None` once released.
+    file: Option<File>,
+    /// Where to clone on a break (`None`: copy).
+    plan: Option<CloneDir>,
+}
+
+impl Entry {
+    /// Snapshots the range (unless abandoned) and releases the lease. With
+    /// `only_if_breaking`, does nothing if the lease is held and not being
+    /// broken (a stale or spurious notification).
+    fn resolve(&self, only_if_breaking: bool) {
+        let mut st = lock(&self.state);
+        let Some(file) = st.file.as_ref() else {
+            return;
+        };
+        if only_if_breaking && matches!(lease::get_lease(file), Ok(Lease::Read)) {
+            return;
+        }
+        let outcome = if self.abandoned.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            self.snapshot(file, st.plan.as_ref())
+        };
+        if let Err(why) = outcome {
+            eprintln!(
+                "mapcopy: cannot snapshot a Lease mapping before releasing its lease ({why}); \
+                 aborting rather than let a writer change mapped bytes"
+            );
+            std::process::abort();
+        }
+        // The new pages (clone or copy) came without MADV_DONTFORK; keep the
+        // whole mapping's fork behaviour one thing.
+        let _ = self
+            .region
+            .advise(0, self.region.len(), Advice::LinuxDontFork);
+        let _ = lease::set_lease(file, Lease::Unlock);
+        st.file = None;
+        st.plan = None;
+    }
+
+    /// Replaces `[0, file_len)` with a private snapshot of the same bytes.
+    /// Called with the lease held.
+    fn snapshot(&self, file: &File, plan: Option<&CloneDir>) -> Result<(), String> {
+        if self.file_len == 0 {
+            return Ok(());
+        }
+        let mut note = String::new();
+        if let Some(dir) = plan {
+            match dir.clone_file(file, self.fs_type) {
+                Ok(clone) => {
+                    let size = rustix::fs::fstat(&clone).map(|s| s.st_size as u64);
+                    if size.as_ref().is_ok_and(|&s| s == self.size) {
+                        // SAFETY: the clone was made under our lease, so it
+                        // holds exactly the bytes the file (and so the
+                        // mapping) holds, and is as long as the file was at
+                        // map time; nobody else can reach it (unlinked
+                        // O_TMPFILE, fd closed when this returns; the mapping
+                        // keeps it). MAP_FIXED swaps the pages in one step
+                        // under the mmap lock, so concurrent readers see the
+                        // same bytes throughout.
+                        match unsafe {
+                            self.region.overlay_file(
+                                0,
+                                self.file_len,
+                                &clone,
+                                self.offset,
+                                ProtFlags::READ,
+                                false,
+                            )
+                        } {
+                            Ok(()) => return Ok(()),
+                            Err(e) => note = format!("mapping the clone failed: {e}; "),
+                        }
+                    } else {
+                        note = format!("the clone's size is {size:?}, not {}; ", self.size);
+                    }
+                }
+                Err(CloneError::Unsupported(why)) | Err(CloneError::Io(why, _)) => {
+                    note = format!("clone failed: {why}; ")
+                }
+            }
+        }
+        let len = self.file_len;
+        let mut copy = Region::anonymous(len, ProtFlags::READ | ProtFlags::WRITE, false, HUGE_PAGE)
+            .map_err(|e| format!("{note}allocating {len} bytes for the copy: {e}"))?;
+        let _ = copy.advise(0, len, Advice::LinuxHugepage);
+        // SAFETY: fresh anonymous memory, borrowed exclusively here.
+        let buf = unsafe { copy.as_mut_slice(0, len) };
+        read_full(file, buf, self.offset).map_err(|e| format!("{note}reading the file: {e}"))?;
+        copy.protect(0, len, MprotectFlags::READ)
+            .map_err(|e| format!("{note}mprotect: {e}"))?;
+        // SAFETY: `copy` holds the file's bytes read under our lease — the
+        // bytes the mapping shows (bytes past the end of the file in the last
+        // page are zero in both). mremap swaps the pages in one step under
+        // the mmap lock.
+        unsafe { copy.move_into(&self.region, 0) }.map_err(|e| format!("{note}mremap: {e}"))
+    }
+}
+
+/// `pread` until `buf` is full or the file ends (the rest stays zero).
+fn read_full(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        match rustix::io::pread(file, &mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// The mapping handed to the user.
+#[derive(Debug)]
+struct LeaseMap {
+    entry: ManuallyDrop<Arc<Entry>>,
+    head: usize,
+    len: usize,
+}
+
+impl Snapshot for LeaseMap {
+    fn strategy(&self) -> Strategy {
+        Strategy::Lease
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: until the lease is released the region's first `file_len`
+        // bytes map the file privately while the kernel guarantees that no
+        // one has it open for writing (a read lease exists only then, and any
+        // open for writing, O_TRUNC open or truncate(2) waits for the lease to
+        // go), so its bytes cannot change and it cannot shrink (no SIGBUS).
+        // The lease is released only after `Entry::resolve` replaced that part
+        // with a private snapshot of the same bytes (clone or copy) — or
+        // after this value is gone (drop). The rest of the region is
+        // anonymous zeros. Nothing writes the region: it is read-only and
+        // `bytes_mut` is never reached (map_mut is refused).
+        unsafe { self.entry.region.as_slice(self.head, self.len) }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        unreachable!("the Lease strategy refuses map_mut requests")
+    }
+}
+
+impl Drop for LeaseMap {
+    fn drop(&mut self) {
+        // SAFETY: taken once, here; `self.entry` is not used afterwards.
+        let entry = unsafe { ManuallyDrop::take(&mut self.entry) };
+        if entry.pid != rustix::process::getpid() {
+            // A forked child's copy of this value: the region was not
+            // inherited (DONTFORK; its address may now hold something else)
+            // and the lease is the parent's. Touch nothing.
+            std::mem::forget(entry);
+            return;
+        }
+        entry.abandoned.store(true, Ordering::Release);
+        if let Some(t) = lock(&TABLE).as_mut().filter(|t| t.pid == entry.pid) {
+            let ours = t
+                .entries
+                .get(&entry.key)
+                .is_some_and(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(&entry)));
+            if ours {
+                t.entries.remove(&entry.key);
+            }
+        }
+        // Release at once, so a writer waiting on this lease goes on now; if
+        // the watcher is resolving it this waits for that (bounded).
+        {
+            let mut st = lock(&entry.state);
+            if let Some(file) = st.file.take() {
+                let _ = lease::set_lease(&file, Lease::Unlock);
+            }
+            st.plan = None;
+        }
+        // The region goes with the last reference (ours, or the watcher's
+        // if it is looking at it right now).
+        drop(entry);
+    }
+}
+
+// ----------------------------------------------------------------- watcher
+
+/// The per-process set of leased mappings, and the watcher source that
+/// serves their breaks.
+struct Table {
+    pid: Pid,
+    source: Arc<LeaseSource>,
+    _reg: Registration,
+    entries: HashMap<RawFd, Weak<Entry>>,
+}
+
+static TABLE: Mutex<Option<Table>> = Mutex::new(None);
+
+/// Makes sure this process's lease source is registered with a live
+/// watcher; returns the watcher thread's id (where breaks are sent).
+fn ensure_source(
+    slot: &mut Option<Table>,
+    breaks: Arc<signal::Breaks>,
+) -> Result<rustix::thread::Pid, Error> {
+    let pid = rustix::process::getpid();
+    if let Some(t) = slot
+        .as_ref()
+        .filter(|t| t.pid == pid && !t.source.dead.load(Ordering::Acquire))
+    {
+        return Ok(t._reg.thread_tid());
+    }
+    let entries = match slot.take() {
+        // Inherited through fork: the registration, epoll set and leases are
+        // the parent's; dropping them here would unregister the parent's
+        // pipe from the (shared) epoll set. Leave them alone.
+        Some(t) if t.pid != pid => {
+            std::mem::forget(t);
+            HashMap::new()
+        }
+        // The watcher failed: every entry was resolved by `shutdown`.
+        Some(t) => t.entries,
+        None => HashMap::new(),
+    };
+    let source = Arc::new(LeaseSource {
+        breaks,
+        dead: AtomicBool::new(false),
+    });
+    let reg = watcher::register(source.clone())
+        .map_err(|e| Error::io("starting the watcher thread for lease breaks", e))?;
+    let tid = reg.thread_tid();
+    *slot = Some(Table {
+        pid,
+        source,
+        _reg: reg,
+        entries,
+    });
+    Ok(tid)
+}
+
+/// Live entries for the given `si_fd`s, or all of them.
+fn targets(fds: Option<&[RawFd]>) -> Vec<Arc<Entry>> {
+    let t = lock(&TABLE);
+    let Some(t) = t.as_ref() else {
+        return Vec::new();
+    };
+    match fds {
+        None => t.entries.values().filter_map(Weak::upgrade).collect(),
+        Some(fds) => fds
+            .iter()
+            .filter_map(|fd| t.entries.get(fd))
+            .filter_map(Weak::upgrade)
+            .collect(),
+    }
+}
+
+struct LeaseSource {
+    breaks: Arc<signal::Breaks>,
+    /// Set by `shutdown`: the watcher is gone, register anew.
+    dead: AtomicBool,
+}
+
+impl Source for LeaseSource {
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.breaks.fd()
+    }
+
+    fn ready(&self) {
+        let (fds, overflow) = self.breaks.drain();
+        let all = overflow || fds.contains(&-1);
+        for e in targets(if all { None } else { Some(&fds) }) {
+            e.resolve(true);
+        }
+    }
+
+    fn shutdown(&self) {
+        self.dead.store(true, Ordering::Release);
+        for e in targets(None) {
+            e.resolve(false);
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "lease"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{MapOptions, Strategy};
+    use std::io::Write;
+
+    fn leased(data: &[u8]) -> (tempfile::TempPath, File) {
+        let mut tmp = tempfile::NamedTempFile::new().unwrap();
+        tmp.write_all(data).unwrap();
+        let path = tmp.into_temp_path();
+        let file = File::open(&path).unwrap();
+        (path, file)
+    }
+
+    /// The watcher failing: `shutdown` snapshots and releases every lease,
+    /// and the mapping keeps its bytes while the file is rewritten.
+    #[test]
+    fn shutdown_snapshots_and_releases() {
+        let data = vec![7u8; 3 * 4096 + 5];
+        let (path, file) = leased(&data);
+        let map = MapOptions::new()
+            .strategy(Strategy::Lease)
+            .map(&file)
+            .unwrap();
+        let src = lock(&TABLE).as_ref().unwrap().source.clone();
+        src.shutdown();
+        // Released: a writable open does not wait for anyone.
+        let t = std::time::Instant::now();
+        std::fs::write(&path, b"changed").unwrap();
+        assert!(t.elapsed() < std::time::Duration::from_secs(10));
+        assert_eq!(&map[..], &data[..]);
+        // A new mapping registers with a new source.
+        let map2 = MapOptions::new()
+            .strategy(Strategy::Lease)
+            .map(&file)
+            .unwrap();
+        assert_eq!(&map2[..], b"changed");
+    }
+
+    #[test]
+    fn refuses_map_mut_and_writable_fd() {
+        let (path, file) = leased(b"abc");
+        let e = MapOptions::new()
+            .strategy(Strategy::Lease)
+            .map_mut(&file)
+            .unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Unsupported);
+        let rw = File::options().read(true).write(true).open(&path).unwrap();
+        let e = MapOptions::new()
+            .strategy(Strategy::Lease)
+            .map(&rw)
+            .unwrap_err();
+        assert!(e.to_string().contains("open for writing"), "{e}");
+        drop(rw);
+        // A writer elsewhere in the process (another fd) gives EAGAIN.
+        let _w = File::options().append(true).open(&path).unwrap();
+        let e = MapOptions::new()
+            .strategy(Strategy::Lease)
+            .map(&file)
+            .unwrap_err();
+        assert!(e.to_string().contains("EAGAIN"), "{e}");
+    }
 }

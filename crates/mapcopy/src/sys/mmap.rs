@@ -141,6 +141,35 @@ impl Region {
         Ok(())
     }
 
+    /// Moves this region's pages (page tables, no copying) over
+    /// `[off, off + self.len())` of `dst` with `mremap(MREMAP_FIXED)`,
+    /// replacing what was there in one step, as [`Region::overlay_file`].
+    /// On success `self`'s old address range is gone (nothing is unmapped
+    /// twice); on failure nothing moved.
+    ///
+    /// # Safety
+    /// As [`Region::overlay_file`]: every live borrow of `dst`'s range sees
+    /// the same bytes in `self`.
+    #[allow(dead_code)]
+    pub(crate) unsafe fn move_into(self, dst: &Region, off: usize) -> io::Result<()> {
+        dst.check(off, self.len)?;
+        // SAFETY: `self` is ours to give away and the target range lies
+        // inside `dst` (checked), which we own; MREMAP_FIXED unmaps only that
+        // range. The caller vouches for the contents.
+        unsafe {
+            mm::mremap_fixed(
+                self.ptr.as_ptr().cast(),
+                self.len,
+                self.len,
+                mm::MremapFlags::MAYMOVE,
+                dst.ptr.as_ptr().add(off).cast(),
+            )?
+        };
+        // The old range was moved away: do not unmap it in Drop.
+        std::mem::forget(self);
+        Ok(())
+    }
+
     /// First byte of the region.
     #[allow(dead_code)]
     pub(crate) fn as_ptr(&self) -> *mut u8 {

@@ -7,8 +7,10 @@
 
 pub(crate) mod clone;
 pub(crate) mod file;
+pub(crate) mod lease;
 pub(crate) mod mmap;
 pub(crate) mod procfs;
+pub(crate) mod signal;
 
 use std::io;
 
