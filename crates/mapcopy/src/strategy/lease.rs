@@ -227,8 +227,17 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
     // Hold the table from taking the lease until the entry is in it: the
     // watcher looks breaks up in the table, so it waits for us.
     let mut table = lock(&TABLE);
-    let tid = ensure_source(&mut table, breaks)?;
-    lease::set_lease(&file, Lease::Read).map_err(|e| unsupported(refusal(e, req)))?;
+    let (tid, stale) = ensure_source(&mut table, breaks)?;
+    // Dropping a registration waits for the watcher's callback in progress,
+    // which may be ours waiting for the table: only after unlocking.
+    let unlock = |table: MutexGuard<'_, Option<Table>>| {
+        drop(table);
+        drop(stale);
+    };
+    if let Err(e) = lease::set_lease(&file, Lease::Read) {
+        unlock(table);
+        return Err(unsupported(refusal(e, req)));
+    }
     let made = (|| -> Result<Entry, Error> {
         lease::set_owner_thread(&file, tid).map_err(|e| Error::io("F_SETOWN_EX", e))?;
         // Stable while the lease is held.
@@ -276,6 +285,7 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
         Ok(e) => e,
         Err(err) => {
             let _ = lease::set_lease(&file, Lease::Unlock);
+            unlock(table);
             return Err(err);
         }
     };
@@ -289,7 +299,7 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
     if let Some(t) = table.as_mut() {
         t.entries.insert(key, Arc::downgrade(&entry));
     }
-    drop(table);
+    unlock(table);
     if req.populate {
         // Every page's snapshot now: do what a break would, release.
         entry.resolve(false);
@@ -518,29 +528,30 @@ struct Table {
 static TABLE: Mutex<Option<Table>> = Mutex::new(None);
 
 /// Makes sure this process's lease source is registered with a live
-/// watcher; returns the watcher thread's id (where breaks are sent).
+/// watcher; returns the watcher thread's id (where breaks are sent), and a
+/// registration the caller must drop after unlocking the table.
 fn ensure_source(
     slot: &mut Option<Table>,
     breaks: Arc<signal::Breaks>,
-) -> Result<rustix::thread::Pid, Error> {
+) -> Result<(rustix::thread::Pid, Option<Registration>), Error> {
     let pid = rustix::process::getpid();
     if let Some(t) = slot
         .as_ref()
         .filter(|t| t.pid == pid && !t.source.dead.load(Ordering::Acquire))
     {
-        return Ok(t._reg.thread_tid());
+        return Ok((t._reg.thread_tid(), None));
     }
-    let entries = match slot.take() {
+    let (entries, stale) = match slot.take() {
         // Inherited through fork: the registration, epoll set and leases are
         // the parent's; dropping them here would unregister the parent's
         // pipe from the (shared) epoll set. Leave them alone.
         Some(t) if t.pid != pid => {
             std::mem::forget(t);
-            HashMap::new()
+            (HashMap::new(), None)
         }
         // The watcher failed: every entry was resolved by `shutdown`.
-        Some(t) => t.entries,
-        None => HashMap::new(),
+        Some(t) => (t.entries, Some(t._reg)),
+        None => (HashMap::new(), None),
     };
     let source = Arc::new(LeaseSource {
         breaks,
@@ -555,7 +566,7 @@ fn ensure_source(
         _reg: reg,
         entries,
     });
-    Ok(tid)
+    Ok((tid, stale))
 }
 
 /// Live entries for the given `si_fd`s, or all of them.
