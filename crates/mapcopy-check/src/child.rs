@@ -26,6 +26,8 @@ pub fn dispatch() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let code = match name.as_str() {
         // Entry points, one line each: "name" => module::child_main(&args),
+        crate::demo::WRITER => crate::demo::writer_main(&args),
+        crate::modify::ENTRY => crate::modify::child_main(&args),
         "echo" => {
             // Prints its arguments: lets a test prove the re-exec works.
             println!("{}", args.join(" "));

@@ -1,5 +1,21 @@
 //! Test machinery for mapcopy, shared by the contract tests, the CLI's demo
 //! and torture commands: writers that run in other processes, fixtures, and
 //! the oracle.
+//!
+//! * [`pattern`]: recognisable per-page content (generation + offset).
+//! * [`modify`]: every modification kind of the contract's S2, applied from
+//!   a separate process, with a model of the result.
+//! * [`oracle`]: the checker that holds a mapping to S1/S2.
+//! * [`fixture`]: temp files and loop-mounted xfs/btrfs/ext4 images, and
+//!   the skip-or-fail rule (`MAPCOPY_REQUIRE_ALL=1`).
+//! * [`privilege`]: running a child or a command as an unprivileged user.
+//! * [`child`]: re-executing the current binary as a separate process.
 
 pub mod child;
+pub mod control;
+pub mod demo;
+pub mod fixture;
+pub mod modify;
+pub mod oracle;
+pub mod pattern;
+pub mod privilege;

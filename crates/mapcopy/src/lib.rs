@@ -13,9 +13,12 @@
 //! tmp.write_all(b"version 1")?;
 //!
 //! let map = mapcopy::MapCopy::open(tmp.path())?;
+//! assert_eq!(&map[..], b"version 1");
 //! // Another writer truncates and rewrites the file ...
 //! std::fs::write(tmp.path(), b"v2")?;
-//! // ... and the mapping still holds what it held: no change, no SIGBUS.
+//! // ... and the bytes already read stay as they were: no change, no SIGBUS.
+//! // (A page first touched only after the write may show the new bytes,
+//! // with zeros past the new end: see S1.)
 //! assert_eq!(&map[..], b"version 1");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -74,6 +77,17 @@
 //!   (SIGSEGV) rather than reading zeros. Map with `Eager` (or
 //!   `populate(true)` and a strategy that keeps the memory after fork) if a
 //!   forked child must read it.
+//! * **Read errors after mapping**: a `Lazy` mapping reads the file when a
+//!   page is first touched. If that read fails (`EIO`, ...) the faulting
+//!   thread can be given neither an error nor invented bytes, and must not
+//!   hang, so the process **aborts** with a message on stderr naming the
+//!   file, the offset and the error. With `populate(true)` everything is read
+//!   inside the map call and a read error is returned as
+//!   [`ErrorKind::Io`] instead.
+//! * **Memory**: a `Lazy` mapping reserves address space only
+//!   (`MAP_NORESERVE`) and allocates pages as they are touched, plus
+//!   fault-around: 16 KiB for an isolated access, growing to whole 2 MiB
+//!   chunks (and up to 16 MiB of prefetch ahead) for sequential reads.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -88,5 +102,10 @@ mod watcher;
 pub use error::{Error, ErrorKind};
 pub use map::{MapCopy, MapCopyMut};
 pub use options::MapOptions;
-pub use probe::{Probe, StrategyProbe, probe};
+pub use probe::{Fact, Probe, StrategyProbe, probe};
 pub use strategy::Strategy;
+
+// The README's example compiles (doctests only; not part of the API).
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

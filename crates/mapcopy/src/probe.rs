@@ -28,10 +28,35 @@ pub struct Probe {
     /// Filesystem type of `path` (`ext4`, `xfs`, ...), or why it could not
     /// be inspected.
     pub filesystem: Option<Result<String, String>>,
+    /// What was detected about the kernel, this process and the file
+    /// (capabilities, userfaultfd modes, reflink, leases, fanotify), in the
+    /// order shown by `mapcopy probe`.
+    pub facts: Vec<Fact>,
     /// One entry per concrete strategy, in the order `Auto` considers them.
     pub strategies: Vec<StrategyProbe>,
     /// The strategy `Auto` picks, or why none can.
     pub auto: Result<Strategy, String>,
+}
+
+/// One detected fact in a [`Probe`], such as "userfaultfd for kernel-mode
+/// faults works".
+///
+/// ```
+/// let p = mapcopy::probe(None);
+/// let caps = p.facts.iter().find(|f| f.topic == "capabilities").unwrap();
+/// println!("{}: {}", caps.topic, caps.finding);
+/// ```
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Fact {
+    /// What was examined: `capabilities`, `userfaultfd`, `reflink`,
+    /// `lease` or `fanotify`.
+    pub topic: &'static str,
+    /// `Some(true)` if the interface is available to this process (for this
+    /// file), `Some(false)` if not, `None` for information only.
+    pub available: Option<bool>,
+    /// What was found, worded for a user.
+    pub finding: String,
 }
 
 /// One strategy's verdict in a [`Probe`].
@@ -43,6 +68,26 @@ pub struct StrategyProbe {
     /// `Ok` with what makes it usable if it can keep the contract here, else
     /// `Err` with the reason it cannot.
     pub usable: Result<String, String>,
+    /// Properties beyond the contract that this strategy does not give
+    /// (DESIGN §1: "properties a strategy may lack"), worded for a user.
+    pub lacks: Vec<&'static str>,
+}
+
+/// What `s` does not give beyond the contract. Each strategy's owner keeps
+/// its entry in step with the crate docs.
+fn lacks(s: Strategy) -> Vec<&'static str> {
+    match s {
+        Strategy::Eager | Strategy::Lazy => {
+            let mut v = vec![
+                "per-page atomicity against a concurrent write(): a page read while a write() runs may hold part of it (it never changes afterwards)",
+            ];
+            if s == Strategy::Lazy {
+                v.push("fork(): the mapping is MADV_DONTFORK; a forked child does not inherit it (touching it there faults)");
+            }
+            v
+        }
+        _ => Vec::new(),
+    }
 }
 
 /// Detects which strategies can map `path` (or any file, with `None`) in
@@ -85,6 +130,7 @@ pub fn probe(path: Option<&Path>) -> Probe {
                 .map(|&s| StrategyProbe {
                     strategy: s,
                     usable: Err(e.clone()),
+                    lacks: lacks(s),
                 })
                 .collect();
             (entries, Err(e.clone()))
@@ -96,6 +142,7 @@ pub fn probe(path: Option<&Path>) -> Probe {
                 .map(|&s| StrategyProbe {
                     strategy: s,
                     usable: strategy::check(s, r),
+                    lacks: lacks(s),
                 })
                 .collect();
             let auto = strategy::choose(r)
@@ -104,13 +151,76 @@ pub fn probe(path: Option<&Path>) -> Probe {
             (entries, auto)
         }
     };
+    let file_meta = match &req {
+        Some(Ok(r)) => Some(Ok((r.file, &r.meta))),
+        Some(Err(e)) => Some(Err(e.clone())),
+        None => None,
+    };
     Probe {
         kernel,
         path: path.map(Path::to_path_buf),
         filesystem,
+        facts: facts(file_meta),
         strategies,
         auto,
     }
+}
+
+/// Runs every detection of `sys::detect` once, on the file if there is one.
+fn facts(file: Option<Result<(&File, &sys::file::Meta), String>>) -> Vec<Fact> {
+    use sys::detect;
+    let fact = |topic, r: Result<String, String>| Fact {
+        topic,
+        available: Some(r.is_ok()),
+        finding: r.unwrap_or_else(|e| e),
+    };
+    let mut out = Vec::new();
+    out.push(match detect::Caps::effective() {
+        Ok(c) => Fact {
+            topic: "capabilities",
+            available: None,
+            finding: format!("{c} (euid {})", rustix::process::geteuid().as_raw()),
+        },
+        Err(e) => fact("capabilities", Err(e)),
+    });
+    let uffd = detect::UffdModes::detect();
+    let verdict = if uffd.kernel_faults() {
+        "kernel-mode faults can be served"
+    } else if uffd.syscall_user_only.is_ok() {
+        "only user-mode faults (a syscall reading an unfilled page would fail with EFAULT)"
+    } else {
+        "no userfaultfd at all"
+    };
+    out.push(Fact {
+        topic: "userfaultfd",
+        available: Some(uffd.kernel_faults()),
+        finding: format!("{uffd} => {verdict}"),
+    });
+    match file {
+        Some(Ok((f, meta))) => {
+            out.push(fact("reflink", detect::reflink(f, meta)));
+            out.push(fact("lease", detect::lease(f, meta)));
+            out.push(fact(
+                "fanotify",
+                detect::fanotify_pre_content(Some((f, meta))),
+            ));
+        }
+        Some(Err(e)) => {
+            for topic in ["reflink", "lease", "fanotify"] {
+                out.push(fact(topic, Err(e.clone())));
+            }
+        }
+        None => {
+            out.push(Fact {
+                topic: "reflink",
+                available: None,
+                finding: detect::reflink_filesystems().into(),
+            });
+            out.push(fact("lease", detect::lease_permission()));
+            out.push(fact("fanotify", detect::fanotify_pre_content(None)));
+        }
+    }
+    out
 }
 
 impl fmt::Display for Probe {
@@ -123,6 +233,14 @@ impl fmt::Display for Probe {
                 Some(Err(e)) => writeln!(f, " ({e})")?,
                 None => writeln!(f)?,
             }
+        }
+        for fact in &self.facts {
+            let mark = match fact.available {
+                Some(true) => "yes",
+                Some(false) => "no ",
+                None => "   ",
+            };
+            writeln!(f, "  {:<12} {mark} {}", fact.topic, fact.finding)?;
         }
         for s in &self.strategies {
             match &s.usable {

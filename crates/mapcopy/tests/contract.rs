@@ -1,1 +1,1718 @@
-fn main() {}
+//! The contract suite: one runner, every concrete strategy × every case.
+//!
+//! Like memchr's tests run one oracle against every backend, each case here
+//! is written once and generated as a trial for every strategy that
+//! `mapcopy::probe` knows (named `STRATEGY/FS/CASE`), plus a test-only
+//! `control` backend — a plain `MAP_PRIVATE` mapping — that must be caught
+//! breaking the contract exactly where the model says it does (this proves
+//! the checker can fail).
+//!
+//! * A strategy whose probe says "not implemented yet" is not part of the
+//!   suite (listed at startup).
+//! * A strategy that is implemented but not usable here: its trials are
+//!   ignored with the reason — or fail with `MAPCOPY_REQUIRE_ALL=1`.
+//! * Cases run on the temp dir's filesystem (ext4 here) and, where a
+//!   strategy or a modification kind needs it, on xfs/btrfs loop mounts
+//!   made at startup (root only) and removed at the end.
+//! * Privilege-dependent trials (`auto/*`, `*/bad-input/*`) also run as
+//!   `nobody` (`nobody/...`): the binary re-executes itself under `setpriv`
+//!   with a filter for that one trial.
+//! * Control trials re-execute themselves too: a plain mapping faults with
+//!   SIGBUS after a truncation, which must kill a child, not the suite.
+//!
+//! Env: `MAPCOPY_REQUIRE_ALL=1` turns skips into failures.
+#![allow(unsafe_code)]
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::sync::Barrier;
+
+use libtest_mimic::{Arguments, Completion, Failed, Trial};
+use mapcopy::{ErrorKind, MapCopy, MapOptions, Strategy};
+use mapcopy_check::fixture::{self, FsKind, LoopMount, TestFile};
+use mapcopy_check::modify::{ApplyError, Kind, Modification, Writer};
+use mapcopy_check::oracle::{Checker, FollowsFile, Source, Violation};
+use mapcopy_check::{pattern, privilege};
+
+type Outcome = Result<Completion, Failed>;
+
+/// Env var by which the outer run hands its loop mounts to re-executed
+/// trials: `xfs=/path,btrfs=/path`.
+const MOUNTS_ENV: &str = "MAPCOPY_CONTRACT_MOUNTS";
+
+fn page() -> usize {
+    rustix::param::page_size()
+}
+
+fn skip(reason: impl std::fmt::Display) -> Outcome {
+    match fixture::skip_or_fail(&reason) {
+        Ok(r) => Ok(Completion::ignored_with(r)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn fail<T>(msg: impl std::fmt::Display) -> Result<T, Failed> {
+    Err(Failed::from(msg.to_string()))
+}
+
+fn io<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> Failed + '_ {
+    move |e| Failed::from(format!("{what}: {e}"))
+}
+
+// ---------------------------------------------------------------------------
+// Filesystems
+
+/// A directory on one filesystem where trials make their files.
+#[derive(Clone, Debug)]
+struct FsDir {
+    name: String,
+    path: PathBuf,
+}
+
+/// Which kinds a filesystem supports, known in advance (a kind the fs turns
+/// out not to support at run time is skipped with the reason).
+fn fs_supports(fs: &str, kind: Kind) -> bool {
+    !matches!(
+        (fs, kind),
+        ("ext4", Kind::CloneRange)
+            | ("btrfs", Kind::CollapseRange | Kind::InsertRange)
+            | (
+                "tmpfs",
+                Kind::CloneRange | Kind::CollapseRange | Kind::InsertRange
+            )
+    )
+}
+
+/// Sets up the filesystems: the temp dir's, plus xfs and btrfs loop mounts
+/// (made here, or inherited from the outer run through `MOUNTS_ENV`).
+/// Returns the dirs, the mounts to drop at the end, and the reasons any
+/// could not be made.
+fn filesystems() -> (Vec<FsDir>, Vec<LoopMount>, Vec<(FsKind, String)>) {
+    let tmp = std::env::temp_dir();
+    let name = fixture::fs_name(&tmp).unwrap_or_else(|e| format!("unknown ({e})"));
+    let mut dirs = vec![FsDir { name, path: tmp }];
+    let mut mounts = Vec::new();
+    let mut missing = Vec::new();
+    if let Ok(list) = std::env::var(MOUNTS_ENV) {
+        for item in list.split(',').filter(|s| !s.is_empty()) {
+            if let Some((name, path)) = item.split_once('=') {
+                dirs.push(FsDir {
+                    name: name.into(),
+                    path: path.into(),
+                });
+            }
+        }
+        return (dirs, mounts, missing);
+    }
+    for kind in [FsKind::Xfs, FsKind::Btrfs] {
+        match LoopMount::new(kind) {
+            Ok(m) => {
+                dirs.push(FsDir {
+                    name: kind.name().into(),
+                    path: m.path().to_path_buf(),
+                });
+                mounts.push(m);
+            }
+            Err(why) => missing.push((kind, why)),
+        }
+    }
+    (dirs, mounts, missing)
+}
+
+fn mounts_env(dirs: &[FsDir]) -> String {
+    dirs.iter()
+        .skip(1)
+        .map(|d| format!("{}={}", d.name, d.path.display()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+// ---------------------------------------------------------------------------
+// Backends: the strategies, and the control
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    Copy(Strategy),
+    /// Plain MAP_PRIVATE, read-only: what memmap2's `map_copy_read_only`
+    /// gives. Breaks the contract; the checker must say so.
+    Control,
+}
+
+impl Backend {
+    fn name(self) -> String {
+        match self {
+            Backend::Copy(s) => s.name().into(),
+            Backend::Control => "control".into(),
+        }
+    }
+}
+
+/// A plain `MAP_PRIVATE` read-only file mapping (the control).
+struct Control {
+    ptr: *mut u8,
+    map_len: usize,
+    head: usize,
+    len: usize,
+}
+
+impl Control {
+    fn new(file: &File, off: u64, len: usize) -> std::io::Result<Control> {
+        let p = page() as u64;
+        let aligned = off & !(p - 1);
+        let head = (off - aligned) as usize;
+        let map_len = (head + len).div_ceil(page()) * page();
+        if map_len == 0 {
+            return Ok(Control {
+                ptr: std::ptr::null_mut(),
+                map_len,
+                head,
+                len,
+            });
+        }
+        // SAFETY: a new read-only mapping at an address the kernel picks; it
+        // aliases nothing. Reading it may raise SIGBUS after a truncation,
+        // which is why control trials run in a child process; its contents
+        // may change under us, which is why it is only read through raw
+        // pointers with volatile loads, never as a `&[u8]`.
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                rustix::mm::ProtFlags::READ,
+                rustix::mm::MapFlags::PRIVATE,
+                file,
+                aligned,
+            )
+        }?;
+        Ok(Control {
+            ptr: ptr.cast(),
+            map_len,
+            head,
+            len,
+        })
+    }
+}
+
+impl Source for Control {
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn read(&self, start: usize, out: &mut [u8]) -> Result<(), String> {
+        assert!(start + out.len() <= self.len);
+        for (i, o) in out.iter_mut().enumerate() {
+            // SAFETY: in bounds of the live mapping (asserted above).
+            *o = unsafe { self.ptr.add(self.head + start + i).read_volatile() };
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        if self.map_len > 0 {
+            // SAFETY: the mapping made in `new`, unmapped once.
+            let _ = unsafe { rustix::mm::munmap(self.ptr.cast(), self.map_len) };
+        }
+    }
+}
+
+enum Mapped {
+    Copy(MapCopy),
+    Control(Control),
+}
+
+impl Mapped {
+    fn source(&self) -> &dyn Source {
+        match self {
+            Mapped::Copy(m) => m,
+            Mapped::Control(c) => c,
+        }
+    }
+}
+
+fn map_with(
+    backend: Backend,
+    file: &File,
+    off: u64,
+    len: Option<usize>,
+    populate: bool,
+) -> Result<Mapped, mapcopy::Error> {
+    match backend {
+        Backend::Copy(s) => {
+            let mut o = MapOptions::new();
+            o.strategy(s).offset(off).populate(populate);
+            if let Some(l) = len {
+                o.len(l);
+            }
+            let m = o.map(file)?;
+            Ok(Mapped::Copy(m))
+        }
+        Backend::Control => {
+            let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+            let len = len.unwrap_or((size - off) as usize);
+            Control::new(file, off, len)
+                .map(Mapped::Control)
+                .map_err(|e| panic!("control mmap failed: {e}"))
+        }
+    }
+}
+
+/// Is strategy `s` usable for files in `dir`? `Err` is the probe's reason.
+fn usable_in(s: Strategy, dir: &Path) -> Result<(), String> {
+    let f = TestFile::new_in(dir, 3 * page() + 1, 0).map_err(|e| e.to_string())?;
+    let p = mapcopy::probe(Some(f.path()));
+    let e = p
+        .strategies
+        .iter()
+        .find(|e| e.strategy == s)
+        .ok_or_else(|| format!("probe does not list {s}"))?;
+    e.usable.clone().map(|_| ())
+}
+
+fn not_implemented(reason: &str) -> bool {
+    reason.contains("not implemented yet")
+}
+
+// ---------------------------------------------------------------------------
+// Scripts: map, read some pages, modify from another process, check
+
+#[derive(Clone, Debug)]
+enum Step {
+    Touch(Vec<u64>),
+    TouchAll,
+    Modify(Modification),
+}
+
+#[derive(Clone, Debug)]
+struct Script {
+    size: usize,
+    off: u64,
+    len: Option<usize>,
+    populate: bool,
+    steps: Vec<Step>,
+}
+
+/// How a script run ended, short of a failure.
+enum Ran {
+    Done,
+    /// The strategy refused the mapping with `Unsupported` while a writer
+    /// held the file open (allowed: it said so before mapping).
+    Refused(String),
+    /// A modification is not available on this filesystem.
+    Unsupported(String),
+}
+
+#[derive(Debug)]
+enum ScriptError {
+    Violation(usize, Violation),
+    Other(String),
+}
+
+impl std::fmt::Display for ScriptError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ScriptError::Violation(step, v) => write!(f, "at step {step}: {v}"),
+            ScriptError::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+fn run_script(backend: Backend, dir: &Path, script: &Script) -> Result<Ran, ScriptError> {
+    let other = |e: String| ScriptError::Other(e);
+    let tf = TestFile::new_in(dir, script.size, 0).map_err(|e| other(format!("test file: {e}")))?;
+    let path = tf.path().to_path_buf();
+    // Writers whose mapping must exist before ours start now.
+    let mut early: Vec<Option<Writer>> = Vec::new();
+    for s in &script.steps {
+        early.push(match s {
+            Step::Modify(m) if m.kind.open_before_map() => match Writer::spawn(m, &path) {
+                Ok(w) => Some(w),
+                Err(ApplyError::Unsupported(w)) => return Ok(Ran::Unsupported(w)),
+                Err(e) => return Err(other(format!("starting the writer for {m}: {e}"))),
+            },
+            _ => None,
+        });
+    }
+    let holds_open = early.iter().any(Option::is_some);
+    let initial = tf.contents().map_err(|e| other(e.to_string()))?;
+    let file = tf.open().map_err(|e| other(e.to_string()))?;
+    let mapped = match map_with(backend, &file, script.off, script.len, script.populate) {
+        Ok(m) => m,
+        Err(e) if holds_open && e.kind() == ErrorKind::Unsupported => {
+            return Ok(Ran::Refused(e.to_string()));
+        }
+        Err(e) => return Err(other(format!("mapping failed: {e}"))),
+    };
+    let src = mapped.source();
+    let len = src.len();
+    let expect_len = script
+        .len
+        .unwrap_or(script.size.saturating_sub(script.off as usize));
+    if len != expect_len {
+        return Err(other(format!(
+            "mapping has {len} bytes, asked for {expect_len}"
+        )));
+    }
+    let mut checker = Checker::new(page(), script.off, len, initial);
+    if script.populate {
+        checker.snapshotted_at_map();
+    }
+    for (i, step) in script.steps.iter().enumerate() {
+        eprintln!("step {i}: {step:?}");
+        let r = match step {
+            Step::Touch(pages) => checker.touch(src, pages.iter().copied()),
+            Step::TouchAll => checker.touch_all(src),
+            Step::Modify(m) => {
+                let old = checker.current().to_vec();
+                let res = match early[i].take() {
+                    Some(w) => w.apply_checked(&old),
+                    None => m.apply_checked(&path, &old),
+                };
+                match res {
+                    Ok(new) => {
+                        checker.push_state(new);
+                        Ok(())
+                    }
+                    Err(ApplyError::Unsupported(why)) => {
+                        return Ok(Ran::Unsupported(format!("{m}: {why}")));
+                    }
+                    Err(e) => return Err(other(format!("modification {m}: {e}"))),
+                }
+            }
+        };
+        r.map_err(|v| ScriptError::Violation(i, v))?;
+    }
+    drop(mapped);
+    // Which version each page showed when first read (old = state 0).
+    let mut counts = vec![0usize; checker.states().len()];
+    for pg in checker.pages() {
+        if let Some(st) = checker.seen_state(pg) {
+            counts[st] += 1;
+        }
+    }
+    eprintln!("pages by the file state they showed when first read: {counts:?}");
+    Ok(Ran::Done)
+}
+
+/// What a plain MAP_PRIVATE mapping would show when running `script`: the
+/// first step at which the checker must flag it, and the violation.
+fn predict_control(script: &Script) -> Option<(usize, Violation)> {
+    let mut state = pattern::bytes(0, 0, script.size);
+    let len = script
+        .len
+        .unwrap_or(script.size.saturating_sub(script.off as usize));
+    let mut checker = Checker::new(page(), script.off, len, state.clone());
+    for (i, step) in script.steps.iter().enumerate() {
+        let src = FollowsFile {
+            file: &state,
+            off: script.off,
+            len,
+            page: page(),
+        };
+        let r = match step {
+            Step::Touch(p) => checker.touch(&src, p.iter().copied()),
+            Step::TouchAll => checker.touch_all(&src),
+            Step::Modify(m) => {
+                state = m.model(&state);
+                checker.push_state(state.clone());
+                Ok(())
+            }
+        };
+        if let Err(v) = r {
+            return Some((i, v));
+        }
+    }
+    None
+}
+
+fn script_outcome(r: Result<Ran, ScriptError>) -> Outcome {
+    match r {
+        Ok(Ran::Done) => Ok(Completion::Completed),
+        Ok(Ran::Refused(why)) => {
+            eprintln!("refused before mapping (allowed, a writer held the file open): {why}");
+            Ok(Completion::Completed)
+        }
+        Ok(Ran::Unsupported(why)) => skip(format!("modification not available here: {why}")),
+        Err(e) => fail(e),
+    }
+}
+
+// The standard script for one modification kind.
+/// The standard script for one modification kind. With `base` > 0 the
+/// file has `base` more bytes in front and everything happens that far in
+/// (a huge-page boundary away from the only page read at the start), so
+/// lazy strategies meet the modification on pages they have not filled.
+fn modify_script(kind: Kind, base: u64) -> Script {
+    let p = page() as u64;
+    let g = 1;
+    let shift = match kind {
+        Kind::Append | Kind::OpenTrunc | Kind::Cp | Kind::ShellRedirect => 0,
+        _ => base,
+    };
+    let m = |off: u64, len: u64| Modification::new(kind, off + shift, len, g);
+    let m1 = match kind {
+        Kind::Write => m(p - 10, 2 * p + 20),
+        Kind::Pwrite => m(100, 3 * p),
+        Kind::Writev => m(2 * p + 7, p + 50),
+        Kind::Append => m(0, 5000),
+        Kind::FtruncateShrink => m(2 * p + 100, 0),
+        Kind::FtruncateGrow => m(7 * p + 5, 0),
+        Kind::TruncatePath => m(p + 1, 0),
+        Kind::OpenTrunc => m(0, 2 * p + 300),
+        Kind::PunchHole => m(p / 2, 2 * p),
+        Kind::ZeroRange => m(2 * p + 10, p),
+        Kind::CollapseRange => m(p, p),
+        Kind::InsertRange => m(2 * p, p),
+        Kind::CopyFileRange => m(50, 3 * p),
+        Kind::CloneRange => m(p, 2 * p),
+        Kind::ODirect => m(p, 2 * p),
+        Kind::IoUring => m(300, 2 * p),
+        Kind::SharedBefore => m(100, 3 * p),
+        Kind::SharedAfter => m(2 * p + 100, 2 * p),
+        Kind::HardLink => m(10, 4 * p),
+        Kind::Cp => m(0, 3 * p + 17),
+        Kind::ShellRedirect => m(0, 2 * p + 9),
+    };
+    let b = base / p;
+    Script {
+        // 4 pages and a partial fifth; the mapping covers the fifth whole,
+        // so the zeros past the end (and an append into them) are checked.
+        size: (base + 4 * p + 1000) as usize,
+        off: 0,
+        len: Some((base + 5 * p) as usize),
+        populate: false,
+        steps: vec![
+            Step::Touch(if base == 0 {
+                vec![0, 2, 4]
+            } else {
+                vec![0, b + 2, b + 4]
+            }),
+            Step::Modify(m1),
+            Step::TouchAll,
+            // Pages first read after the modification must not change either.
+            Step::Modify(Modification::new(Kind::Pwrite, 0, base + 5 * p, 2)),
+            Step::TouchAll,
+        ],
+    }
+}
+
+fn truncate_zero_regrow(read_between: bool) -> Script {
+    let p = page() as u64;
+    let mut steps = vec![
+        Step::Touch(vec![0]),
+        Step::Modify(Modification::new(Kind::FtruncateShrink, 0, 0, 0)),
+    ];
+    if read_between {
+        steps.push(Step::TouchAll);
+    }
+    steps.extend([
+        Step::Modify(Modification::new(Kind::Pwrite, 0, 4 * p, 1)),
+        Step::TouchAll,
+        Step::Modify(Modification::new(Kind::Pwrite, 0, 4 * p, 2)),
+        Step::TouchAll,
+    ]);
+    Script {
+        size: 3 * p as usize + 1,
+        off: 0,
+        len: Some(4 * p as usize),
+        populate: false,
+        steps,
+    }
+}
+
+/// A mapping of an unaligned sub-range (partial first and last pages),
+/// modified inside and around it, then shrunk into its middle.
+fn unaligned_subrange_script() -> Script {
+    let p = page() as u64;
+    Script {
+        size: 4 * p as usize + 1000,
+        off: p + 123,
+        len: Some(2 * p as usize + 5),
+        populate: false,
+        steps: vec![
+            Step::Touch(vec![1]),
+            Step::Modify(Modification::new(Kind::Pwrite, 50, 4 * p, 1)),
+            Step::Touch(vec![2]),
+            Step::Modify(Modification::new(Kind::FtruncateShrink, 2 * p + 50, 0, 0)),
+            Step::TouchAll,
+            Step::Modify(Modification::new(Kind::Pwrite, 0, 5 * p, 2)),
+            Step::TouchAll,
+        ],
+    }
+}
+
+/// A file of a bit more than two huge pages, read sequentially (so lazy
+/// strategies grow their fault-around window) or in a seeded random order,
+/// with modifications in between.
+fn large_script(random: bool) -> Script {
+    let p = page() as u64;
+    let mib = 1u64 << 20;
+    let size = 4 * mib + 3 * p + 17;
+    let pages = size.div_ceil(p);
+    let steps = if !random {
+        vec![
+            Step::Touch((0..64).collect()),
+            Step::Modify(Modification::new(Kind::Pwrite, mib + 100, 2 * mib, 1)),
+            Step::Touch((64..700).collect()),
+            Step::Modify(Modification::new(
+                Kind::FtruncateShrink,
+                3 * mib + 100,
+                0,
+                0,
+            )),
+            Step::TouchAll,
+            Step::Modify(Modification::new(Kind::Pwrite, 0, size, 2)),
+            Step::TouchAll,
+        ]
+    } else {
+        // A small LCG: deterministic, no dependency.
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move |n: u64| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) % n
+        };
+        let mut touch = || Step::Touch((0..40).map(|_| next(pages)).collect());
+        let (t1, t2, t3) = (touch(), touch(), touch());
+        vec![
+            t1,
+            Step::Modify(Modification::new(
+                Kind::Pwrite,
+                3 * mib / 2 + 77,
+                mib + 5,
+                1,
+            )),
+            t2,
+            Step::Modify(Modification::new(Kind::PunchHole, mib, mib / 2, 0)),
+            t3,
+            Step::Modify(Modification::new(Kind::Append, 0, 10_000, 2)),
+            Step::TouchAll,
+            Step::Modify(Modification::new(Kind::Pwrite, 0, size, 3)),
+            Step::TouchAll,
+        ]
+    };
+    Script {
+        size: size as usize,
+        off: 0,
+        len: None,
+        populate: false,
+        steps,
+    }
+}
+
+/// An unaligned sub-range of a large file that starts and ends inside huge
+/// pages and inside base pages.
+fn large_unaligned_script() -> Script {
+    let p = page() as u64;
+    let mib = 1u64 << 20;
+    let off = mib + 3 * p + 77;
+    let len = 3 * mib + 5;
+    let first = off / p;
+    let last = (off + len - 1) / p;
+    Script {
+        size: (5 * mib) as usize,
+        off,
+        len: Some(len as usize),
+        populate: false,
+        steps: vec![
+            Step::Touch(vec![first, first + 1, last]),
+            Step::Modify(Modification::new(Kind::Pwrite, off - 50, 2 * mib, 1)),
+            Step::Touch((first + 2..first + 300).collect()),
+            Step::Modify(Modification::new(Kind::FtruncateShrink, 3 * mib + 9, 0, 0)),
+            Step::TouchAll,
+            Step::Modify(Modification::new(Kind::Pwrite, 0, 5 * mib, 2)),
+            Step::TouchAll,
+        ],
+    }
+}
+
+fn populate_script() -> Script {
+    let p = page() as u64;
+    Script {
+        size: 3 * p as usize + 1,
+        off: 0,
+        len: None,
+        populate: true,
+        steps: vec![
+            Step::Modify(Modification::new(Kind::Pwrite, 0, 4 * p, 1)),
+            Step::TouchAll,
+            Step::Modify(Modification::new(Kind::FtruncateShrink, 0, 0, 0)),
+            Step::TouchAll,
+        ],
+    }
+}
+
+/// Runs `script` with a strategy, after checking the strategy is usable.
+fn strategy_script(s: Strategy, dir: &Path, script: &Script) -> Outcome {
+    if let Err(why) = usable_in(s, dir) {
+        return skip(format!("{s} is not usable here: {why}"));
+    }
+    script_outcome(run_script(Backend::Copy(s), dir, script))
+}
+
+/// A control trial: re-runs itself in a child (a SIGBUS must not kill the
+/// suite), and checks that the checker flagged the control exactly where
+/// the model of a MAP_PRIVATE mapping says it breaks the contract.
+fn control_trial(name: &str, dir: &Path, script: &Script, mounts: &str) -> Outcome {
+    if privilege::in_trial(name) {
+        // The inner run: check the control like any strategy.
+        return script_outcome(run_script(Backend::Control, dir, script));
+    }
+    let predicted = predict_control(script);
+    let mut cmd = privilege::trial(name, false).map_err(Failed::from)?;
+    cmd.env(MOUNTS_ENV, mounts);
+    let out = cmd.output().map_err(io("re-running the control trial"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let all = format!("{stdout}\n{stderr}");
+    if stdout.contains("1 ignored") {
+        return skip(format!("control run skipped: {}", all.trim()));
+    }
+    // The last step the child started.
+    let last_step = stderr
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("step ")?
+                .split(':')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .next_back();
+    match (&predicted, out.status.signal(), out.status.success()) {
+        (None, None, true) if stdout.contains("1 passed") => {
+            eprintln!("control kept the contract here, as predicted");
+            Ok(Completion::Completed)
+        }
+        (Some((step, v)), Some(libc::SIGBUS), _) if v.message.contains("SIGBUS") => {
+            if last_step == Some(*step) {
+                eprintln!("control faulted with SIGBUS at step {step}, as predicted");
+                Ok(Completion::Completed)
+            } else {
+                fail(format!(
+                    "control faulted with SIGBUS at step {last_step:?}, predicted at step {step}: {all}"
+                ))
+            }
+        }
+        (Some((step, v)), None, false) if !v.message.contains("SIGBUS") => {
+            let want = format!("at step {step}: VIOLATION at file page {}", v.page);
+            if all.contains(&want) {
+                eprintln!("checker flagged the control as predicted: {v}");
+                Ok(Completion::Completed)
+            } else {
+                fail(format!(
+                    "control failed, but not as predicted ({want}: {v}):\n{all}"
+                ))
+            }
+        }
+        _ => fail(format!(
+            "prediction {:?} but the control run ended with {} :\n{all}",
+            predicted.as_ref().map(|(s, v)| format!("step {s}: {v}")),
+            out.status
+        )),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Other cases, per strategy
+
+fn check_bytes(got: &[u8], want: &[u8], what: &str) -> Result<(), Failed> {
+    if got.len() != want.len() {
+        return fail(format!("{what}: {} bytes, want {}", got.len(), want.len()));
+    }
+    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
+        return fail(format!(
+            "{what}: first difference at byte {i}: got [{}] want [{}]",
+            pattern::describe(&got[i..(i + 64).min(got.len())], i as u64),
+            pattern::describe(&want[i..(i + 64).min(want.len())], i as u64)
+        ));
+    }
+    Ok(())
+}
+
+/// `content[off .. off + len]`, zero past its end.
+fn slice_zero_ext(content: &[u8], off: usize, len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    if off < content.len() {
+        let n = (content.len() - off).min(len);
+        v[..n].copy_from_slice(&content[off..off + n]);
+    }
+    v
+}
+
+fn size_case(s: Strategy, dir: &Path, size: usize) -> Outcome {
+    if let Err(why) = usable_in(s, dir) {
+        return skip(format!("{s} is not usable here: {why}"));
+    }
+    let p = page();
+    let tf = TestFile::new_in(dir, size, 0).map_err(io("test file"))?;
+    let content = tf.contents().map_err(io("read"))?;
+    let file = tf.open().map_err(io("open"))?;
+    let mut ranges: Vec<(usize, Option<usize>)> =
+        vec![(0, None), (size, Some(0)), (0, Some(size + p + 3))];
+    if size > 0 {
+        ranges.extend([
+            (0, Some(size)),
+            (1, Some(size - 1)),
+            (size / 2, Some(size - size / 2)),
+            (size - 1, Some(1)),
+            (size / 3, Some(2 * p)),
+        ]);
+    }
+    if size > 4095 {
+        ranges.push((4095, Some(2)));
+    }
+    if size > 4098 {
+        ranges.push((4097, Some(size - 4098)));
+    }
+    for (off, len) in ranges {
+        let mut o = MapOptions::new();
+        o.strategy(s).offset(off as u64);
+        if let Some(l) = len {
+            o.len(l);
+        }
+        let want = slice_zero_ext(&content, off, len.unwrap_or(size - off));
+        let what = format!("size {size}, offset {off}, len {len:?}");
+        let m = o.map(&file).map_err(io(&what))?;
+        if m.strategy() != s {
+            return fail(format!("{what}: mapped by {}, asked for {s}", m.strategy()));
+        }
+        let mut got = vec![0u8; m.len()];
+        Source::read(&m, 0, &mut got).map_err(Failed::from)?;
+        check_bytes(&got, &want, &what)?;
+        // Same through map_mut.
+        let mm = o.map_mut(&file).map_err(io(&what))?;
+        check_bytes(&mm, &want, &format!("{what} (map_mut)"))?;
+    }
+    // And the whole file against a modification.
+    if size > 0 {
+        let script = Script {
+            size,
+            off: 0,
+            len: None,
+            populate: false,
+            steps: vec![
+                Step::Touch(vec![0]),
+                Step::Modify(Modification::new(Kind::Pwrite, 0, (size + p) as u64, 1)),
+                Step::TouchAll,
+                Step::Modify(Modification::new(Kind::FtruncateShrink, 0, 0, 0)),
+                Step::TouchAll,
+            ],
+        };
+        return script_outcome(run_script(Backend::Copy(s), dir, &script));
+    }
+    Ok(Completion::Completed)
+}
+
+/// Several mappings of one file, made at different versions of it; each
+/// keeps its own snapshot.
+fn many_mappings_case(s: Strategy, dir: &Path) -> Outcome {
+    if let Err(why) = usable_in(s, dir) {
+        return skip(format!("{s} is not usable here: {why}"));
+    }
+    let p = page();
+    let tf = TestFile::new_in(dir, 3 * p + 1, 0).map_err(io("test file"))?;
+    let file = tf.open().map_err(io("open"))?;
+    let mut maps = Vec::new();
+    let mut content = tf.contents().map_err(io("read"))?;
+    for g in 1..=3u32 {
+        let m = MapOptions::new()
+            .strategy(s)
+            .map(&file)
+            .map_err(io("map"))?;
+        let mut c = Checker::new(p, 0, m.len(), content.clone());
+        c.touch(&m, [(g as u64 - 1) % 4]).map_err(Failed::from)?;
+        maps.push((m, c));
+        content = Modification::new(Kind::Pwrite, 0, 4 * p as u64, g)
+            .apply_checked(tf.path(), &content)
+            .map_err(io("pwrite"))?;
+        for (m, c) in &mut maps {
+            c.push_state(content.clone());
+            c.touch(m, [(g as u64) % 4]).map_err(Failed::from)?;
+        }
+    }
+    for (m, c) in &mut maps {
+        c.touch_all(m).map_err(Failed::from)?;
+    }
+    Ok(Completion::Completed)
+}
+
+/// 8 threads race on first touch: over one mapping, or over three mappings
+/// of the same file at different offsets (one handler serving several).
+fn threads_case(s: Strategy, dir: &Path, multi: bool) -> Outcome {
+    if let Err(why) = usable_in(s, dir) {
+        return skip(format!("{s} is not usable here: {why}"));
+    }
+    let p = page();
+    // More than a huge page, so fault-around windows collide too.
+    let size = 600 * p + 123;
+    let tf = TestFile::new_in(dir, size, 0).map_err(io("test file"))?;
+    let initial = tf.contents().map_err(io("read"))?;
+    let file = tf.open().map_err(io("open"))?;
+    let offsets: &[u64] = if multi {
+        &[0, 5 * p as u64 + 7, (1 << 20) + 3]
+    } else {
+        &[0]
+    };
+    let mut maps = Vec::new();
+    for &off in offsets {
+        let m = MapOptions::new()
+            .strategy(s)
+            .offset(off)
+            .map(&file)
+            .map_err(io("map"))?;
+        let c = Checker::new(p, off, m.len(), initial.clone());
+        maps.push((m, c));
+    }
+    // Another process changes every page before anyone touched one.
+    let new = Modification::new(Kind::Pwrite, 0, size as u64 + 1, 1)
+        .apply_checked(tf.path(), &initial)
+        .map_err(io("pwrite"))?;
+    for (_, c) in &mut maps {
+        c.push_state(new.clone());
+    }
+    const THREADS: usize = 8;
+    let barrier = Barrier::new(THREADS);
+    // seen[thread][mapping][page index]
+    let seen: Vec<Vec<Vec<Vec<u8>>>> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (maps, barrier) = (&maps, &barrier);
+                sc.spawn(move || {
+                    let mut out: Vec<Vec<Vec<u8>>> = maps
+                        .iter()
+                        .map(|(_, c)| vec![Vec::new(); c.pages().count()])
+                        .collect();
+                    barrier.wait();
+                    // Each thread walks the pages from a different start, in
+                    // alternating directions, so first touches collide.
+                    for mi in 0..maps.len() {
+                        let mi = (mi + t) % maps.len();
+                        let (map, c) = &maps[mi];
+                        let pages: Vec<u64> = c.pages().collect();
+                        let n = pages.len();
+                        for k in 0..n {
+                            let i = if t % 2 == 0 {
+                                (k + t) % n
+                            } else {
+                                (n * 2 - k - t) % n
+                            };
+                            let r = c.mapped(pages[i]);
+                            let mut buf = vec![0u8; r.len()];
+                            Source::read(map, r.start, &mut buf).expect("read");
+                            out[mi][i] = buf;
+                        }
+                    }
+                    out
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().expect("reader thread"))
+            .collect()
+    });
+    for (mi, (_, c)) in maps.iter_mut().enumerate() {
+        let pages: Vec<u64> = c.pages().collect();
+        for (i, &pg) in pages.iter().enumerate() {
+            for t in 1..THREADS {
+                if seen[t][mi][i] != seen[0][mi][i] {
+                    return fail(format!(
+                        "mapping {mi}: threads 0 and {t} saw different bytes in page {pg}: [{}] vs [{}]",
+                        pattern::describe(&seen[0][mi][i], pg * p as u64),
+                        pattern::describe(&seen[t][mi][i], pg * p as u64)
+                    ));
+                }
+            }
+            c.observe(pg, seen[0][mi][i].clone())
+                .map_err(|v| Failed::from(format!("mapping {mi}: {v}")))?;
+        }
+    }
+    let newer = Modification::new(Kind::Pwrite, 0, size as u64 + 1, 2)
+        .apply_checked(tf.path(), &new)
+        .map_err(io("pwrite"))?;
+    for (mi, (m, c)) in maps.iter_mut().enumerate() {
+        c.push_state(newer.clone());
+        c.touch_all(m)
+            .map_err(|v| Failed::from(format!("mapping {mi}: {v}")))?;
+    }
+    Ok(Completion::Completed)
+}
+
+/// What a forked child sees of a mapping, as each strategy documents it.
+#[derive(Debug, PartialEq, Eq)]
+enum ForkBehaviour {
+    /// The child inherits the snapshot and reads it.
+    Inherits,
+    /// The mapping is MADV_DONTFORK: touching it in the child is SIGSEGV.
+    Faults,
+}
+
+fn fork_behaviour(s: Strategy) -> ForkBehaviour {
+    match s {
+        Strategy::Lazy => ForkBehaviour::Faults,
+        _ => ForkBehaviour::Inherits,
+    }
+}
+
+fn fork_case(s: Strategy, dir: &Path) -> Outcome {
+    if let Err(why) = usable_in(s, dir) {
+        return skip(format!("{s} is not usable here: {why}"));
+    }
+    let p = page();
+    let size = 3 * p + 1;
+    let tf = TestFile::new_in(dir, size, 0).map_err(io("test file"))?;
+    let old = tf.contents().map_err(io("read"))?;
+    let file = tf.open().map_err(io("open"))?;
+    let map = MapOptions::new()
+        .strategy(s)
+        .map(&file)
+        .map_err(io("map"))?;
+    // Touch page 0 in the parent first.
+    let mut first = vec![0u8; p];
+    Source::read(&map, 0, &mut first).map_err(Failed::from)?;
+    check_bytes(&first, &old[..p], "page 0 before fork")?;
+    let m = Modification::new(Kind::Pwrite, 0, 4 * p as u64, 1);
+    let new = m.model(&old);
+    // Candidates per page for the child, computed before fork (the child
+    // must not allocate).
+    let olds: Vec<&[u8]> = old.chunks(p).collect();
+    let news: Vec<&[u8]> = new[..size].chunks(p).collect();
+    let (rd, wr) = rustix::pipe::pipe().map_err(io("pipe"))?;
+    let writer = Writer::spawn(&m, tf.path()).map_err(io("writer"))?;
+    // SAFETY: the child only reads a pipe, compares memory and calls
+    // _exit: no allocation, no locks (async-signal-safe in practice).
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return fail(format!("fork: {}", std::io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        let mut b = [0u8; 1];
+        // SAFETY: reading one byte into a stack buffer from our pipe.
+        unsafe { libc::read(rd.as_raw_fd(), b.as_mut_ptr().cast(), 1) };
+        let bytes: &[u8] = &map;
+        let mut code = 0;
+        for (i, chunk) in bytes.chunks(p).enumerate() {
+            let ok = chunk == olds[i] || (i != 0 && chunk == news[i]);
+            if !ok {
+                code = 10 + i as i32;
+                break;
+            }
+        }
+        // SAFETY: leaving the child at once, without running destructors
+        // of state shared with the parent.
+        unsafe { libc::_exit(code) };
+    }
+    drop(rd);
+    // Modify the file after the fork, before the child reads.
+    let r = writer.apply_checked(&old);
+    let _ = rustix::io::write(&wr, b"g");
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    r.map_err(io("modification"))?;
+    let got = if libc::WIFSIGNALED(status) {
+        format!("killed by signal {}", libc::WTERMSIG(status))
+    } else {
+        format!("exit {}", libc::WEXITSTATUS(status))
+    };
+    let ok = match fork_behaviour(s) {
+        ForkBehaviour::Inherits => libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        ForkBehaviour::Faults => {
+            libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSEGV
+        }
+    };
+    if !ok {
+        return fail(format!(
+            "documented fork behaviour of {s} is {:?}, but the child {got} (exit 10+i: page i held neither the snapshot nor, if untouched, the new bytes)",
+            fork_behaviour(s)
+        ));
+    }
+    // The parent's mapping is intact.
+    let mut checker = Checker::new(p, 0, map.len(), old);
+    checker.touch(&map, [0]).map_err(Failed::from)?;
+    checker.push_state(new);
+    checker.touch_all(&map).map_err(Failed::from)?;
+    Ok(Completion::Completed)
+}
+
+fn kernel_access_case(s: Strategy, dir: &Path) -> Outcome {
+    if let Err(why) = usable_in(s, dir) {
+        return skip(format!("{s} is not usable here: {why}"));
+    }
+    let p = page();
+    let size = 3 * p + 1;
+    let tf = TestFile::new_in(dir, size, 0).map_err(io("test file"))?;
+    let old = tf.contents().map_err(io("read"))?;
+    let file = tf.open().map_err(io("open"))?;
+    // 1. Straight from a fresh mapping into a file (write(2) reads it in
+    //    kernel mode).
+    let map = MapOptions::new()
+        .strategy(s)
+        .map(&file)
+        .map_err(io("map"))?;
+    let out_path = tf.dir().join("out");
+    let mut out = File::create(&out_path).map_err(io("create"))?;
+    out.write_all(&map)
+        .map_err(io("write(2) from an untouched mapping to a file"))?;
+    drop(out);
+    check_bytes(
+        &std::fs::read(&out_path).map_err(io("read"))?,
+        &old,
+        "file written from the mapping",
+    )?;
+    // 2. A new mapping, the file modified, then write(2) into a pipe.
+    let map = MapOptions::new()
+        .strategy(s)
+        .map(&file)
+        .map_err(io("map"))?;
+    let mut checker = Checker::new(p, 0, map.len(), old);
+    let new = Modification::new(Kind::Pwrite, 0, 4 * p as u64, 1)
+        .apply_checked(tf.path(), checker.current())
+        .map_err(io("pwrite"))?;
+    checker.push_state(new);
+    let (rd, wr) = rustix::pipe::pipe().map_err(io("pipe"))?;
+    let mut wr = File::from(wr);
+    wr.write_all(&map)
+        .map_err(io("write(2) from an untouched mapping to a pipe"))?;
+    drop(wr);
+    let mut got = Vec::new();
+    File::from(rd)
+        .read_to_end(&mut got)
+        .map_err(io("read pipe"))?;
+    if got.len() != map.len() {
+        return fail(format!("pipe got {} bytes of {}", got.len(), map.len()));
+    }
+    checker.observe_all(&got).map_err(Failed::from)?;
+    // Reading through the mapping now must agree with what the kernel saw.
+    checker.touch_all(&map).map_err(Failed::from)?;
+    Ok(Completion::Completed)
+}
+
+/// Does page `pg` as read (`got`) equal some state's page with
+/// `overlay` stored over it at `at` (the owner's private stores)?
+fn state_with_overlay(
+    c: &Checker,
+    pg: u64,
+    got: &[u8],
+    at: usize,
+    overlay: &[u8],
+) -> Result<(), Failed> {
+    for s in 0..c.states().len() {
+        let mut exp = c.expected(s, pg);
+        exp[at..at + overlay.len()].copy_from_slice(overlay);
+        if exp == got {
+            return Ok(());
+        }
+    }
+    fail(format!(
+        "page {pg} after a private store at {at}..{}: [{}] is no file state with the store applied",
+        at + overlay.len(),
+        pattern::describe(got, pg * page() as u64)
+    ))
+}
+
+fn map_mut_case(s: Strategy, dir: &Path) -> Outcome {
+    if let Err(why) = usable_in(s, dir) {
+        return skip(format!("{s} is not usable here: {why}"));
+    }
+    let p = page();
+    let size = 4 * p + 1;
+    let tf = TestFile::new_in(dir, size, 0).map_err(io("test file"))?;
+    let old = tf.contents().map_err(io("read"))?;
+    let file = tf.open().map_err(io("open"))?;
+    let mut map = MapOptions::new()
+        .strategy(s)
+        .map_mut(&file)
+        .map_err(io("map_mut"))?;
+    if map.strategy() != s {
+        return fail(format!("mapped by {}", map.strategy()));
+    }
+    let mut c = Checker::new(p, 0, map.len(), old.clone());
+    c.touch(&map, [0]).map_err(Failed::from)?;
+    // Another process rewrites everything.
+    let new = Modification::new(Kind::Pwrite, 0, 5 * p as u64, 1)
+        .apply_checked(tf.path(), &old)
+        .map_err(io("pwrite"))?;
+    c.push_state(new);
+    // A store into an untouched page (a write fault on a missing page).
+    map[p + 5] = 0xA5;
+    state_with_overlay(&c, 1, &map[p..2 * p], 5, &[0xA5])?;
+    // The kernel stores into an untouched page: read(2) into it.
+    let other = tf.dir().join("other");
+    let seven = pattern::bytes(7, 0, 200);
+    std::fs::write(&other, &seven).map_err(io("write other"))?;
+    let n = File::open(&other)
+        .and_then(|mut f| f.read(&mut map[2 * p + 100..2 * p + 300]))
+        .map_err(io("read(2) into an untouched page of the mapping"))?;
+    if n != 200 {
+        return fail(format!("read(2) into the mapping read {n} bytes, want 200"));
+    }
+    state_with_overlay(&c, 2, &map[2 * p..3 * p], 100, &seven)?;
+    // The pattern is ASCII: 0xA5 never occurs in the file unless a store leaked.
+    map.fill(0xA5);
+    let leaked = |what: &str| -> Result<(), Failed> {
+        let now = std::fs::read(tf.path()).map_err(io("read"))?;
+        if let Some(i) = now.iter().position(|&b| b == 0xA5) {
+            return fail(format!(
+                "{what}: a private store reached the file at byte {i}"
+            ));
+        }
+        Ok(())
+    };
+    leaked("after the stores")?;
+    check_bytes(
+        &std::fs::read(tf.path()).map_err(io("read"))?,
+        c.current(),
+        "file after private stores",
+    )?;
+    let newer = Modification::new(Kind::Pwrite, 0, 5 * p as u64, 2)
+        .apply_checked(tf.path(), c.current())
+        .map_err(io("pwrite"))?;
+    if let Some(i) = map.iter().position(|&b| b != 0xA5) {
+        return fail(format!(
+            "own store at byte {i} lost after another process wrote the file"
+        ));
+    }
+    drop(map);
+    leaked("after dropping the mapping")?;
+    check_bytes(
+        &std::fs::read(tf.path()).map_err(io("read"))?,
+        &newer,
+        "file at the end",
+    )?;
+    Ok(Completion::Completed)
+}
+
+// ---------------------------------------------------------------------------
+// Bad input (DESIGN §4)
+
+#[derive(Clone, Copy, Debug)]
+enum Bad {
+    Directory,
+    Fifo,
+    UnixSocket,
+    DevNull,
+    ProcFile,
+    WriteOnly,
+    OPath,
+    OffsetPastEnd,
+    Overflow,
+    UnalignedOffset,
+    ZeroLength,
+    EmptyFile,
+}
+
+const BAD: [Bad; 12] = [
+    Bad::Directory,
+    Bad::Fifo,
+    Bad::UnixSocket,
+    Bad::DevNull,
+    Bad::ProcFile,
+    Bad::WriteOnly,
+    Bad::OPath,
+    Bad::OffsetPastEnd,
+    Bad::Overflow,
+    Bad::UnalignedOffset,
+    Bad::ZeroLength,
+    Bad::EmptyFile,
+];
+
+impl Bad {
+    fn name(self) -> &'static str {
+        match self {
+            Bad::Directory => "directory",
+            Bad::Fifo => "fifo",
+            Bad::UnixSocket => "unix-socket",
+            Bad::DevNull => "dev-null",
+            Bad::ProcFile => "proc-file",
+            Bad::WriteOnly => "write-only",
+            Bad::OPath => "o-path",
+            Bad::OffsetPastEnd => "offset-past-end",
+            Bad::Overflow => "offset-len-overflow",
+            Bad::UnalignedOffset => "unaligned-offset-ok",
+            Bad::ZeroLength => "zero-length-ok",
+            Bad::EmptyFile => "empty-file-ok",
+        }
+    }
+}
+
+/// `None` = a strategy-specific outcome (Ok when usable, Unsupported not).
+fn bad_expected(b: Bad) -> Option<ErrorKind> {
+    match b {
+        Bad::UnalignedOffset | Bad::ZeroLength | Bad::EmptyFile => None,
+        _ => Some(ErrorKind::InvalidInput),
+    }
+}
+
+fn bad_input_case(s: Strategy, b: Bad) -> Outcome {
+    let p = page();
+    let tf = TestFile::new(3 * p + 1).map_err(io("test file"))?;
+    let content = tf.contents().map_err(io("read"))?;
+    let mut o = MapOptions::new();
+    o.strategy(s);
+    let mut want = content.clone();
+    let file: File = match b {
+        Bad::Directory => File::open(tf.dir()).map_err(io("open dir"))?,
+        Bad::Fifo => {
+            let fifo = tf.dir().join("fifo");
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                &fifo,
+                rustix::fs::FileType::Fifo,
+                0o600.into(),
+                0,
+            )
+            .map_err(io("mkfifo"))?;
+            OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&fifo)
+                .map_err(io("open fifo"))?
+        }
+        Bad::UnixSocket => {
+            let (a, _b) = std::os::unix::net::UnixStream::pair().map_err(io("socketpair"))?;
+            File::from(OwnedFd::from(a))
+        }
+        Bad::DevNull => File::open("/dev/null").map_err(io("/dev/null"))?,
+        Bad::ProcFile => File::open("/proc/self/status").map_err(io("/proc/self/status"))?,
+        Bad::WriteOnly => OpenOptions::new()
+            .write(true)
+            .open(tf.path())
+            .map_err(io("open O_WRONLY"))?,
+        Bad::OPath => OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH)
+            .open(tf.path())
+            .map_err(io("open O_PATH"))?,
+        Bad::OffsetPastEnd => {
+            o.offset(content.len() as u64 + 1);
+            tf.open().map_err(io("open"))?
+        }
+        Bad::Overflow => {
+            o.offset(10).len(usize::MAX - 5);
+            tf.open().map_err(io("open"))?
+        }
+        Bad::UnalignedOffset => {
+            o.offset(p as u64 + 7).len(p + 3);
+            want = content[p + 7..2 * p + 10].to_vec();
+            tf.open().map_err(io("open"))?
+        }
+        Bad::ZeroLength => {
+            o.offset(5).len(0);
+            want.clear();
+            tf.open().map_err(io("open"))?
+        }
+        Bad::EmptyFile => {
+            std::fs::write(tf.path(), b"").map_err(io("truncate"))?;
+            want.clear();
+            tf.open().map_err(io("open"))?
+        }
+    };
+    let usable = if s == Strategy::Auto {
+        Ok(())
+    } else {
+        usable_in(s, &std::env::temp_dir())
+    };
+    for mutable in [false, true] {
+        let what = format!(
+            "{} with {s}{}",
+            b.name(),
+            if mutable { " (map_mut)" } else { "" }
+        );
+        let r: Result<Vec<u8>, mapcopy::Error> = if mutable {
+            o.map_mut(&file).map(|m| m.to_vec())
+        } else {
+            o.map(&file).map(|m| m.to_vec())
+        };
+        match (bad_expected(b), r) {
+            (Some(kind), Err(e)) if e.kind() == kind => {
+                if e.to_string().is_empty() {
+                    return fail(format!("{what}: empty error message"));
+                }
+                eprintln!("{what}: {:?}: {e}", e.kind());
+            }
+            (Some(kind), r) => {
+                return fail(format!(
+                    "{what}: want {kind:?}, got {:?}",
+                    r.map(|v| v.len())
+                ));
+            }
+            (None, Ok(got)) if usable.is_ok() => check_bytes(&got, &want, &what)?,
+            (None, Err(e)) if usable.is_err() && e.kind() == ErrorKind::Unsupported => {
+                eprintln!("{what}: Unsupported as probe said: {e}");
+            }
+            (None, r) => {
+                return fail(format!(
+                    "{what}: probe says {usable:?}, map gave {:?}",
+                    r.map(|v| v.len())
+                ));
+            }
+        }
+    }
+    Ok(Completion::Completed)
+}
+
+// ---------------------------------------------------------------------------
+// Auto and probe, as root and as nobody
+
+/// Can this process use userfaultfd for kernel-mode faults, judged from
+/// the machine's settings rather than the library's probe?
+fn uffd_allowed_by_facts() -> (bool, String) {
+    if privilege::is_root() {
+        return (true, "running as root".into());
+    }
+    let sysctl = std::fs::read_to_string("/proc/sys/vm/unprivileged_userfaultfd")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    if sysctl == "1" {
+        return (true, "vm.unprivileged_userfaultfd=1".into());
+    }
+    let dev = rustix::fs::access(
+        "/dev/userfaultfd",
+        rustix::fs::Access::READ_OK | rustix::fs::Access::WRITE_OK,
+    );
+    if dev.is_ok() {
+        return (true, "/dev/userfaultfd is accessible".into());
+    }
+    (
+        false,
+        format!(
+            "uid {}, vm.unprivileged_userfaultfd={sysctl:?}, /dev/userfaultfd: {dev:?}",
+            rustix::process::geteuid().as_raw()
+        ),
+    )
+}
+
+fn auto_probe_case() -> Outcome {
+    let p = page();
+    let tf = TestFile::new(3 * p + 1).map_err(io("test file"))?;
+    let content = tf.contents().map_err(io("read"))?;
+    let pr = mapcopy::probe(Some(tf.path()));
+    eprintln!("as uid {}:\n{pr}", rustix::process::geteuid().as_raw());
+    let order: Vec<Strategy> = pr.strategies.iter().map(|e| e.strategy).collect();
+    if order != Strategy::ALL {
+        return fail(format!("probe lists {order:?}, want {:?}", Strategy::ALL));
+    }
+    let first_usable = pr
+        .strategies
+        .iter()
+        .find(|e| e.usable.is_ok())
+        .map(|e| e.strategy);
+    if pr.auto.as_ref().ok().copied() != first_usable {
+        return fail(format!(
+            "auto picks {:?}, first usable is {first_usable:?}",
+            pr.auto
+        ));
+    }
+    let eager = pr
+        .strategies
+        .iter()
+        .find(|e| e.strategy == Strategy::Eager)
+        .expect("eager");
+    if let Err(why) = &eager.usable {
+        return fail(format!("Eager needs nothing but says {why}"));
+    }
+    // Lazy against the facts of this process.
+    let lazy = pr
+        .strategies
+        .iter()
+        .find(|e| e.strategy == Strategy::Lazy)
+        .expect("lazy");
+    let (allowed, facts) = uffd_allowed_by_facts();
+    match &lazy.usable {
+        Err(why) if not_implemented(why) => eprintln!("lazy: {why}"),
+        Ok(how) if allowed => eprintln!("lazy usable ({how}); facts: {facts}"),
+        Err(why) if !allowed => eprintln!("lazy not usable ({why}); facts: {facts}"),
+        u => {
+            return fail(format!(
+                "lazy probe says {u:?} but the facts say allowed={allowed}: {facts}"
+            ));
+        }
+    }
+    if allowed && lazy.usable.is_ok() {
+        // Nothing before Lazy in Auto's order may be skipped for no reason:
+        // Auto picks Lazy or an earlier usable strategy.
+        let pick = pr.auto.clone().map_err(Failed::from)?;
+        let li = Strategy::ALL.iter().position(|&s| s == Strategy::Lazy);
+        let pi = Strategy::ALL.iter().position(|&s| s == pick);
+        if pi > li {
+            return fail(format!("auto picks {pick} although lazy is usable"));
+        }
+    }
+    if !allowed && pr.auto == Ok(Strategy::Lazy) {
+        return fail("auto picks lazy although userfaultfd is not usable here");
+    }
+    // Auto maps with exactly what probe said.
+    let m = MapCopy::open(tf.path()).map_err(io("MapCopy::open"))?;
+    if Ok(m.strategy()) != pr.auto {
+        return fail(format!(
+            "MapCopy::open used {}, probe said {:?}",
+            m.strategy(),
+            pr.auto
+        ));
+    }
+    check_bytes(&m, &content, "auto mapping")?;
+    // Named strategies: usable ones map, the others refuse with the reason.
+    let file = tf.open().map_err(io("open"))?;
+    for e in &pr.strategies {
+        let r = MapOptions::new().strategy(e.strategy).map(&file);
+        match (&e.usable, r) {
+            (Ok(_), Ok(m)) if m.strategy() == e.strategy => {
+                check_bytes(&m, &content, e.strategy.name())?
+            }
+            (Err(why), Err(err)) if err.kind() == ErrorKind::Unsupported => {
+                let msg = err.to_string();
+                if !msg.contains(e.strategy.name()) || !msg.contains(why.as_str()) {
+                    return fail(format!(
+                        "{}: error {msg:?} does not name the strategy and the reason {why:?}",
+                        e.strategy
+                    ));
+                }
+            }
+            (u, r) => {
+                return fail(format!(
+                    "{}: probe says {u:?}, map gave {:?}",
+                    e.strategy,
+                    r.map(|m| m.strategy())
+                ));
+            }
+        }
+    }
+    // probe(None) agrees on process-wide answers.
+    let none = mapcopy::probe(None);
+    if none.auto.is_err() {
+        return fail(format!("probe(None) has no pick: {:?}", none.auto));
+    }
+    let lazy_none = none
+        .strategies
+        .iter()
+        .find(|e| e.strategy == Strategy::Lazy)
+        .expect("lazy");
+    if lazy_none.usable.is_ok() != lazy.usable.is_ok() {
+        return fail(format!(
+            "lazy: probe(None) {:?} vs probe(file) {:?}",
+            lazy_none.usable, lazy.usable
+        ));
+    }
+    Ok(Completion::Completed)
+}
+
+/// Re-runs trial `inner` as nobody and reports its outcome.
+fn nobody_trial(inner: &str) -> Outcome {
+    let mut cmd = match privilege::trial(inner, true) {
+        Ok(c) => c,
+        Err(why) => return skip(format!("cannot run as nobody: {why}")),
+    };
+    let out = cmd.output().map_err(io("running the trial as nobody"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() && stdout.contains("1 passed") {
+        eprintln!("{stderr}");
+        Ok(Completion::Completed)
+    } else if out.status.success() && stdout.contains("1 ignored") {
+        skip(format!("as nobody: {}", stderr.trim()))
+    } else {
+        fail(format!(
+            "as nobody, {inner} ended with {}:\n{stdout}\n{stderr}",
+            out.status
+        ))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The trial list
+
+fn trials(dirs: &[FsDir], missing: &[(FsKind, String)]) -> Vec<Trial> {
+    let mut t = Vec::new();
+    let mounts = mounts_env(dirs);
+    let primary = dirs[0].clone();
+    for (kind, why) in missing {
+        let why = why.clone();
+        t.push(Trial::test(
+            format!("fixture/{kind}-loop-mount"),
+            move || skip(why).map(|_| ()),
+        ));
+    }
+    // Which strategies are part of the suite, and on which filesystems.
+    let machine = mapcopy::probe(None);
+    let mut backends: Vec<(Backend, Vec<FsDir>)> = Vec::new();
+    for e in &machine.strategies {
+        let s = e.strategy;
+        if let Err(why) = &e.usable
+            && not_implemented(why)
+        {
+            // Not part of the suite until it lands; one ignored trial says so
+            // (not a failure even with MAPCOPY_REQUIRE_ALL=1).
+            let why = format!("{s} is not part of the suite yet: {why}");
+            t.push(Trial::ignorable_test(
+                format!("{s}/not-implemented"),
+                move || Ok(Completion::ignored_with(why)),
+            ));
+            continue;
+        }
+        let on: Vec<FsDir> = dirs
+            .iter()
+            .filter(|d| usable_in(s, &d.path).is_ok())
+            .cloned()
+            .collect();
+        let fs = if on.iter().any(|d| d.name == primary.name) || on.is_empty() {
+            // Usable on the temp dir (or nowhere: the trials say why).
+            vec![primary.clone()]
+        } else {
+            on
+        };
+        backends.push((Backend::Copy(s), fs));
+    }
+    backends.push((Backend::Control, vec![primary.clone()]));
+
+    for (backend, fss) in &backends {
+        let b = *backend;
+        let bname = b.name();
+        // Filesystems for kinds the primary fs lacks (clone ranges).
+        let mut kind_fs: Vec<(Kind, FsDir)> = Vec::new();
+        for &kind in Kind::ALL {
+            for d in fss {
+                if fs_supports(&d.name, kind) {
+                    kind_fs.push((kind, d.clone()));
+                }
+            }
+            if !fss.iter().any(|d| fs_supports(&d.name, kind)) {
+                for d in dirs.iter().filter(|d| fs_supports(&d.name, kind)) {
+                    if let Backend::Copy(s) = b
+                        && usable_in(s, &d.path).is_err()
+                    {
+                        continue;
+                    }
+                    kind_fs.push((kind, d.clone()));
+                }
+            }
+        }
+        for (kind, d) in kind_fs {
+            for (case, base) in [("modify", 0), ("modify-far", 2 << 20)] {
+                let name = format!("{bname}/{}/{case}/{kind}", d.name);
+                let script = modify_script(kind, base);
+                t.push(script_trial(
+                    b,
+                    name,
+                    d.path.clone(),
+                    script,
+                    mounts.clone(),
+                ));
+            }
+        }
+        for d in fss {
+            for (case, script) in [
+                ("truncate-zero-regrow", truncate_zero_regrow(false)),
+                ("truncate-zero-read-regrow", truncate_zero_regrow(true)),
+                ("unaligned-subrange", unaligned_subrange_script()),
+                ("large-sequential", large_script(false)),
+                ("large-random", large_script(true)),
+                ("large-unaligned", large_unaligned_script()),
+            ] {
+                let name = format!("{bname}/{}/{case}", d.name);
+                t.push(script_trial(
+                    b,
+                    name,
+                    d.path.clone(),
+                    script,
+                    mounts.clone(),
+                ));
+            }
+            let Backend::Copy(s) = b else { continue };
+            let dir = d.path.clone();
+            let pre = format!("{bname}/{}", d.name);
+            for size in [0, 1, 4095, 4096, 4097, 3 * page() + 1] {
+                let dir = dir.clone();
+                t.push(Trial::ignorable_test(
+                    format!("{pre}/size/{size}"),
+                    move || size_case(s, &dir, size),
+                ));
+            }
+            let dd = dir.clone();
+            t.push(Trial::ignorable_test(
+                format!("{pre}/populate"),
+                move || strategy_script(s, &dd, &populate_script()),
+            ));
+            let dd = dir.clone();
+            t.push(Trial::ignorable_test(
+                format!("{pre}/many-mappings"),
+                move || many_mappings_case(s, &dd),
+            ));
+            let dd = dir.clone();
+            t.push(Trial::ignorable_test(format!("{pre}/threads"), move || {
+                threads_case(s, &dd, false)
+            }));
+            let dd = dir.clone();
+            t.push(Trial::ignorable_test(
+                format!("{pre}/threads-many-mappings"),
+                move || threads_case(s, &dd, true),
+            ));
+            let dd = dir.clone();
+            t.push(Trial::ignorable_test(format!("{pre}/fork"), move || {
+                fork_case(s, &dd)
+            }));
+            let dd = dir.clone();
+            t.push(Trial::ignorable_test(
+                format!("{pre}/kernel-access"),
+                move || kernel_access_case(s, &dd),
+            ));
+            let dd = dir.clone();
+            t.push(Trial::ignorable_test(format!("{pre}/map-mut"), move || {
+                map_mut_case(s, &dd)
+            }));
+        }
+    }
+    // Bad input: for every strategy in the suite and Auto; also as nobody.
+    let mut named: Vec<Strategy> = vec![Strategy::Auto];
+    named.extend(backends.iter().filter_map(|(b, _)| match b {
+        Backend::Copy(s) => Some(*s),
+        Backend::Control => None,
+    }));
+    for s in named {
+        for b in BAD {
+            let name = format!("{s}/bad-input/{}", b.name());
+            t.push(Trial::ignorable_test(name.clone(), move || {
+                bad_input_case(s, b)
+            }));
+            t.push(Trial::ignorable_test(format!("nobody/{name}"), move || {
+                nobody_trial(&name)
+            }));
+        }
+    }
+    t.push(Trial::ignorable_test("auto/probe", auto_probe_case));
+    t.push(Trial::ignorable_test("nobody/auto/probe", || {
+        nobody_trial("auto/probe")
+    }));
+    t
+}
+
+fn script_trial(b: Backend, name: String, dir: PathBuf, script: Script, mounts: String) -> Trial {
+    let n = name.clone();
+    Trial::ignorable_test(name, move || match b {
+        Backend::Copy(s) => strategy_script(s, &dir, &script),
+        Backend::Control => control_trial(&n, &dir, &script, &mounts),
+    })
+}
+
+fn main() {
+    mapcopy_check::child::dispatch();
+    let args = Arguments::from_args();
+    let (dirs, mounts, missing) = if args.list {
+        let tmp = std::env::temp_dir();
+        let name = fixture::fs_name(&tmp).unwrap_or_default();
+        (vec![FsDir { name, path: tmp }], Vec::new(), Vec::new())
+    } else {
+        filesystems()
+    };
+    let trials = trials(&dirs, &missing);
+    let conclusion = libtest_mimic::run(&args, trials);
+    // Unmount before exiting (exit skips destructors).
+    drop(mounts);
+    conclusion.exit();
+}

@@ -1,15 +1,1520 @@
-//! The `Lazy` strategy (userfaultfd): being written.
+//! `Lazy`: anonymous memory filled on first access from the file, through
+//! userfaultfd.
+//!
+//! # How
+//!
+//! A mapping is private anonymous memory (`MAP_NORESERVE`, 2 MiB aligned,
+//! `MADV_HUGEPAGE`, `MADV_DONTFORK`) registered for missing-page faults with
+//! the process's single userfaultfd. The fd is served by the per-process
+//! watcher thread (`crate::watcher`): for a fault it `pread`s the file into
+//! a reused staging buffer and installs the bytes with `UFFDIO_COPY`, or,
+//! for whole 2 MiB chunks when the kernel has `UFFDIO_MOVE` (6.8+), `pread`s
+//! into a 2 MiB-aligned transparent huge page and *moves* that page into the
+//! mapping (no second copy, and the mapping ends up backed by huge pages,
+//! which fresh 4 KiB pages are several times slower to fill than).
+//!
+//! Neither ioctl ever replaces a page that is already present, so a page,
+//! once read, never changes (S2). A page's bytes are the file's at the
+//! `pread` that filled it, which runs after the map call started and before
+//! the faulting access completes (S1); bytes past the end of the file at
+//! that moment are zero, and shrinking the file never faults the reader
+//! (S3). Stores into a `MapCopyMut` land in private anonymous memory (S4).
+//!
+//! # Fault-around and prefetch
+//!
+//! Each mapping tracks up to four access streams. A fault that does not
+//! continue a stream fills 16 KiB; each fault continuing one multiplies its
+//! window by four, and once it reaches 2 MiB the stream fills whole 2 MiB
+//! chunks and hands the next chunks (16 MiB ahead) to one per-process
+//! prefetch thread, so a sequential reader mostly finds its pages already
+//! there. Windows never cross the mapping's end. Chunks have a state
+//! (empty, partly filled, claimed by a filler, full): a claimed chunk is
+//! filled completely by its claimer, so a fault there needs no work of its
+//! own, and its thread is woken by the claimer's fill (plus a final
+//! `UFFDIO_WAKE` over the chunk). Two threads filling the same page race
+//! harmlessly: the loser's `UFFDIO_COPY` gets `EEXIST`, skips that page and
+//! wakes it.
+//!
+//! # Dropping
+//!
+//! Every mapping is in a registry keyed by address, and has a lock that
+//! fillers hold (shared) while they install pages. `Drop` takes it
+//! exclusively, marks the mapping dead, removes it from the registry,
+//! unregisters the range, and only then unmaps. A stale fault message, or
+//! a prefetch job, for an address that was unmapped is dropped after the
+//! registry lookup or the liveness check; if the address was reused by a
+//! new mapping, the lookup finds the new one and fills from *its* file.
+//!
+//! # Failure policy
+//!
+//! A thread faulting on a page cannot be given an error, must not see
+//! invented bytes, and must not wait forever. So when serving a fault
+//! cannot go on — `pread` fails (`EIO`, ...), the kernel refuses to install
+//! a page (`ENOMEM`), or the handler panics — the process is **aborted**
+//! with a message on stderr naming the file, the offset and the error. If
+//! the watcher thread stops because *another* strategy's handler failed,
+//! [`Source::shutdown`] starts a dedicated thread that keeps serving this
+//! userfaultfd (and aborts if it cannot start one). With `populate(true)`
+//! the whole range is read by `map` itself, and a read error is returned as
+//! an [`crate::ErrorKind::Io`] error instead.
+//!
+//! # fork
+//!
+//! The memory is `MADV_DONTFORK`: a child made by `fork()` has no mapping at
+//! that address and touching it there raises `SIGSEGV` — it never reads
+//! zeros (which is what an unserved userfaultfd range would give a child).
+//!
+//! # Needs
+//!
+//! A userfaultfd that delivers faults raised in kernel mode (a `write(2)`
+//! whose source is an untouched page), that is, one created without
+//! `UFFD_USER_MODE_ONLY`: the `userfaultfd(2)` syscall with CAP_SYS_PTRACE
+//! (root) or `vm.unprivileged_userfaultfd=1`, or `/dev/userfaultfd` opened
+//! read-write. [`check`] tries both routes once per process.
+#![allow(unsafe_code)]
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::File;
+use std::mem::ManuallyDrop;
+use std::ops::Range;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, Weak};
+use std::thread;
+
+use linux_raw_sys::general as g;
+use rustix::io::Errno;
+use rustix::mm::{Advice, MprotectFlags, ProtFlags};
+use rustix::process::Pid;
 
 use super::{Request, Snapshot, Strategy};
 use crate::Error;
+use crate::sys::mmap::{HUGE_PAGE, Region};
+use crate::sys::procfs;
+use crate::sys::uffd::{self, Msg, Route, Uffd};
+use crate::watcher::{self, Registration, Source};
 
-pub(crate) fn check(_req: Option<&Request<'_>>) -> Result<String, String> {
-    Err("not implemented yet".into())
+/// Granule of whole-chunk fills, prefetch and huge pages.
+const CHUNK: usize = HUGE_PAGE;
+/// First fault-around window of a new stream.
+const MIN_WINDOW: usize = 16 << 10;
+/// Growth factor of a stream's window per sequential fault.
+const GROWTH: usize = 4;
+/// How many chunks ahead of a sequential reader the prefetcher fills.
+const AHEAD: usize = 8;
+/// Streams tracked per mapping.
+const STREAMS: usize = 4;
+
+// ---------------------------------------------------------------------------
+// Process-level probe
+
+/// What the process-level probe found: a route to a userfaultfd serving
+/// kernel faults, and the features it offers.
+#[derive(Debug)]
+struct Probe {
+    route: Route,
+    features: u64,
+    found: String,
 }
 
-pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
-    Err(Error::unsupported(
-        Strategy::Lazy,
-        check(Some(req)).err().unwrap_or_default(),
+/// Tries both routes once per process.
+fn probe() -> Result<&'static Probe, String> {
+    static PROBE: OnceLock<Result<Probe, String>> = OnceLock::new();
+    PROBE.get_or_init(run_probe).as_ref().map_err(Clone::clone)
+}
+
+fn unprivileged_sysctl() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/vm/unprivileged_userfaultfd")
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+fn run_probe() -> Result<Probe, String> {
+    let sysctl = unprivileged_sysctl();
+    let move_note = |features: u64| {
+        if features & u64::from(g::UFFD_FEATURE_MOVE) != 0 {
+            "; UFFDIO_MOVE available (sequential fills become 2 MiB huge pages)"
+        } else {
+            "; no UFFDIO_MOVE (Linux < 6.8): fills use UFFDIO_COPY into 4 KiB pages"
+        }
+    };
+    let syscall_err = match uffd::available(Route::Syscall) {
+        Ok(api) => {
+            let why = if sysctl.as_deref() == Some("1") {
+                "vm.unprivileged_userfaultfd=1"
+            } else {
+                "this process has CAP_SYS_PTRACE"
+            };
+            return Ok(Probe {
+                route: Route::Syscall,
+                features: api.features,
+                found: format!(
+                    "userfaultfd(2) serves kernel-mode faults ({why}){}",
+                    move_note(api.features)
+                ),
+            });
+        }
+        Err(e) => e,
+    };
+    let dev_err = match uffd::available(Route::DevNode) {
+        Ok(api) => {
+            return Ok(Probe {
+                route: Route::DevNode,
+                features: api.features,
+                found: format!(
+                    "/dev/userfaultfd is accessible and serves kernel-mode faults{}",
+                    move_note(api.features)
+                ),
+            });
+        }
+        Err(e) => e,
+    };
+    let syscall_why = match syscall_err.raw_os_error() {
+        Some(libc::EPERM) => format!(
+            "userfaultfd(2) without UFFD_USER_MODE_ONLY was refused (EPERM): the process lacks \
+             CAP_SYS_PTRACE and vm.unprivileged_userfaultfd is {}",
+            sysctl.as_deref().unwrap_or("unreadable")
+        ),
+        Some(libc::ENOSYS) => {
+            "userfaultfd(2) does not exist here (ENOSYS: kernel without CONFIG_USERFAULTFD, or a \
+             seccomp filter)"
+                .to_string()
+        }
+        _ => format!("userfaultfd(2) failed: {syscall_err}"),
+    };
+    let dev_why = match dev_err.raw_os_error() {
+        Some(libc::ENOENT) => "/dev/userfaultfd does not exist (Linux < 6.1)".to_string(),
+        _ => {
+            let mode = rustix::fs::stat("/dev/userfaultfd")
+                .map(|st| format!(" (mode {:o}, owner uid {})", st.st_mode & 0o777, st.st_uid))
+                .unwrap_or_default();
+            format!("/dev/userfaultfd cannot be used: {dev_err}{mode}")
+        }
+    };
+    Err(format!(
+        "no userfaultfd that serves kernel-mode faults (needed so that a syscall such as write(2) \
+         reading an untouched page does not fail with EFAULT): {syscall_why}; {dev_why}. \
+         Enable one: run as root or with CAP_SYS_PTRACE, set `sysctl vm.unprivileged_userfaultfd=1`, \
+         or give this user read-write access to /dev/userfaultfd (for example a udev rule or \
+         `setfacl -m u:USER:rw /dev/userfaultfd`)"
     ))
+}
+
+pub(crate) fn check(req: Option<&Request<'_>>) -> Result<String, String> {
+    let p = probe()?;
+    let Some(req) = req else {
+        return Ok(p.found.clone());
+    };
+    if req.populate {
+        let len = req.map_len() as u64;
+        if let Some(avail) = procfs::memory_available().filter(|&a| len > a) {
+            return Err(format!(
+                "populate(true) would copy {len} bytes, more than the memory available \
+                 ({avail} bytes); map without populate so that only touched pages are copied"
+            ));
+        }
+    }
+    Ok(p.found.clone())
+}
+
+// ---------------------------------------------------------------------------
+// The per-process server
+
+/// The process's one userfaultfd and everything that serves it.
+struct Server {
+    uffd: Uffd,
+    pid: Pid,
+    can_move: bool,
+    /// Live mappings by start address.
+    mappings: RwLock<BTreeMap<usize, Arc<Mapping>>>,
+    prefetch: Prefetch,
+    /// Keeps the uffd registered with the watcher.
+    registration: Mutex<Option<Registration>>,
+    /// Set once the fallback serving thread runs (after a watcher failure).
+    fallback: AtomicBool,
+    me: Weak<Server>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("uffd", &self.uffd)
+            .field("pid", &self.pid)
+            .field("can_move", &self.can_move)
+            .finish_non_exhaustive()
+    }
+}
+
+static SERVER: Mutex<Option<Arc<Server>>> = Mutex::new(None);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// This process's server, created on first use (and again in a forked
+/// child: the parent's userfaultfd belongs to the parent's address space).
+fn server() -> Result<Arc<Server>, Error> {
+    let p = probe().map_err(|why| Error::unsupported(Strategy::Lazy, why))?;
+    let mut cur = lock(&SERVER);
+    let pid = rustix::process::getpid();
+    if let Some(s) = cur.as_ref().filter(|s| s.pid == pid) {
+        return Ok(s.clone());
+    }
+    let want_move = p.features & u64::from(g::UFFD_FEATURE_MOVE);
+    let uffd = Uffd::new(p.route, want_move)
+        .map_err(|e| Error::io("creating the process's userfaultfd", e))?;
+    let can_move = uffd.has(u64::from(g::UFFD_FEATURE_MOVE)) && want_move != 0;
+    let srv = Arc::new_cyclic(|me| Server {
+        uffd,
+        pid,
+        can_move,
+        mappings: RwLock::new(BTreeMap::new()),
+        prefetch: Prefetch::default(),
+        registration: Mutex::new(None),
+        fallback: AtomicBool::new(false),
+        me: me.clone(),
+    });
+    let reg = watcher::register(srv.clone())
+        .map_err(|e| Error::io("registering the userfaultfd with the watcher thread", e))?;
+    *lock(&srv.registration) = Some(reg);
+    *cur = Some(srv.clone());
+    Ok(srv)
+}
+
+/// Aborts the process if the thread unwinds through it: a panicking fault
+/// handler must not leave faulting threads waiting.
+struct AbortOnUnwind(&'static str);
+
+impl Drop for AbortOnUnwind {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            say(&format!(
+                "mapcopy: the lazy (userfaultfd) {} panicked; aborting so that no thread waits \
+                 forever on a page fault\n",
+                self.0
+            ));
+            std::process::abort();
+        }
+    }
+}
+
+impl Source for Server {
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.uffd.as_fd()
+    }
+
+    fn ready(&self) {
+        let _guard = AbortOnUnwind("fault handler");
+        self.serve_pending();
+    }
+
+    fn shutdown(&self) {
+        // The watcher is gone; keep serving on a thread of our own.
+        let Some(me) = self.me.upgrade() else { return };
+        if self.fallback.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        lock(&self.registration).take();
+        let spawned = thread::Builder::new()
+            .name("mapcopy-uffd".into())
+            .spawn(move || {
+                let _guard = AbortOnUnwind("fallback fault handler");
+                loop {
+                    let mut pfd = [rustix::event::PollFd::new(
+                        &me.uffd,
+                        rustix::event::PollFlags::IN,
+                    )];
+                    match rustix::event::poll(&mut pfd, None) {
+                        Ok(_) | Err(Errno::INTR) => {}
+                        Err(e) => fatal_msg(&format!("polling the userfaultfd failed: {e}")),
+                    }
+                    me.serve_pending();
+                }
+            });
+        if let Err(e) = spawned {
+            fatal_msg(&format!(
+                "the watcher thread stopped and no thread could be started to serve page faults \
+                 ({e})"
+            ));
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "lazy (userfaultfd)"
+    }
+}
+
+fn fatal_msg(what: &str) -> ! {
+    say(&format!(
+        "mapcopy: lazy mapping: {what}; aborting the process: a thread faulting on the mapping \
+         can be given neither an error nor made-up bytes, and must not wait forever\n"
+    ));
+    std::process::abort();
+}
+
+/// Writes to stderr with plain write(2): `eprintln!` takes the stderr lock,
+/// which a thread faulting on a lazy page (say, while printing it) may hold.
+fn say(msg: &str) {
+    let mut b = msg.as_bytes();
+    while !b.is_empty() {
+        match rustix::io::write(std::io::stderr().as_fd(), b) {
+            Ok(0) => return,
+            Ok(n) => b = &b[n..],
+            Err(Errno::INTR) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+impl Server {
+    /// Reads and serves the pending fault messages.
+    fn serve_pending(&self) {
+        let mut msgs = Vec::with_capacity(64);
+        // Bounded, so that other sources on the watcher get their turn; the
+        // fd is level-triggered and comes back if more is pending.
+        for _ in 0..16 {
+            match self.uffd.read(&mut msgs, 64) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) => fatal_msg(&format!("reading the userfaultfd failed: {e}")),
+            }
+            for m in &msgs {
+                if let Msg::PageFault { address, .. } = *m {
+                    self.fault(address as usize);
+                }
+            }
+            if msgs.len() < 64 {
+                return;
+            }
+        }
+    }
+
+    fn lookup(&self, addr: usize) -> Option<Arc<Mapping>> {
+        let maps = self.mappings.read().unwrap_or_else(PoisonError::into_inner);
+        let (_, m) = maps.range(..=addr).next_back()?;
+        (addr < m.start + m.len).then(|| m.clone())
+    }
+
+    /// Serves one fault message (possibly stale).
+    fn fault(&self, addr: usize) {
+        let Some(m) = self.lookup(addr) else {
+            // Stale: the mapping is gone (unregistering woke its waiters).
+            return;
+        };
+        let page = crate::sys::page_size();
+        let off = (addr - m.start) & !(page - 1);
+        let (plan, ahead) = m.plan(off);
+        match plan {
+            Plan::Nothing => {}
+            Plan::Wake(off, len) => {
+                let _ = self.uffd.wake(m.start + off, len);
+            }
+            Plan::Range(off, len) => {
+                if let Err((pos, e)) = self.fill_range(&m, off, len) {
+                    m.fatal_read(pos, e);
+                }
+            }
+            Plan::Chunk(c) => {
+                if let Err((pos, e)) = self.fill_chunk(&m, c) {
+                    m.fatal_read(pos, e);
+                }
+            }
+        }
+        if let Some(chunks) = ahead {
+            self.schedule(m, chunks);
+        }
+    }
+
+    /// Fills the missing pages of `[off, off + len)` with `UFFDIO_COPY`.
+    /// `Err` = the `pread` at that file offset failed.
+    fn fill_range(&self, m: &Mapping, off: usize, len: usize) -> Result<(), (u64, Errno)> {
+        with_staging(|st| {
+            // SAFETY: the staging buffer is this thread's alone; nothing
+            // else reads or writes it while `buf` lives.
+            let buf = unsafe { st.as_mut_slice(0, len) };
+            m.read(buf, off)?;
+            let live = m.live.read().unwrap_or_else(PoisonError::into_inner);
+            if *live {
+                self.copy_all(m, off, buf.as_ptr(), len);
+            }
+            Ok(())
+        })
+    }
+
+    /// Fills chunk `c`, which the caller claimed (`Busy`), completely, and
+    /// marks it `Full`.
+    fn fill_chunk(&self, m: &Mapping, c: usize) -> Result<(), (u64, Errno)> {
+        let off = c * CHUNK;
+        let len = CHUNK.min(m.len - off);
+        let res = with_staging(|st| {
+            let base = st.as_ptr() as usize;
+            // SAFETY: as in `fill_range`.
+            let buf = unsafe { st.as_mut_slice(0, len) };
+            m.read(buf, off)?;
+            let live = m.live.read().unwrap_or_else(PoisonError::into_inner);
+            if !*live {
+                return Ok(());
+            }
+            let mut done = 0;
+            if self.can_move && len == CHUNK && base % CHUNK == 0 {
+                done = self.move_chunk(m, off, base);
+            }
+            if done < len {
+                // SAFETY: `done < len` bytes into the staging buffer.
+                let src = unsafe { buf.as_ptr().add(done) };
+                self.copy_all(m, off + done, src, len - done);
+                if done > 0 {
+                    // A move that stopped half-way leaves the staging chunk
+                    // in 4 KiB pieces; start it afresh so that the next
+                    // fill gets a huge page again. Nothing borrows it now.
+                    let _ = st.advise(0, CHUNK, Advice::LinuxDontNeed);
+                }
+            }
+            Ok(())
+        });
+        lock(&m.state).chunks[c] = ChunkState::Full;
+        // Belt and braces: anyone who faulted in this chunk while it was
+        // claimed waits for us; every page is present now.
+        let _ = self.uffd.wake(m.start + off, len);
+        res
+    }
+
+    /// Moves the staging chunk at `src` to chunk offset `off` of `m`;
+    /// returns how many bytes were moved (the rest is still in staging).
+    fn move_chunk(&self, m: &Mapping, off: usize, src: usize) -> usize {
+        let dst = m.start + off;
+        let ro = m.read_only.load(Ordering::Acquire);
+        // UFFDIO_MOVE only moves between writable areas: open the chunk for
+        // the move and close it again (its pages are all missing, so no
+        // reader has seen any byte of it).
+        // SAFETY: the chunk lies inside the live mapping (we hold its lock
+        // shared); changing its protection touches no other memory.
+        if ro
+            && unsafe {
+                rustix::mm::mprotect(
+                    dst as *mut _,
+                    CHUNK,
+                    MprotectFlags::READ | MprotectFlags::WRITE,
+                )
+            }
+            .is_err()
+        {
+            return 0;
+        }
+        // SAFETY: `dst` is a chunk of a live mapping registered with this
+        // uffd that we claimed; `src` is this thread's staging chunk, which
+        // nothing borrows now and whose pages we give away.
+        let p = unsafe { self.uffd.move_pages(dst, src, CHUNK, 0) };
+        if ro {
+            // SAFETY: as above. If it fails the chunk stays writable, which
+            // only matters to `unsafe` code writing through a `&[u8]`.
+            let _ = unsafe { rustix::mm::mprotect(dst as *mut _, CHUNK, MprotectFlags::READ) };
+        }
+        p.done
+    }
+
+    /// `UFFDIO_COPY` of `[off, off + len)` from `src`, skipping (and waking)
+    /// pages that are already present.
+    fn copy_all(&self, m: &Mapping, off: usize, src: *const u8, len: usize) {
+        let page = crate::sys::page_size();
+        let mut done = 0;
+        while done < len {
+            // SAFETY: the range is inside a live mapping registered with this
+            // uffd (the caller holds its lock shared); `src` has `len` bytes.
+            let p = unsafe {
+                self.uffd
+                    .copy(m.start + off + done, src.add(done), len - done)
+            };
+            done += p.done;
+            match p.err {
+                None => {}
+                Some(Errno::EXIST) => {
+                    // Someone else filled this page; whoever waits on it
+                    // may have missed that wake-up: wake it, skip it.
+                    let _ = self.uffd.wake(m.start + off + done, page);
+                    done += page;
+                }
+                Some(Errno::AGAIN) | Some(Errno::INTR) => {}
+                Some(e) => m.fatal(&format!(
+                    "installing bytes at offset {} with UFFDIO_COPY failed: {e}",
+                    m.offset + (off + done) as u64
+                )),
+            }
+        }
+    }
+
+    /// Hands chunks to the prefetch thread, starting it on first use.
+    fn schedule(&self, m: Arc<Mapping>, chunks: Range<usize>) {
+        let Some(me) = self.me.upgrade() else { return };
+        if !self.prefetch.start(me) {
+            return;
+        }
+        lock(&self.prefetch.queue).push_back((m, chunks));
+        self.prefetch.cv.notify_one();
+    }
+}
+
+/// The prefetch thread's queue.
+#[derive(Default)]
+struct Prefetch {
+    queue: Mutex<VecDeque<(Arc<Mapping>, Range<usize>)>>,
+    cv: Condvar,
+    started: OnceLock<bool>,
+}
+
+impl Prefetch {
+    /// Starts the thread if needed; false if it cannot run.
+    fn start(&self, srv: Arc<Server>) -> bool {
+        *self.started.get_or_init(|| {
+            thread::Builder::new()
+                .name("mapcopy-prefetch".into())
+                .spawn(move || {
+                    let _guard = AbortOnUnwind("prefetch thread");
+                    prefetch_loop(&srv)
+                })
+                .is_ok()
+        })
+    }
+}
+
+fn prefetch_loop(srv: &Server) {
+    loop {
+        let (m, chunks) = {
+            let mut q = lock(&srv.prefetch.queue);
+            loop {
+                if let Some(job) = q.pop_front() {
+                    break job;
+                }
+                q = srv
+                    .prefetch
+                    .cv
+                    .wait(q)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+        };
+        for c in chunks {
+            if !*m.live.read().unwrap_or_else(PoisonError::into_inner) {
+                break;
+            }
+            if !m.claim(c) {
+                continue;
+            }
+            if let Err((pos, e)) = srv.fill_chunk(&m, c) {
+                m.fatal_read(pos, e);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Staging buffers
+
+struct Staging {
+    region: Region,
+    pid: Pid,
+}
+
+thread_local! {
+    static STAGING: RefCell<Option<Staging>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with this thread's 2 MiB-aligned staging chunk.
+fn with_staging<R>(f: impl FnOnce(&mut Region) -> R) -> R {
+    STAGING.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        let pid = rustix::process::getpid();
+        if cell.as_ref().is_some_and(|s| s.pid != pid) {
+            // Inherited over fork() from a thread of the parent: the memory
+            // was MADV_DONTFORK and is not ours; forget it without unmapping.
+            std::mem::forget(cell.take());
+        }
+        if cell.is_none() {
+            let region =
+                Region::anonymous(CHUNK, ProtFlags::READ | ProtFlags::WRITE, false, HUGE_PAGE)
+                    .unwrap_or_else(|e| {
+                        fatal_msg(&format!("allocating a staging buffer failed: {e}"))
+                    });
+            let _ = region.advise(0, CHUNK, Advice::LinuxHugepage);
+            let _ = region.advise(0, CHUNK, Advice::LinuxDontFork);
+            *cell = Some(Staging { region, pid });
+        }
+        f(&mut cell.as_mut().expect("staging set").region)
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Mappings
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ChunkState {
+    /// Nothing filled by us.
+    Empty,
+    /// Some pages may be filled.
+    Partial,
+    /// A filler claimed it and fills all of it.
+    Busy,
+    /// Every page present.
+    Full,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Stream {
+    /// Offset where the next sequential fault is expected.
+    next: usize,
+    /// Current window (0 = unused slot).
+    window: usize,
+    /// Chunks before this one were handed to the prefetcher.
+    prefetched_to: usize,
+    /// For replacing the least recently used stream.
+    used: u64,
+}
+
+#[derive(Debug)]
+struct State {
+    chunks: Vec<ChunkState>,
+    streams: [Stream; STREAMS],
+    tick: u64,
+}
+
+#[derive(Debug)]
+enum Plan {
+    Nothing,
+    Wake(usize, usize),
+    Range(usize, usize),
+    Chunk(usize),
+}
+
+/// One lazy mapping, shared by its owner and the fillers.
+#[derive(Debug)]
+struct Mapping {
+    start: usize,
+    len: usize,
+    file: File,
+    offset: u64,
+    /// Path of the file, for messages.
+    what: String,
+    /// False once dropping began; fillers hold it shared while installing.
+    live: RwLock<bool>,
+    /// Whether the memory is currently mapped read-only.
+    read_only: AtomicBool,
+    state: Mutex<State>,
+}
+
+impl Mapping {
+    fn chunk_end(&self, c: usize) -> usize {
+        ((c + 1) * CHUNK).min(self.len)
+    }
+
+    /// Decides what to do for a fault at `off`, and which chunks to
+    /// prefetch.
+    fn plan(&self, off: usize) -> (Plan, Option<Range<usize>>) {
+        let page = crate::sys::page_size();
+        let c = off / CHUNK;
+        let nchunks = self.len.div_ceil(CHUNK);
+        let mut st = lock(&self.state);
+        st.tick += 1;
+        let tick = st.tick;
+        // Find the stream this fault continues, or start one.
+        let found = st.streams.iter().position(|s| {
+            s.window > 0 && off >= s.next && off <= s.next.max(s.prefetched_to * CHUNK) + s.window
+        });
+        let i = match found {
+            Some(i) => {
+                let s = &mut st.streams[i];
+                s.window = (s.window * GROWTH).min(CHUNK);
+                i
+            }
+            None => {
+                let i = (0..STREAMS)
+                    .min_by_key(|&i| st.streams[i].used)
+                    .expect("streams");
+                st.streams[i] = Stream {
+                    next: off,
+                    window: MIN_WINDOW.max(page),
+                    prefetched_to: 0,
+                    used: 0,
+                };
+                i
+            }
+        };
+        st.streams[i].used = tick;
+        let window = st.streams[i].window;
+        let chunk_end = self.chunk_end(c);
+        let plan = match st.chunks[c] {
+            ChunkState::Full => Plan::Wake(off, page),
+            ChunkState::Busy if window >= CHUNK => {
+                // Someone fills this chunk and will wake the reader; help
+                // the stream along by taking the next chunk nobody has.
+                let ahead = st.streams[i].prefetched_to.max(c + 1).min(nchunks);
+                match (c + 1..ahead).find(|&k| st.chunks[k] == ChunkState::Empty) {
+                    Some(k) => {
+                        st.chunks[k] = ChunkState::Busy;
+                        Plan::Chunk(k)
+                    }
+                    None => Plan::Nothing,
+                }
+            }
+            ChunkState::Busy => Plan::Nothing,
+            ChunkState::Empty if window >= CHUNK => {
+                st.chunks[c] = ChunkState::Busy;
+                Plan::Chunk(c)
+            }
+            state => {
+                if state == ChunkState::Empty {
+                    st.chunks[c] = ChunkState::Partial;
+                }
+                let end = if window >= CHUNK {
+                    chunk_end
+                } else {
+                    (off + window).min(chunk_end)
+                };
+                Plan::Range(off, end - off)
+            }
+        };
+        let s = &mut st.streams[i];
+        s.next = if window >= CHUNK {
+            chunk_end
+        } else {
+            (off + window).min(chunk_end)
+        };
+        let mut ahead = None;
+        if window >= CHUNK {
+            let from = (c + 1).max(s.prefetched_to);
+            let to = (c + 1 + AHEAD).min(nchunks);
+            if from < to {
+                s.prefetched_to = to;
+                ahead = Some(from..to);
+            }
+        }
+        (plan, ahead)
+    }
+
+    /// Claims an empty chunk for a whole-chunk fill.
+    fn claim(&self, c: usize) -> bool {
+        let mut st = lock(&self.state);
+        if st.chunks[c] == ChunkState::Empty {
+            st.chunks[c] = ChunkState::Busy;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Reads the file at mapping offset `off` into `buf`, zero past the end
+    /// of the file. `Err` names the file offset that failed.
+    fn read(&self, buf: &mut [u8], off: usize) -> Result<(), (u64, Errno)> {
+        let mut done = 0;
+        let at = self.offset + off as u64;
+        #[cfg(test)]
+        {
+            let fail = tests::FAIL_READ_AT.load(Ordering::Relaxed);
+            if (at..at + buf.len() as u64).contains(&fail) {
+                return Err((fail, Errno::IO));
+            }
+        }
+        while done < buf.len() {
+            match rustix::io::pread(&self.file, &mut buf[done..], at + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(Errno::INTR) | Err(Errno::AGAIN) => {}
+                Err(e) => return Err((at + done as u64, e)),
+            }
+        }
+        buf[done..].fill(0);
+        Ok(())
+    }
+
+    fn fatal(&self, what: &str) -> ! {
+        fatal_msg(&format!("{}: {what}", self.what))
+    }
+
+    fn fatal_read(&self, pos: u64, e: Errno) -> ! {
+        self.fatal(&format!(
+            "reading the file at offset {pos} to serve a page fault failed: {e} (errno {})",
+            e.raw_os_error()
+        ))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Map and the snapshot
+
+pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
+    check(Some(req)).map_err(|why| Error::unsupported(Strategy::Lazy, why))?;
+    let srv = server()?;
+    let len = req.map_len();
+    let file = req
+        .file
+        .try_clone()
+        .map_err(|e| Error::io("duplicating the file descriptor", e))?;
+    let what = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| format!("fd {}", req.file.as_raw_fd()));
+    // Writable while populating (or for map_mut); read-only otherwise.
+    let rw = req.writable || req.populate;
+    let prot = if rw {
+        ProtFlags::READ | ProtFlags::WRITE
+    } else {
+        ProtFlags::READ
+    };
+    let region = Region::anonymous(len, prot, true, HUGE_PAGE)
+        .map_err(|e| Error::io(format!("reserving {len} bytes of address space"), e))?;
+    // THP lets a fault leave the page-middle-directory entry empty, so that
+    // whole chunks can be moved in as huge pages. Only advice.
+    let _ = region.advise(0, region.len(), Advice::LinuxHugepage);
+    region
+        .advise(0, region.len(), Advice::LinuxDontFork)
+        .map_err(|e| Error::io("MADV_DONTFORK on the mapping", e))?;
+    let start = region.as_ptr() as usize;
+    // SAFETY: `region` is fresh anonymous memory that this mapping owns; it
+    // stays registered until `Lazy::drop` unregisters it, and the server
+    // serves every fault in it meanwhile (or aborts the process).
+    unsafe { srv.uffd.register_missing(start, region.len()) }
+        .map_err(|e| Error::io("registering the mapping with userfaultfd", e))?;
+    let nchunks = len.div_ceil(CHUNK);
+    let mapping = Arc::new(Mapping {
+        start,
+        len: region.len(),
+        file,
+        offset: req.offset,
+        what,
+        live: RwLock::new(true),
+        read_only: AtomicBool::new(!rw),
+        state: Mutex::new(State {
+            chunks: vec![ChunkState::Empty; nchunks],
+            streams: [Stream::default(); STREAMS],
+            tick: 0,
+        }),
+    });
+    srv.mappings
+        .write()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(start, mapping.clone());
+    let lazy = Lazy {
+        mapping,
+        server: srv,
+        region: ManuallyDrop::new(region),
+        head: req.head,
+        len: req.len,
+        writable: req.writable,
+    };
+    if req.populate {
+        lazy.populate()?;
+        if !req.writable {
+            lazy.region
+                .protect(0, lazy.region.len(), MprotectFlags::READ)
+                .map_err(|e| Error::io("making the copy read-only", e))?;
+            lazy.mapping.read_only.store(true, Ordering::Release);
+        }
+    }
+    Ok(Box::new(lazy))
+}
+
+#[derive(Debug)]
+struct Lazy {
+    mapping: Arc<Mapping>,
+    server: Arc<Server>,
+    /// Unmapped by `Drop` after unregistering (and never in a forked child).
+    region: ManuallyDrop<Region>,
+    head: usize,
+    len: usize,
+    writable: bool,
+}
+
+impl Lazy {
+    /// Fills every chunk now (the mapping is not visible to anyone yet).
+    fn populate(&self) -> Result<(), Error> {
+        let m = &self.mapping;
+        for c in 0..m.len.div_ceil(CHUNK) {
+            if !m.claim(c) {
+                continue;
+            }
+            self.server
+                .fill_chunk(m, c)
+                .map_err(|(pos, e)| Error::io(format!("reading {} at offset {pos}", m.what), e))?;
+        }
+        Ok(())
+    }
+}
+
+impl Snapshot for Lazy {
+    fn strategy(&self) -> Strategy {
+        Strategy::Lazy
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: a page of the region is either missing — then touching it
+        // blocks until the server installs the file's bytes (or the process
+        // aborts) — or present, and then it never changes: UFFDIO_COPY and
+        // UFFDIO_MOVE only fill missing pages, nothing else writes a
+        // read-only mapping, and stores to a writable one come only through
+        // `bytes_mut` (`&mut self`). Anonymous memory never faults fatally
+        // in this process (MADV_DONTFORK only affects children).
+        unsafe { self.region.as_slice(self.head, self.len) }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        debug_assert!(self.writable);
+        // SAFETY: as above; the region is writable for map_mut requests
+        // (the only ones that reach here) and `&mut self` is exclusive.
+        unsafe { self.region.as_mut_slice(self.head, self.len) }
+    }
+}
+
+impl Drop for Lazy {
+    fn drop(&mut self) {
+        if rustix::process::getpid() != self.server.pid {
+            // A forked child dropping its copy of the parent's value: the
+            // memory was never mapped here (MADV_DONTFORK) and the uffd
+            // belongs to the parent's address space. Touch neither.
+            return;
+        }
+        let m = &self.mapping;
+        let mut live = m.live.write().unwrap_or_else(PoisonError::into_inner);
+        *live = false;
+        self.server
+            .mappings
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&m.start);
+        let _ = self.server.uffd.unregister(m.start, m.len);
+        drop(live);
+        // SAFETY: dropped exactly once, here; no filler touches the range
+        // any more (dead, unregistered) and every borrow of it has ended.
+        unsafe { ManuallyDrop::drop(&mut self.region) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::os::unix::fs::FileExt;
+    use std::process::Command;
+    use std::sync::Barrier;
+
+    use super::*;
+    use crate::{ErrorKind, MapOptions};
+
+    /// Whether Lazy works here; prints why not (and fails under
+    /// MAPCOPY_REQUIRE_ALL=1).
+    fn usable() -> bool {
+        match check(None) {
+            Ok(_) => true,
+            Err(why) => {
+                eprintln!("skipped: lazy strategy unusable: {why}");
+                assert!(
+                    std::env::var_os("MAPCOPY_REQUIRE_ALL").is_none(),
+                    "MAPCOPY_REQUIRE_ALL=1 but lazy is unusable: {why}"
+                );
+                false
+            }
+        }
+    }
+
+    /// Deterministic bytes that differ from page to page and within pages.
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| ((i as u64).wrapping_mul(0x9E37_79B1) >> 7) as u8 ^ (i >> 12) as u8 ^ seed)
+            .collect()
+    }
+
+    fn file_with(data: &[u8]) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(data).unwrap();
+        f.flush().unwrap();
+        f
+    }
+
+    fn lazy() -> MapOptions {
+        let mut o = MapOptions::new();
+        o.strategy(Strategy::Lazy);
+        o
+    }
+
+    fn sh(script: &str) {
+        let st = Command::new("sh").arg("-c").arg(script).status().unwrap();
+        assert!(st.success(), "`{script}` failed: {st}");
+    }
+
+    const PAGE: usize = 4096;
+
+    /// Test hook: `Mapping::read` fails with EIO at this file offset.
+    pub(super) static FAIL_READ_AT: std::sync::atomic::AtomicU64 =
+        std::sync::atomic::AtomicU64::new(u64::MAX);
+
+    /// Runs this test binary's test `name` in a child process with
+    /// `MAPCOPY_LAZY_CHILD=role`, killing it after 60 s.
+    fn run_child(name: &str, role: &str) -> (std::process::ExitStatus, String) {
+        use std::os::unix::process::ExitStatusExt;
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", name, "--nocapture", "--test-threads=1"])
+            .env("MAPCOPY_LAZY_CHILD", role)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if std::time::Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("child {role} hung (killed after 60 s)");
+            }
+            thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        eprintln!("child {role}: {status:?} (signal {:?})", status.signal());
+        (status, err)
+    }
+
+    fn child_role() -> Option<String> {
+        std::env::var("MAPCOPY_LAZY_CHILD").ok()
+    }
+
+    #[test]
+    fn read_error_aborts_loudly() {
+        if child_role().as_deref() == Some("eio") {
+            let data = pattern(5 * PAGE, 10);
+            let f = file_with(&data);
+            let file = File::open(f.path()).unwrap();
+            let map = lazy().map(&file).unwrap();
+            assert_eq!(map[0], data[0]);
+            FAIL_READ_AT.store(4 * PAGE as u64 + 100, Ordering::Relaxed);
+            // Page 4 was not filled by the first fault's 16 KiB window.
+            let v = std::hint::black_box(map[4 * PAGE]);
+            eprintln!("child read {v} instead of aborting");
+            std::process::exit(7);
+        }
+        if child_role().is_some() || !usable() {
+            return;
+        }
+        use std::os::unix::process::ExitStatusExt;
+        let (status, err) = run_child("strategy::lazy::tests::read_error_aborts_loudly", "eio");
+        eprintln!("child stderr: {err}");
+        assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}: {err}");
+        assert!(err.contains("at offset 16484"), "{err}");
+        assert!(err.contains("errno 5"), "{err}");
+        assert!(err.contains("aborting the process"), "{err}");
+    }
+
+    /// Source for the test below: always readable, panics when served.
+    struct Panicker(rustix::fd::OwnedFd);
+
+    impl Source for Panicker {
+        fn fd(&self) -> BorrowedFd<'_> {
+            self.0.as_fd()
+        }
+        fn ready(&self) {
+            panic!("test source fails on purpose");
+        }
+        fn shutdown(&self) {}
+        fn name(&self) -> &'static str {
+            "panicker"
+        }
+    }
+
+    #[test]
+    fn faults_are_served_after_the_watcher_fails() {
+        if child_role().as_deref() == Some("watcher") {
+            let data = pattern(3 * CHUNK + 9, 11);
+            let f = file_with(&data);
+            let file = File::open(f.path()).unwrap();
+            let map = lazy().map(&file).unwrap();
+            assert_eq!(map[0], data[0]);
+            let fd = rustix::event::eventfd(1, rustix::event::EventfdFlags::CLOEXEC).unwrap();
+            let _reg = watcher::register(Arc::new(Panicker(fd))).unwrap();
+            thread::sleep(std::time::Duration::from_millis(200));
+            assert!(map[..] == data[..]);
+            std::process::exit(0);
+        }
+        if child_role().is_some() || !usable() {
+            return;
+        }
+        let (status, err) = run_child(
+            "strategy::lazy::tests::faults_are_served_after_the_watcher_fails",
+            "watcher",
+        );
+        assert!(status.success(), "{status:?}: {err}");
+        assert!(err.contains("watcher thread failing"), "{err}");
+    }
+
+    #[test]
+    fn contents_equal_the_file() {
+        if !usable() {
+            return;
+        }
+        for size in [1, 4095, 4096, 4097, 3 * PAGE + 1, 5 * CHUNK + 123] {
+            let data = pattern(size, 1);
+            let f = file_with(&data);
+            let file = File::open(f.path()).unwrap();
+            for populate in [false, true] {
+                let map = lazy().populate(populate).map(&file).unwrap();
+                assert_eq!(map.strategy(), Strategy::Lazy);
+                assert_eq!(map.len(), size);
+                assert!(map[..] == data[..], "size {size} populate {populate}");
+                let mm = lazy().populate(populate).map_mut(&file).unwrap();
+                assert!(mm[..] == data[..], "mut size {size} populate {populate}");
+            }
+            // Unaligned offsets and sub-ranges, read backwards so that the
+            // first fault is not at the start.
+            for (off, len) in [
+                (1, size - 1),
+                (size / 3, size / 2),
+                (size - 1, 1),
+                (4097, 5000),
+            ] {
+                if off + len > size || len == 0 {
+                    continue;
+                }
+                let map = lazy().offset(off as u64).len(len).map(&file).unwrap();
+                let mut sum = 0u64;
+                for i in (0..len).rev().step_by(PAGE) {
+                    sum += u64::from(map[i]);
+                }
+                assert!(sum > 0 || len < 16);
+                assert!(
+                    map[..] == data[off..off + len],
+                    "size {size} off {off} len {len}"
+                );
+            }
+            // A range reaching past the end: zeros there.
+            let map = lazy().len(size + 2 * PAGE).map(&file).unwrap();
+            assert!(map[..size] == data[..]);
+            assert!(map[size..].iter().all(|&b| b == 0));
+        }
+    }
+
+    #[test]
+    fn pages_read_before_writes_by_another_process_keep_their_bytes() {
+        if !usable() {
+            return;
+        }
+        let size = 2 * CHUNK;
+        let data = pattern(size, 2);
+        let f = file_with(&data);
+        let path = f.path().display().to_string();
+        let file = File::open(f.path()).unwrap();
+        let map = lazy().map(&file).unwrap();
+        // Touch page 0 and page 100 (fault-around may fill a few neighbours).
+        assert_eq!(map[10], data[10]);
+        assert_eq!(map[100 * PAGE + 3], data[100 * PAGE + 3]);
+        // Another process overwrites both pages and one untouched page.
+        for p in [0, 100, 300] {
+            sh(&format!(
+                "head -c {PAGE} /dev/zero | tr '\\0' 'X' | dd of='{path}' bs={PAGE} seek={p} conv=notrunc status=none"
+            ));
+        }
+        assert!(map[..PAGE] == data[..PAGE], "page 0 changed after pwrite");
+        assert!(map[100 * PAGE..101 * PAGE] == data[100 * PAGE..101 * PAGE]);
+        // Page 300 was first touched after the write: Lazy snapshots at
+        // first access, so it holds the new bytes (S1 allows old or new).
+        assert!(map[300 * PAGE..301 * PAGE].iter().all(|&b| b == b'X'));
+        // Shrink to 8 KiB: touched pages keep their bytes, untouched ones
+        // read as zero, and nothing faults (S3).
+        sh(&format!("truncate -s 8192 '{path}'"));
+        assert!(map[..PAGE] == data[..PAGE]);
+        assert!(map[300 * PAGE..301 * PAGE].iter().all(|&b| b == b'X'));
+        assert!(map[200 * PAGE..201 * PAGE].iter().all(|&b| b == 0));
+        assert!(map[size - PAGE..].iter().all(|&b| b == 0));
+        // Regrow with other bytes: still nothing changes.
+        sh(&format!(
+            "head -c {size} /dev/zero | tr '\\0' 'Y' > '{path}'"
+        ));
+        assert!(map[..PAGE] == data[..PAGE]);
+        assert!(map[200 * PAGE..201 * PAGE].iter().all(|&b| b == 0));
+        assert!(map[400 * PAGE..401 * PAGE].iter().all(|&b| b == b'Y'));
+    }
+
+    #[test]
+    fn populate_snapshots_everything_at_map_time() {
+        if !usable() {
+            return;
+        }
+        let data = pattern(3 * CHUNK + 5, 3);
+        let f = file_with(&data);
+        let file = File::open(f.path()).unwrap();
+        let map = lazy().populate(true).map(&file).unwrap();
+        sh(&format!("truncate -s 0 '{}'", f.path().display()));
+        assert!(map[..] == data[..]);
+    }
+
+    #[test]
+    fn map_mut_stores_stay_private() {
+        if !usable() {
+            return;
+        }
+        let data = pattern(CHUNK + 3 * PAGE, 4);
+        let f = file_with(&data);
+        let file = File::open(f.path()).unwrap();
+        let mut map = lazy().map_mut(&file).unwrap();
+        // First touch is a store (write fault), then a read elsewhere.
+        map[CHUNK + 5] = !data[CHUNK + 5];
+        map[7] = !data[7];
+        assert_eq!(map[CHUNK + 5], !data[CHUNK + 5]);
+        assert_eq!(map[CHUNK + 6], data[CHUNK + 6]);
+        assert_eq!(map[8], data[8]);
+        assert_eq!(std::fs::read(f.path()).unwrap(), data);
+    }
+
+    #[test]
+    fn eight_threads_racing_on_first_touch() {
+        if !usable() {
+            return;
+        }
+        let size = 6 * CHUNK + 77;
+        let data = pattern(size, 5);
+        let f = file_with(&data);
+        let file = File::open(f.path()).unwrap();
+        for round in 0..5 {
+            let map = lazy().map(&file).unwrap();
+            let barrier = Barrier::new(8);
+            thread::scope(|s| {
+                for t in 0..8usize {
+                    let (map, data, barrier) = (&map, &data, &barrier);
+                    s.spawn(move || {
+                        barrier.wait();
+                        // Half the threads go forwards, half backwards, all
+                        // starting on the same pages.
+                        let pages = size.div_ceil(PAGE);
+                        for k in 0..pages {
+                            let p = if t % 2 == 0 { k } else { pages - 1 - k };
+                            let i = (p * PAGE + t * 8).min(size - 1);
+                            assert_eq!(map[i], data[i], "round {round} thread {t} byte {i}");
+                        }
+                    });
+                }
+            });
+            assert!(map[..] == data[..]);
+        }
+    }
+
+    #[test]
+    fn kernel_reads_untouched_pages() {
+        if !usable() {
+            return;
+        }
+        let size = 3 * CHUNK + 1234;
+        let data = pattern(size, 6);
+        let f = file_with(&data);
+        let file = File::open(f.path()).unwrap();
+        let map = lazy().offset(3).map(&file).unwrap();
+        // write(2) with an untouched source: the kernel faults on it.
+        let mut out = tempfile::tempfile().unwrap();
+        out.write_all(&map).unwrap();
+        let mut back = vec![0u8; size - 3];
+        out.read_exact_at(&mut back, 0).unwrap();
+        assert!(back == data[3..]);
+        // And through a pipe, from another fresh mapping.
+        let map = lazy().map(&file).unwrap();
+        let (r, w) = rustix::pipe::pipe().unwrap();
+        let reader = thread::spawn(move || {
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                match rustix::io::read(&r, &mut buf) {
+                    Ok(0) => break got,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        });
+        let mut done = 0;
+        while done < map.len() {
+            done += rustix::io::write(&w, &map[done..]).unwrap();
+        }
+        drop(w);
+        assert!(reader.join().unwrap() == data);
+    }
+
+    fn vm_rss() -> u64 {
+        let s = std::fs::read_to_string("/proc/self/status").unwrap();
+        let l = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        l[6..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+            * 1024
+    }
+
+    /// Rss of the mapping at `addr`, from /proc/self/smaps (sum over VMAs
+    /// inside `[addr, addr + len)`).
+    fn smaps_rss(addr: usize, len: usize) -> u64 {
+        let s = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut inside = false;
+        let mut rss = 0;
+        for l in s.lines() {
+            if let Some((range, _)) = l.split_once(' ').filter(|(r, _)| r.contains('-')) {
+                if let Some((a, b)) = range.split_once('-') {
+                    if let (Ok(a), Ok(b)) =
+                        (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+                    {
+                        inside = a >= addr && b <= addr + len;
+                        continue;
+                    }
+                }
+            }
+            if inside && l.starts_with("Rss:") {
+                rss += l[4..]
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap()
+                    * 1024;
+            }
+        }
+        rss
+    }
+
+    #[test]
+    fn sparse_64_gib_file_costs_only_touched_pages() {
+        if !usable() {
+            return;
+        }
+        let size: u64 = 64 << 30;
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let file = f.as_file();
+        file.set_len(size).unwrap();
+        let marks = [0u64, 12345 * 4096 + 7, 32 << 30, size - 9];
+        for (k, &m) in marks.iter().enumerate() {
+            file.write_all_at(format!("mark{k}").as_bytes(), m.min(size - 5))
+                .unwrap();
+        }
+        let before = vm_rss();
+        let map = lazy().map(file).unwrap();
+        assert_eq!(map.len() as u64, size);
+        for (k, &m) in marks.iter().enumerate() {
+            let m = m.min(size - 5) as usize;
+            assert_eq!(&map[m..m + 5], format!("mark{k}").as_bytes());
+        }
+        assert_eq!(map[(48 << 30) + 5], 0);
+        let rss = smaps_rss(map.as_ptr() as usize, map.len());
+        let grew = vm_rss().saturating_sub(before);
+        eprintln!("64 GiB sparse mapping: mapping Rss {rss} bytes, VmRSS grew {grew} bytes");
+        assert!(rss > 0, "smaps did not find the mapping");
+        assert!(rss < (16 << 20), "mapping Rss {rss}");
+        assert!(grew < (64 << 20), "VmRSS grew by {grew}");
+    }
+
+    #[test]
+    fn drop_with_prefetch_and_stale_faults_in_flight() {
+        if !usable() {
+            return;
+        }
+        let size = 24 * CHUNK;
+        let a = pattern(size, 7);
+        let b = pattern(size, 8);
+        let fa = file_with(&a);
+        let fb = file_with(&b);
+        let (file_a, file_b) = (
+            File::open(fa.path()).unwrap(),
+            File::open(fb.path()).unwrap(),
+        );
+        for round in 0..20 {
+            // A sequential start sets the prefetcher going; drop at once.
+            let map = lazy().map(&file_a).unwrap();
+            let addr = map.as_ptr() as usize;
+            let mut sum = 0u64;
+            for i in (0..4 * CHUNK).step_by(PAGE) {
+                sum += u64::from(map[i]);
+            }
+            // Eight threads on the same few pages leave stale messages.
+            let barrier = Barrier::new(8);
+            thread::scope(|s| {
+                for t in 0..8 {
+                    let (map, barrier) = (&map, &barrier);
+                    s.spawn(move || {
+                        barrier.wait();
+                        std::hint::black_box(map[10 * CHUNK + (t % 2) * PAGE]);
+                    });
+                }
+            });
+            drop(map);
+            // New mappings, likely at the same address, must hold their own
+            // file's bytes whatever old messages and jobs still arrive.
+            let map = lazy().map(&file_b).unwrap();
+            let reused = map.as_ptr() as usize == addr;
+            assert!(
+                map[..] == b[..],
+                "round {round} (address reused: {reused}) sum {sum}"
+            );
+        }
+    }
+
+    #[test]
+    fn forked_child_faults_instead_of_reading_zeros() {
+        if !usable() {
+            return;
+        }
+        let data = pattern(2 * PAGE, 9);
+        let f = file_with(&data);
+        let file = File::open(f.path()).unwrap();
+        let map = lazy().map(&file).unwrap();
+        assert_eq!(map[1], data[1]); // page 0 present in the parent
+        for off in [1usize, PAGE + 1] {
+            let p = map.as_ptr() as usize + off;
+            // SAFETY: fork in a test; the child only reads memory and exits.
+            let pid = unsafe { libc::fork() };
+            assert!(pid >= 0);
+            if pid == 0 {
+                // SAFETY: reads the mapping's address in the child, where it
+                // is expected to be unmapped (MADV_DONTFORK).
+                let v = unsafe { std::ptr::read_volatile(p as *const u8) };
+                // SAFETY: _exit is async-signal-safe.
+                unsafe { libc::_exit(if v == 0 { 3 } else { 4 }) };
+            }
+            let mut status = 0;
+            // SAFETY: waits for the child just forked.
+            assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+            assert!(
+                libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSEGV,
+                "child at offset {off}: status {status:#x} (exit 3 = read zeros, 4 = read data)"
+            );
+        }
+        assert!(map[..] == data[..]);
+    }
+
+    /// Run as root and as nobody: `setpriv --reuid=65534 --regid=65534
+    /// --clear-groups <test binary> check_follows_privileges`.
+    #[test]
+    fn check_follows_privileges() {
+        let root = rustix::process::geteuid().is_root();
+        let sysctl_on = unprivileged_sysctl().as_deref() == Some("1");
+        let dev_ok = rustix::fs::access(
+            "/dev/userfaultfd",
+            rustix::fs::Access::READ_OK | rustix::fs::Access::WRITE_OK,
+        )
+        .is_ok();
+        let expect_ok = root || sysctl_on || dev_ok;
+        let res = check(None);
+        eprintln!("root {root}, sysctl {sysctl_on}, /dev/userfaultfd {dev_ok}: {res:?}");
+        let f = file_with(b"abc");
+        let file = File::open(f.path()).unwrap();
+        let mapped = lazy().map(&file);
+        if expect_ok {
+            let found = res.unwrap();
+            assert!(found.contains("userfaultfd"), "{found}");
+            assert_eq!(&mapped.unwrap()[..], b"abc");
+        } else {
+            let why = res.unwrap_err();
+            assert!(
+                why.contains("EPERM") && why.contains("vm.unprivileged_userfaultfd is 0"),
+                "{why}"
+            );
+            assert!(why.contains("/dev/userfaultfd cannot be used"), "{why}");
+            assert!(
+                why.contains("sysctl vm.unprivileged_userfaultfd=1"),
+                "{why}"
+            );
+            let e = mapped.unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Unsupported);
+            assert!(e.to_string().contains("kernel-mode faults"), "{e}");
+        }
+    }
 }

@@ -1,0 +1,296 @@
+//! Fixtures: files with recognisable contents, loop-mounted filesystem
+//! images, and the one rule for tests that cannot run here.
+//!
+//! ```no_run
+//! use mapcopy_check::fixture::{FsKind, LoopMount, TestFile, skip_or_fail};
+//! # fn main() -> Result<(), String> {
+//! let file = TestFile::new(3 * 4096 + 1).map_err(|e| e.to_string())?;
+//! assert_eq!(std::fs::read(file.path()).unwrap().len(), 3 * 4096 + 1);
+//! match LoopMount::new(FsKind::Xfs) {
+//!     Ok(mnt) => { /* make files under mnt.path(); unmounted on drop */ }
+//!     Err(why) => { skip_or_fail(&why)?; } // skip, or fail with MAPCOPY_REQUIRE_ALL=1
+//! }
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tempfile::TempDir;
+
+use crate::pattern;
+
+/// Environment variable that turns every skip into a failure (set in CI).
+pub const REQUIRE_ALL_ENV: &str = "MAPCOPY_REQUIRE_ALL";
+
+/// Is `MAPCOPY_REQUIRE_ALL=1` set?
+pub fn require_all() -> bool {
+    std::env::var(REQUIRE_ALL_ENV).is_ok_and(|v| v == "1")
+}
+
+/// The one rule for a test that lacks something it needs: prints why it
+/// skips and returns `Ok(reason)` — or, with `MAPCOPY_REQUIRE_ALL=1`,
+/// returns `Err` (the test must fail).
+///
+/// ```
+/// // SAFETY-free env access in a doc test: single-threaded here.
+/// # unsafe { std::env::remove_var("MAPCOPY_REQUIRE_ALL") };
+/// let r = mapcopy_check::fixture::skip_or_fail("needs xfs");
+/// assert_eq!(r, Ok("needs xfs".to_string()));
+/// ```
+pub fn skip_or_fail(reason: impl fmt::Display) -> Result<String, String> {
+    if require_all() {
+        Err(format!(
+            "{REQUIRE_ALL_ENV}=1 but this test would be skipped: {reason}"
+        ))
+    } else {
+        eprintln!("skipped: {reason}");
+        Ok(reason.to_string())
+    }
+}
+
+/// A file in its own temporary directory (removed on drop), filled with a
+/// [`pattern`] generation.
+#[derive(Debug)]
+pub struct TestFile {
+    dir: TempDir,
+    path: PathBuf,
+}
+
+impl TestFile {
+    /// A file of `size` bytes of generation 0 in a new temp directory under
+    /// the system temp dir.
+    pub fn new(size: usize) -> io::Result<TestFile> {
+        Self::new_in(&std::env::temp_dir(), size, 0)
+    }
+
+    /// A file of `size` bytes of generation `generation` in a new directory
+    /// under `parent`.
+    pub fn new_in(parent: &Path, size: usize, generation: u32) -> io::Result<TestFile> {
+        let dir = tempfile::Builder::new()
+            .prefix("mapcopy-")
+            .tempdir_in(parent)?;
+        let path = dir.path().join("file");
+        std::fs::write(&path, pattern::bytes(generation, 0, size))?;
+        Ok(TestFile { dir, path })
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Its directory (removed with it).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Opens it read-only.
+    pub fn open(&self) -> io::Result<File> {
+        File::open(&self.path)
+    }
+
+    /// Its contents now.
+    pub fn contents(&self) -> io::Result<Vec<u8>> {
+        std::fs::read(&self.path)
+    }
+
+    /// Lets every user read the file and search its directory (for tests
+    /// that run parts as an unprivileged user).
+    pub fn share(&self) -> io::Result<()> {
+        std::fs::set_permissions(self.dir.path(), std::fs::Permissions::from_mode(0o755))?;
+        std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(0o644))
+    }
+}
+
+/// A filesystem type a [`LoopMount`] can make.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FsKind {
+    /// `mkfs.ext4`
+    Ext4,
+    /// `mkfs.xfs -m reflink=1`
+    Xfs,
+    /// `mkfs.btrfs`
+    Btrfs,
+}
+
+impl FsKind {
+    /// Lower-case name, as the kernel calls it.
+    pub fn name(self) -> &'static str {
+        match self {
+            FsKind::Ext4 => "ext4",
+            FsKind::Xfs => "xfs",
+            FsKind::Btrfs => "btrfs",
+        }
+    }
+
+    fn mkfs(self) -> (&'static str, &'static [&'static str]) {
+        match self {
+            FsKind::Ext4 => ("mkfs.ext4", &["-q", "-F"]),
+            FsKind::Xfs => ("mkfs.xfs", &["-q", "-f", "-m", "reflink=1"]),
+            FsKind::Btrfs => ("mkfs.btrfs", &["-q", "-f"]),
+        }
+    }
+}
+
+impl fmt::Display for FsKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Name of the filesystem `path` lives on (`ext4`, `xfs`, `btrfs`,
+/// `tmpfs`, or the magic number in hex).
+pub fn fs_name(path: &Path) -> io::Result<String> {
+    let st = rustix::fs::statfs(path)?;
+    Ok(match st.f_type as u64 {
+        0xEF53 => "ext4".into(),
+        0x5846_5342 => "xfs".into(),
+        0x9123_683E => "btrfs".into(),
+        0x0102_1994 => "tmpfs".into(),
+        0xCAFE_4A11 => "bcachefs".into(),
+        m => format!("fs 0x{m:x}"),
+    })
+}
+
+/// A fresh filesystem image, attached to a loop device and mounted under a
+/// temporary directory. Dropping it (also while unwinding from a panic)
+/// unmounts, detaches the loop device and removes the image.
+#[derive(Debug)]
+pub struct LoopMount {
+    kind: FsKind,
+    dir: Option<TempDir>,
+    mnt: PathBuf,
+    device: Option<String>,
+    mounted: bool,
+}
+
+/// Image size: above the 300 MB minimum of recent mkfs.xfs. Sparse, so it
+/// costs only what is written.
+const IMAGE_SIZE: u64 = 320 << 20;
+
+fn run(cmd: &mut Command) -> Result<String, String> {
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run {:?}: {e}", cmd.get_program()))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(format!(
+            "{:?} {:?} failed ({}): {}",
+            cmd.get_program(),
+            cmd.get_args().collect::<Vec<_>>(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn have(tool: &str) -> bool {
+    ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+        .iter()
+        .any(|d| Path::new(d).join(tool).exists())
+        || std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).exists()))
+}
+
+impl LoopMount {
+    /// Makes, attaches and mounts a `kind` image. `Err` says why it cannot
+    /// (not root, a tool missing, a command failed); pass it to
+    /// [`skip_or_fail`].
+    pub fn new(kind: FsKind) -> Result<LoopMount, String> {
+        Self::new_in(&std::env::temp_dir(), kind)
+    }
+
+    /// Like [`LoopMount::new`], with the image and mount point under
+    /// `parent`.
+    pub fn new_in(parent: &Path, kind: FsKind) -> Result<LoopMount, String> {
+        if !rustix::process::geteuid().is_root() {
+            return Err(format!("mounting a {kind} loop image needs root"));
+        }
+        let (mkfs, args) = kind.mkfs();
+        for tool in [mkfs, "losetup", "mount", "umount"] {
+            if !have(tool) {
+                return Err(format!(
+                    "{tool} is not installed (needed for a {kind} loop image)"
+                ));
+            }
+        }
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("mapcopy-{kind}-"))
+            .tempdir_in(parent)
+            .map_err(|e| format!("temp dir: {e}"))?;
+        let image = dir.path().join("image");
+        let mnt = dir.path().join("mnt");
+        let mut m = LoopMount {
+            kind,
+            mnt: mnt.clone(),
+            dir: Some(dir),
+            device: None,
+            mounted: false,
+        };
+        File::create(&image)
+            .and_then(|f| f.set_len(IMAGE_SIZE))
+            .map_err(|e| format!("creating {}: {e}", image.display()))?;
+        std::fs::create_dir(&mnt).map_err(|e| format!("creating {}: {e}", mnt.display()))?;
+        run(Command::new(mkfs).args(args).arg(&image))?;
+        let dev = run(Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(&image))?;
+        m.device = Some(dev.clone());
+        run(Command::new("mount").arg(&dev).arg(&mnt))?;
+        m.mounted = true;
+        // Like /tmp: anyone may create files (the unprivileged cases).
+        std::fs::set_permissions(&mnt, std::fs::Permissions::from_mode(0o1777))
+            .map_err(|e| format!("chmod {}: {e}", mnt.display()))?;
+        Ok(m)
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> &Path {
+        &self.mnt
+    }
+
+    /// The filesystem type.
+    pub fn kind(&self) -> FsKind {
+        self.kind
+    }
+
+    /// The loop device (`/dev/loopN`).
+    pub fn device(&self) -> Option<&str> {
+        self.device.as_deref()
+    }
+}
+
+impl Drop for LoopMount {
+    fn drop(&mut self) {
+        if self.mounted {
+            // A straggling child may still hold a file open for a moment.
+            let mut ok = false;
+            for _ in 0..20 {
+                if run(Command::new("umount").arg(&self.mnt)).is_ok() {
+                    ok = true;
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            if !ok {
+                eprintln!(
+                    "warning: umount {} failed; detaching lazily",
+                    self.mnt.display()
+                );
+                let _ = run(Command::new("umount").arg("-l").arg(&self.mnt));
+            }
+        }
+        if let Some(dev) = self.device.take()
+            && let Err(e) = run(Command::new("losetup").arg("-d").arg(&dev))
+        {
+            eprintln!("warning: {e}");
+        }
+        drop(self.dir.take());
+    }
+}
