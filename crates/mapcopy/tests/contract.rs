@@ -954,7 +954,7 @@ enum ForkBehaviour {
 
 fn fork_behaviour(s: Strategy) -> ForkBehaviour {
     match s {
-        Strategy::Lazy => ForkBehaviour::Faults,
+        Strategy::Lazy | Strategy::Lease => ForkBehaviour::Faults,
         _ => ForkBehaviour::Inherits,
     }
 }

@@ -54,6 +54,9 @@ fn main() {
         trials.push(trial(format!("lease/{fs}/writers"), move || {
             with_fs(fs, |dir| writers(Strategy::Lease, dir))
         }));
+        trials.push(trial(format!("lease/{fs}/map_mut_private"), move || {
+            with_fs(fs, |dir| map_mut_private(Strategy::Lease, dir))
+        }));
         trials.push(trial(
             format!("lease/{fs}/past_eof_reads_zero"),
             move || with_fs(fs, |dir| past_eof(Strategy::Lease, dir)),
@@ -596,13 +599,6 @@ fn lease_refusals(dir: &Path) -> Result<(), Failed> {
     eprintln!("  own writable fd: {e}");
     ensure(e.to_string().contains("open for writing"), || e.to_string())?;
     drop(rw);
-    // map_mut.
-    let e = MapOptions::new()
-        .strategy(Strategy::Lease)
-        .map_mut(&file)
-        .expect_err("map_mut");
-    eprintln!("  map_mut: {e}");
-    ensure(e.kind() == ErrorKind::Unsupported, || e.to_string())?;
     // And after all that, it works.
     let m = lease()?;
     ensure(&m[..] == b"abc", || "bytes".into())?;

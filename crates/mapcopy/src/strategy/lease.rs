@@ -42,8 +42,14 @@
 //! the watcher thread alone (`F_SETOWN_EX`), which blocks every other
 //! asynchronous signal, so application threads see no `EINTR` from us.
 //!
-//! **Unsupported** (said before mapping): `map_mut` (see `check`); the fd
-//! passed in is open for writing; any writer has the file open or mapped
+//! **`map_mut`**: snapshotted at map time, under the lease (clone where the
+//! filesystem clones, else a copy), and the lease released before `map_mut`
+//! returns. Waiting for a break is not possible for a writable mapping: a
+//! file mapping's private pages are discarded by `truncate`, and replacing
+//! them on a break would race the owner's own concurrent stores.
+//!
+//! **Unsupported** (said before mapping): the fd passed in is open for
+//! writing; any writer has the file open or mapped
 //! shared-writable (`EAGAIN`); not the file's owner and no `CAP_LEASE`
 //! (`EACCES`); a filesystem without leases (`EINVAL`), or leases disabled
 //! (`fs.leases-enable = 0`); the lease-break signal taken by the
@@ -124,14 +130,6 @@ pub(crate) fn check(req: Option<&Request<'_>>) -> Result<String, String> {
 
 /// Refusals that need no syscall.
 fn static_checks(req: &Request<'_>) -> Result<(), String> {
-    if req.writable {
-        return Err(
-            "a writable (map_mut) mapping cannot be snapshotted on a lease break without racing \
-             the owner's own stores (a file mapping's private copies are discarded by truncate, \
-             and moving them needs a copy concurrent stores could miss); use reflink, lazy or eager"
-                .into(),
-        );
-    }
     if req.meta.writable {
         return Err(
             "this process holds the file open for writing (the fd passed in is writable); \
@@ -226,18 +224,34 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
 
     // Hold the table from taking the lease until the entry is in it: the
     // watcher looks breaks up in the table, so it waits for us.
-    let mut table = lock(&TABLE);
-    let (tid, stale) = ensure_source(&mut table, breaks)?;
-    // Dropping a registration waits for the watcher's callback in progress,
-    // which may be ours waiting for the table: only after unlocking.
+    // EAGAIN can be transient: a writable fd closed by its owner may live on
+    // for a moment in a child another thread is forking (until its exec
+    // closes it). Retry briefly (15 ms in all) before calling it a writer.
+    let mut pause = std::time::Duration::from_millis(1);
+    let (mut table, tid, stale) = loop {
+        let mut table = lock(&TABLE);
+        let (tid, stale) = ensure_source(&mut table, breaks.clone())?;
+        match lease::set_lease(&file, Lease::Read) {
+            Ok(()) => break (table, tid, stale),
+            Err(e) => {
+                drop(table);
+                // Dropped only after unlocking: dropping a registration
+                // waits for the watcher's callback in progress, which may be
+                // ours waiting for the table.
+                drop(stale);
+                if e.raw_os_error() == Some(libc::EAGAIN) && pause.as_millis() <= 8 {
+                    std::thread::sleep(pause);
+                    pause *= 2;
+                    continue;
+                }
+                return Err(unsupported(refusal(e, req)));
+            }
+        }
+    };
     let unlock = |table: MutexGuard<'_, Option<Table>>| {
         drop(table);
         drop(stale);
     };
-    if let Err(e) = lease::set_lease(&file, Lease::Read) {
-        unlock(table);
-        return Err(unsupported(refusal(e, req)));
-    }
     let made = (|| -> Result<Entry, Error> {
         lease::set_owner_thread(&file, tid).map_err(|e| Error::io("F_SETOWN_EX", e))?;
         // Stable while the lease is held.
@@ -245,7 +259,7 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
             .map_err(|e| Error::io("fstat", e))?
             .st_size as u64;
         let len = req.map_len();
-        let region = Region::anonymous(len, ProtFlags::READ, true, HUGE_PAGE)
+        let region = Region::anonymous(len, prot(req.writable), true, HUGE_PAGE)
             .map_err(|e| Error::io(format!("reserving {len} bytes of address space"), e))?;
         let page = crate::sys::page_size();
         let in_file = size.saturating_sub(req.offset);
@@ -259,8 +273,10 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
             // up to the last partial page of `file_len` (completed with zeros
             // by the kernel) and cannot shrink while our lease is held; after
             // the lease is gone this part is replaced (see `Entry::resolve`).
-            unsafe { region.overlay_file(0, file_len, &file, req.offset, ProtFlags::READ, true) }
-                .map_err(|e| Error::io("mapping the file", e))?;
+            unsafe {
+                region.overlay_file(0, file_len, &file, req.offset, prot(req.writable), true)
+            }
+            .map_err(|e| Error::io("mapping the file", e))?;
         }
         // A child must not inherit a mapping only our lease keeps stable.
         region
@@ -272,6 +288,7 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
             offset: req.offset,
             size,
             fs_type: req.meta.fs_type,
+            writable: req.writable,
             key: file.as_raw_fd(),
             pid: rustix::process::getpid(),
             abandoned: AtomicBool::new(false),
@@ -300,8 +317,9 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
         t.entries.insert(key, Arc::downgrade(&entry));
     }
     unlock(table);
-    if req.populate {
-        // Every page's snapshot now: do what a break would, release.
+    if req.populate || req.writable {
+        // Every page's snapshot now: do what a break would, release. For
+        // map_mut always (see the module docs).
         entry.resolve(false);
     }
     Ok(Box::new(LeaseMap {
@@ -322,6 +340,8 @@ struct Entry {
     /// File size at map time (unchanged while leased).
     size: u64,
     fs_type: i64,
+    /// For `map_mut`: mapped read-write (and snapshotted at map time).
+    writable: bool,
     /// Our lease fd's number: what `si_fd` says.
     key: RawFd,
     /// The process that made it (a forked child must not touch it).
@@ -399,8 +419,8 @@ impl Entry {
                                 self.file_len,
                                 &clone,
                                 self.offset,
-                                ProtFlags::READ,
-                                false,
+                                prot(self.writable),
+                                self.writable,
                             )
                         } {
                             Ok(()) => return Ok(()),
@@ -422,13 +442,24 @@ impl Entry {
         // SAFETY: fresh anonymous memory, borrowed exclusively here.
         let buf = unsafe { copy.as_mut_slice(0, len) };
         read_full(file, buf, self.offset).map_err(|e| format!("{note}reading the file: {e}"))?;
-        copy.protect(0, len, MprotectFlags::READ)
-            .map_err(|e| format!("{note}mprotect: {e}"))?;
+        if !self.writable {
+            copy.protect(0, len, MprotectFlags::READ)
+                .map_err(|e| format!("{note}mprotect: {e}"))?;
+        }
         // SAFETY: `copy` holds the file's bytes read under our lease — the
         // bytes the mapping shows (bytes past the end of the file in the last
         // page are zero in both). mremap swaps the pages in one step under
         // the mmap lock.
         unsafe { copy.move_into(&self.region, 0) }.map_err(|e| format!("{note}mremap: {e}"))
+    }
+}
+
+/// Protection of a mapping made for `map_mut` (`writable`) or `map`.
+fn prot(writable: bool) -> ProtFlags {
+    if writable {
+        ProtFlags::READ | ProtFlags::WRITE
+    } else {
+        ProtFlags::READ
     }
 }
 
@@ -474,7 +505,17 @@ impl Snapshot for LeaseMap {
     }
 
     fn bytes_mut(&mut self) -> &mut [u8] {
-        unreachable!("the Lease strategy refuses map_mut requests")
+        let e = &self.entry;
+        assert!(
+            e.writable && self.head + self.len <= e.region.len(),
+            "bytes_mut on a read-only Lease mapping"
+        );
+        // SAFETY: only map_mut requests reach here (asserted): their region
+        // is mapped read-write and was snapshotted before `map` returned
+        // (clone or copy, lease released), so nothing but this process's own
+        // stores changes it. `&mut self` is the only way to the bytes; the
+        // watcher no longer touches a released entry. In bounds (asserted).
+        unsafe { std::slice::from_raw_parts_mut(e.region.as_ptr().add(self.head), self.len) }
     }
 }
 
@@ -656,13 +697,17 @@ mod tests {
     }
 
     #[test]
-    fn refuses_map_mut_and_writable_fd() {
+    fn map_mut_is_private_and_refuses_writable_fd() {
         let (path, file) = leased(b"abc");
-        let e = MapOptions::new()
+        let mut m = MapOptions::new()
             .strategy(Strategy::Lease)
             .map_mut(&file)
-            .unwrap_err();
-        assert_eq!(e.kind(), crate::ErrorKind::Unsupported);
+            .unwrap();
+        m[0] = b'X';
+        std::fs::write(&path, b"new").unwrap();
+        assert_eq!(&m[..], b"Xbc");
+        drop(m);
+        std::fs::write(&path, b"abc").unwrap();
         let rw = File::options().read(true).write(true).open(&path).unwrap();
         let e = MapOptions::new()
             .strategy(Strategy::Lease)
