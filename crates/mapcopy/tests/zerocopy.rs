@@ -540,8 +540,22 @@ fn auto_order(fs: Kind, dir: &Path) -> Result<(), Failed> {
         })?;
     }
     drop(writer);
-    let mm = MapOptions::new().map_mut(&file)?;
+    // map_mut: Lease snapshots at map time (a clone where there is reflink,
+    // else a copy); Auto takes it first where it is usable.
+    let mut mm = MapOptions::new().map_mut(&file)?;
     eprintln!("  {fs}: auto for map_mut: {}", mm.strategy());
+    mm[0] ^= 0xff;
+    ensure(mm.strategy() == Strategy::Lease, || {
+        format!("auto map_mut picked {}", mm.strategy())
+    })?;
+    drop(mm);
+    let writer = File::options().append(true).open(&path)?;
+    let mm = MapOptions::new().map_mut(&file)?;
+    eprintln!(
+        "  {fs}: auto for map_mut with a writer open: {}",
+        mm.strategy()
+    );
+    drop(writer);
     if let Some(w) = want {
         ensure(mm.strategy() == w, || {
             format!("auto map_mut picked {}", mm.strategy())

@@ -594,8 +594,13 @@ fn ensure_source(
         Some(t) => (t.entries, Some(t._reg)),
         None => (HashMap::new(), None),
     };
+    // An fd of our own for the pipe: a stale registration of the previous
+    // source may still hold the pipe's other fd in the same epoll set.
+    let fd = rustix::io::fcntl_dupfd_cloexec(breaks.fd(), 0)
+        .map_err(|e| Error::io("dup of the lease-break pipe", e))?;
     let source = Arc::new(LeaseSource {
         breaks,
+        fd,
         dead: AtomicBool::new(false),
     });
     let reg = watcher::register(source.clone())
@@ -628,13 +633,16 @@ fn targets(fds: Option<&[RawFd]>) -> Vec<Arc<Entry>> {
 
 struct LeaseSource {
     breaks: Arc<signal::Breaks>,
+    /// What the watcher waits on: this source's own fd of the pipe.
+    fd: std::os::fd::OwnedFd,
     /// Set by `shutdown`: the watcher is gone, register anew.
     dead: AtomicBool,
 }
 
 impl Source for LeaseSource {
     fn fd(&self) -> BorrowedFd<'_> {
-        self.breaks.fd()
+        use std::os::fd::AsFd;
+        self.fd.as_fd()
     }
 
     fn ready(&self) {
