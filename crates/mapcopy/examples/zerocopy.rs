@@ -81,6 +81,14 @@ fn make(path: &Path, len: usize) {
     f.sync_all().unwrap();
 }
 
+fn make_unsynced(path: &Path, len: usize) {
+    let mut f = File::create(path).unwrap();
+    let chunk = vec![0x42u8; 1 << 20];
+    for _ in 0..len >> 20 {
+        f.write_all(&chunk).unwrap();
+    }
+}
+
 fn extents(path: &Path) -> String {
     let out = Command::new("filefrag").arg(path).output();
     out.ok()
@@ -273,6 +281,16 @@ fn reflink_vs_extents(dir: &Path) {
         println!(
             "{mib:>5} MiB, {:>6} extents: map {}",
             extents(&p),
+            time_map(&p)
+        );
+        let _ = fs::remove_file(&p);
+    }
+    // Dirty page cache: FICLONE first writes the source's dirty pages back.
+    for mib in [64usize, 1024] {
+        let p = dir.join(format!("dirty-{mib}"));
+        make_unsynced(&p, mib << 20);
+        println!(
+            "{mib:>5} MiB just written, not synced (dirty): map {}",
             time_map(&p)
         );
         let _ = fs::remove_file(&p);
