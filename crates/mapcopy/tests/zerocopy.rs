@@ -74,6 +74,12 @@ fn main() {
     trials.push(trial("lease/ext4/refusals".into(), || {
         with_fs(Kind::Ext4, lease_refusals)
     }));
+    trials.push(trial("lease/ext4/sigkill_releases".into(), || {
+        with_fs(Kind::Ext4, lease_sigkill)
+    }));
+    trials.push(trial("reflink/xfs/no_writable_dir_refused".into(), || {
+        with_fs(Kind::Xfs, reflink_no_dir)
+    }));
     trials.push(trial("lease/ext4/as_nobody".into(), || {
         with_fs(Kind::Ext4, lease_as_nobody)
     }));
@@ -619,6 +625,42 @@ fn lease_refusals(dir: &Path) -> Result<(), Failed> {
     Ok(())
 }
 
+/// A process holding a Lease mapping is killed: its lease goes with it, and
+/// a writer opens at once.
+fn lease_sigkill(dir: &Path) -> Result<(), Failed> {
+    let path = dir.join("killed");
+    make_file(&path, &pattern(1 << 20, 7))?;
+    let mut child = child_cmd("lease-hold", &[path.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
+    ensure(line.starts_with("mapped lease"), || {
+        format!("child said {line:?}")
+    })?;
+    child.kill()?;
+    child.wait()?;
+    let took = write_with(r#"printf new > "$1""#, &path)?;
+    eprintln!("  writer after the holder's SIGKILL took {took:?}");
+    ensure(took < HUNG, || format!("writer waited {took:?}"))
+}
+
+/// As nobody, with no directory on the file's mount it may write to:
+/// Reflink says so (and names the way out) instead of mapping.
+fn reflink_no_dir(dir: &Path) -> Result<(), Failed> {
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
+    let ro = dir.join("ro");
+    fs::create_dir(&ro)?;
+    let path = ro.join("f");
+    make_file(&path, b"data")?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644))?;
+    fs::set_permissions(&ro, fs::Permissions::from_mode(0o555))?;
+    let out = as_nobody(&["reflink-refused", path.to_str().unwrap()])?;
+    eprintln!("  {}", out.trim());
+    ensure(out.contains("MAPCOPY_TMPDIR"), || out.clone())
+}
+
 /// As nobody: a root-owned file is refused (EACCES: not the owner, no
 /// CAP_LEASE); a file nobody owns works, and survives root's writer.
 fn lease_as_nobody(dir: &Path) -> Result<(), Failed> {
@@ -809,6 +851,17 @@ fn child_main(name: &str, args: &[String]) -> i32 {
             std::io::stdin().read_line(&mut l).ok();
             0
         }
+        // Expects Reflink to be refused; prints the reason.
+        "reflink-refused" => match map(Strategy::Reflink) {
+            Ok(_) => {
+                println!("mapped reflink (should have been refused)");
+                1
+            }
+            Err(e) => {
+                println!("refused: {e}");
+                0
+            }
+        },
         // Expects Lease to be refused; prints the reason.
         "lease-refused" => match map(Strategy::Lease) {
             Ok(_) => {
