@@ -66,6 +66,11 @@
 //!   `Eager` read with `pread`, which the kernel does not make atomic against
 //!   a `write()` running at the same moment on the same page; such a page
 //!   can hold part of that write. It still never changes after it was read.
+//! * **`open(O_RDONLY | O_TRUNC)`** (Linux truncates on it, given write
+//!   permission) does not break a lease: under `Lease` such an open by
+//!   another process truncates the file under the mapping, whose pages past
+//!   the new end then fault (SIGBUS). `Reflink` and the copying strategies
+//!   are immune.
 //! * **Writers' `open`**: under `Lease`, a writer's `open` for writing (or
 //!   `truncate(2)`) waits until the snapshot is taken (milliseconds with
 //!   reflink, a copy of the range without); an `O_NONBLOCK` open fails with

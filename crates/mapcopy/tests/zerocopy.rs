@@ -9,7 +9,7 @@
 
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -73,6 +73,9 @@ fn main() {
     }
     trials.push(trial("lease/ext4/refusals".into(), || {
         with_fs(Kind::Ext4, lease_refusals)
+    }));
+    trials.push(trial("lease/ext4/rdonly_trunc_hole".into(), || {
+        with_fs(Kind::Ext4, lease_rdonly_trunc_hole)
     }));
     trials.push(trial("lease/ext4/sigkill_releases".into(), || {
         with_fs(Kind::Ext4, lease_sigkill)
@@ -272,6 +275,13 @@ const WRITERS: &[(&str, &str)] = &[
     ),
 ];
 
+/// Linux truncates on `open(O_RDONLY|O_TRUNC)` too (given write
+/// permission), and that open does not break read leases.
+const RDONLY_TRUNC: (&str, &str) = (
+    "open(O_RDONLY|O_TRUNC)",
+    r#"MAPCOPY_ZC_CHILD=rdonly-trunc "$ZC_EXE" "$1""#,
+);
+
 /// Runs writer `script` on `path` in a shell; returns how long it took.
 fn write_with(script: &str, path: &Path) -> Result<Duration, Failed> {
     let t = Instant::now();
@@ -288,7 +298,12 @@ fn write_with(script: &str, path: &Path) -> Result<Duration, Failed> {
 /// the bytes it had, pages read before and after the write alike.
 fn writers(s: Strategy, dir: &Path) -> Result<(), Failed> {
     let len = (1 << 20) + 100; // a partial last page
-    for (i, (what, script)) in WRITERS.iter().enumerate() {
+    let mut all = WRITERS.to_vec();
+    if s != Strategy::Lease {
+        // Lease cannot stop this one: see `lease_rdonly_trunc_hole`.
+        all.push(RDONLY_TRUNC);
+    }
+    for (i, (what, script)) in all.iter().enumerate() {
         let path = dir.join(format!("w{i}"));
         let data = pattern(len, i as u8);
         make_file(&path, &data)?;
@@ -625,6 +640,36 @@ fn lease_refusals(dir: &Path) -> Result<(), Failed> {
     Ok(())
 }
 
+/// The documented limit of Lease: `open(O_RDONLY|O_TRUNC)` truncates the
+/// file without breaking read leases (the kernel breaks leases only for
+/// opens with write *access mode*), so a Lease mapping of it faults with
+/// SIGBUS. Held in a child; this asserts the limit is as documented (if a
+/// kernel closes the gap, this fails and the docs must change).
+fn lease_rdonly_trunc_hole(dir: &Path) -> Result<(), Failed> {
+    let path = dir.join("hole");
+    make_file(&path, &pattern(64 << 10, 3))?;
+    let mut child = child_cmd("lease-hold", &[path.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line)?;
+    ensure(line.starts_with("mapped lease"), || {
+        format!("child said {line:?}")
+    })?;
+    let took = write_with(RDONLY_TRUNC.1, &path)?;
+    writeln!(child.stdin.take().unwrap(), "check")?;
+    let status = child.wait()?;
+    use std::os::unix::process::ExitStatusExt;
+    eprintln!(
+        "  open(O_RDONLY|O_TRUNC) took {took:?} (no lease break), holder ended with {status}"
+    );
+    ensure(status.signal() == Some(libc::SIGBUS), || {
+        format!("expected the documented SIGBUS, got {status}")
+    })
+}
+
 /// A process holding a Lease mapping is killed: its lease goes with it, and
 /// a writer opens at once.
 fn lease_sigkill(dir: &Path) -> Result<(), Failed> {
@@ -851,6 +896,18 @@ fn child_main(name: &str, args: &[String]) -> i32 {
             std::io::stdin().read_line(&mut l).ok();
             0
         }
+        // open(args[0], O_RDONLY|O_TRUNC).
+        "rdonly-trunc" => match File::options()
+            .read(true)
+            .custom_flags(libc::O_TRUNC)
+            .open(&args[0])
+        {
+            Ok(_) => 0,
+            Err(e) => {
+                eprintln!("open: {e}");
+                1
+            }
+        },
         // Expects Reflink to be refused; prints the reason.
         "reflink-refused" => match map(Strategy::Reflink) {
             Ok(_) => {

@@ -58,6 +58,13 @@
 //!
 //! **Limits** (properties this strategy lacks):
 //!
+//! * **`open(O_RDONLY | O_TRUNC)`**: Linux truncates on such an open (given
+//!   write permission) but breaks leases only for opens whose access mode
+//!   is write (`__break_lease` looks at `O_ACCMODE`), so this open truncates
+//!   under a read lease without notice: the mapping's pages past the new
+//!   end fault with SIGBUS, as with plain `MAP_PRIVATE` (measured on Linux
+//!   6.18, ext4; `tests/zerocopy.rs` asserts it). No lease can prevent it;
+//!   `Reflink` (a clone) and the copying strategies are immune.
 //! * The kernel waits for a lease holder only `fs.lease-break-time` seconds
 //!   (45 by default). The watcher answers in milliseconds (a reflink clone)
 //!   or at copy speed (about 1 s per GiB from the page cache here); but a
