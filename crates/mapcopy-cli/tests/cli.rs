@@ -207,7 +207,8 @@ fn probe_both(bin: &Path, wrap: &[&str], file: &Path) -> serde_json::Value {
             ]
         );
         // The strategies not written yet say what was detected first.
-        for name in ["guard"].iter() {
+        {
+            let name = "guard";
             let s = strategies.iter().find(|s| s["strategy"] == name).unwrap();
             let why = s["reason"].as_str().unwrap();
             assert!(
