@@ -77,6 +77,9 @@ fn main() {
     trials.push(trial("lease/ext4/rdonly_trunc_hole".into(), || {
         with_fs(Kind::Ext4, lease_rdonly_trunc_hole)
     }));
+    trials.push(trial("lease/ext4/handler_replaced_later".into(), || {
+        with_fs(Kind::Ext4, lease_handler_replaced)
+    }));
     trials.push(trial("lease/ext4/sigkill_releases".into(), || {
         with_fs(Kind::Ext4, lease_sigkill)
     }));
@@ -670,6 +673,36 @@ fn lease_rdonly_trunc_hole(dir: &Path) -> Result<(), Failed> {
     })
 }
 
+/// The application replaces our lease-break handler after we installed it:
+/// the break signal is lost, and the watcher's once-a-second poll still
+/// snapshots and releases (the writer waits about a second, not 45).
+fn lease_handler_replaced(dir: &Path) -> Result<(), Failed> {
+    let path = dir.join("hijack");
+    make_file(&path, &pattern(1 << 20, 9))?;
+    let mut child = child_cmd("lease-hold", &[path.to_str().unwrap()])
+        .env("MAPCOPY_LEASE_SIGNAL", "RTMIN+9")
+        .env("ZC_HIJACK", "9")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line)?;
+    ensure(line.starts_with("mapped lease"), || {
+        format!("child said {line:?}")
+    })?;
+    let took = write_with(r#"printf new > "$1""#, &path)?;
+    eprintln!("  writer with the break signal lost took {took:?}");
+    writeln!(child.stdin.take().unwrap(), "check")?;
+    line.clear();
+    out.read_line(&mut line)?;
+    child.wait()?;
+    ensure(line.starts_with("intact"), || {
+        format!("child said {line:?}")
+    })?;
+    ensure(took < HUNG, || format!("writer waited {took:?}"))
+}
+
 /// A process holding a Lease mapping is killed: its lease goes with it, and
 /// a writer opens at once.
 fn lease_sigkill(dir: &Path) -> Result<(), Failed> {
@@ -934,6 +967,18 @@ fn child_main(name: &str, args: &[String]) -> i32 {
         // the bytes against what it read at map time.
         "lease-hold" => match map(Strategy::Lease) {
             Ok(m) => {
+                if let Ok(n) = std::env::var("ZC_HIJACK") {
+                    // Replace the lease-break handler, as an application
+                    // might after mapcopy installed it.
+                    extern "C" fn other(_: libc::c_int) {}
+                    let sig = libc::SIGRTMIN() + n.parse::<i32>().unwrap();
+                    // SAFETY: a zeroed sigaction with a plain handler.
+                    unsafe {
+                        let mut act: libc::sigaction = std::mem::zeroed();
+                        act.sa_sigaction = other as *const () as usize;
+                        libc::sigaction(sig, &act, std::ptr::null_mut());
+                    }
+                }
                 let before = fs::read(&args[0]).expect("read");
                 println!("mapped lease");
                 std::io::stdout().flush().ok();

@@ -41,6 +41,10 @@
 //! `si_fd` to a pipe the watcher thread reads; notifications are aimed at
 //! the watcher thread alone (`F_SETOWN_EX`), which blocks every other
 //! asynchronous signal, so application threads see no `EINTR` from us.
+//! Should the signal be lost anyway (the application replaces our handler
+//! later; the realtime queue overflows), the watcher also asks every held
+//! lease once a second (`F_GETLEASE`) whether it is being broken: the writer
+//! then waits about a second, and the snapshot is still taken first.
 //!
 //! **`map_mut`**: snapshotted at map time, under the lease (clone where the
 //! filesystem clones, else a copy), and the lease released before `map_mut`
@@ -320,10 +324,14 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
         st.plan = plan;
     }
     let entry = Arc::new(entry);
-    if let Some(t) = table.as_mut() {
+    let poll = table.as_mut().map(|t| {
         t.entries.insert(key, Arc::downgrade(&entry));
-    }
+        t.poll.clone()
+    });
     unlock(table);
+    if let Some(p) = poll {
+        p.arm();
+    }
     if req.populate || req.writable {
         // Every page's snapshot now: do what a break would, release. For
         // map_mut always (see the module docs).
@@ -570,18 +578,20 @@ struct Table {
     pid: Pid,
     source: Arc<LeaseSource>,
     _reg: Registration,
+    poll: Arc<LeasePoll>,
+    _poll_reg: Registration,
     entries: HashMap<RawFd, Weak<Entry>>,
 }
 
 static TABLE: Mutex<Option<Table>> = Mutex::new(None);
 
-/// Makes sure this process's lease source is registered with a live
-/// watcher; returns the watcher thread's id (where breaks are sent), and a
-/// registration the caller must drop after unlocking the table.
+/// Makes sure this process's lease sources are registered with a live
+/// watcher; returns the watcher thread's id (where breaks are sent), and
+/// registrations the caller must drop after unlocking the table.
 fn ensure_source(
     slot: &mut Option<Table>,
     breaks: Arc<signal::Breaks>,
-) -> Result<(rustix::thread::Pid, Option<Registration>), Error> {
+) -> Result<(rustix::thread::Pid, Stale), Error> {
     let pid = rustix::process::getpid();
     if let Some(t) = slot
         .as_ref()
@@ -589,6 +599,7 @@ fn ensure_source(
     {
         return Ok((t._reg.thread_tid(), None));
     }
+    let poll = Arc::new(LeasePoll::new().map_err(|e| Error::io("timerfd_create", e))?);
     let (entries, stale) = match slot.take() {
         // Inherited through fork: the registration, epoll set and leases are
         // the parent's; dropping them here would unregister the parent's
@@ -598,7 +609,7 @@ fn ensure_source(
             (HashMap::new(), None)
         }
         // The watcher failed: every entry was resolved by `shutdown`.
-        Some(t) => (t.entries, Some(t._reg)),
+        Some(t) => (t.entries, Some((t._reg, t._poll_reg))),
         None => (HashMap::new(), None),
     };
     // An fd of our own for the pipe: a stale registration of the previous
@@ -613,14 +624,24 @@ fn ensure_source(
     let reg = watcher::register(source.clone())
         .map_err(|e| Error::io("starting the watcher thread for lease breaks", e))?;
     let tid = reg.thread_tid();
+    let poll_reg = watcher::register(poll.clone())
+        .map_err(|e| Error::io("registering the lease poll timer", e))?;
+    if !entries.is_empty() {
+        poll.arm();
+    }
     *slot = Some(Table {
         pid,
         source,
         _reg: reg,
+        poll,
+        _poll_reg: poll_reg,
         entries,
     });
     Ok((tid, stale))
 }
+
+/// Registrations of sources replaced because their watcher failed.
+type Stale = Option<(Registration, Registration)>;
 
 /// Live entries for the given `si_fd`s, or all of them.
 fn targets(fds: Option<&[RawFd]>) -> Vec<Arc<Entry>> {
@@ -669,6 +690,90 @@ impl Source for LeaseSource {
 
     fn name(&self) -> &'static str {
         "lease"
+    }
+}
+
+/// The backstop for lost lease-break signals: while any lease is held, the
+/// watcher asks every lease once a second (`F_GETLEASE`) whether it is
+/// being broken. A signal is lost if the application replaced our handler
+/// after we installed it, or if the realtime signal queue overflowed (the
+/// kernel then sends `SIGIO`, which the watcher thread blocks); a writer
+/// then waits up to a second instead of lease-break-time, and still gets
+/// the snapshot taken first.
+struct LeasePoll {
+    timer: std::os::fd::OwnedFd,
+    armed: AtomicBool,
+}
+
+/// How often the backstop looks.
+const POLL_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl LeasePoll {
+    fn new() -> std::io::Result<LeasePoll> {
+        use rustix::time::{TimerfdClockId, TimerfdFlags, timerfd_create};
+        let timer = timerfd_create(
+            TimerfdClockId::Monotonic,
+            TimerfdFlags::CLOEXEC | TimerfdFlags::NONBLOCK,
+        )?;
+        Ok(LeasePoll {
+            timer,
+            armed: AtomicBool::new(false),
+        })
+    }
+
+    fn set(&self, every: std::time::Duration) {
+        use rustix::time::{Itimerspec, TimerfdTimerFlags, Timespec, timerfd_settime};
+        let ts = Timespec {
+            tv_sec: every.as_secs() as _,
+            tv_nsec: every.subsec_nanos() as _,
+        };
+        let spec = Itimerspec {
+            it_interval: ts,
+            it_value: ts,
+        };
+        let _ = timerfd_settime(&self.timer, TimerfdTimerFlags::empty(), &spec);
+    }
+
+    /// Start ticking (if not already).
+    fn arm(&self) {
+        if !self.armed.swap(true, Ordering::AcqRel) {
+            self.set(POLL_EVERY);
+        }
+    }
+}
+
+impl Source for LeasePoll {
+    fn fd(&self) -> BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.timer.as_fd()
+    }
+
+    fn ready(&self) {
+        let mut buf = [0u8; 8];
+        let _ = rustix::io::read(&self.timer, &mut buf);
+        let entries = targets(None);
+        if entries.is_empty() {
+            // Nothing leased: stop ticking, unless a lease came meanwhile.
+            self.armed.store(false, Ordering::Release);
+            self.set(std::time::Duration::ZERO);
+            if !targets(None).is_empty() {
+                self.arm();
+            }
+            return;
+        }
+        for e in entries {
+            e.resolve(true);
+        }
+    }
+
+    fn shutdown(&self) {
+        for e in targets(None) {
+            e.resolve(false);
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "lease poll"
     }
 }
 
