@@ -130,6 +130,9 @@ pub(crate) fn check(req: Option<&Request<'_>>) -> Result<String, String> {
     let (signo, _) = signal::install()?;
     let file = reopen(req)?;
     lease::set_signal(&file, signo).map_err(|e| format!("F_SETSIG failed: {e}"))?;
+    // No retry on EAGAIN here (unlike `map`): `Auto` asks this for every
+    // file, often ones a writer holds open; a transient writer just makes
+    // it pick the next strategy.
     lease::set_lease(&file, Lease::Read).map_err(|e| refusal(e, req))?;
     let _ = lease::set_lease(&file, Lease::Unlock);
     let plan = plan(req)?;
@@ -137,6 +140,24 @@ pub(crate) fn check(req: Option<&Request<'_>>) -> Result<String, String> {
         "no writer has the file open; {}; {sig}",
         describe_plan(&plan, req)
     ))
+}
+
+/// The first pause of [`transient`].
+const FIRST_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// `F_SETLEASE` failed with `e`: worth another try after a pause? EAGAIN can
+/// be transient: a writable fd its owner closed may live on for a moment in
+/// a child another thread is forking (until the child's exec closes it).
+/// Pauses 1, 2, 4, ... 64 ms (127 ms in all) before calling it a writer
+/// (only `map` retries: a named strategy's refusal is an error for the
+/// caller, and Auto's `check` has already seen no writer).
+fn transient(e: &std::io::Error, pause: &mut std::time::Duration) -> bool {
+    if e.raw_os_error() != Some(libc::EAGAIN) || pause.as_millis() > 64 {
+        return false;
+    }
+    std::thread::sleep(*pause);
+    *pause *= 2;
+    true
 }
 
 /// Refusals that need no syscall.
@@ -235,10 +256,7 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
 
     // Hold the table from taking the lease until the entry is in it: the
     // watcher looks breaks up in the table, so it waits for us.
-    // EAGAIN can be transient: a writable fd closed by its owner may live on
-    // for a moment in a child another thread is forking (until its exec
-    // closes it). Retry briefly (15 ms in all) before calling it a writer.
-    let mut pause = std::time::Duration::from_millis(1);
+    let mut pause = FIRST_PAUSE;
     let (mut table, tid, stale) = loop {
         let mut table = lock(&TABLE);
         let (tid, stale) = ensure_source(&mut table, breaks.clone())?;
@@ -250,9 +268,7 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
                 // waits for the watcher's callback in progress, which may be
                 // ours waiting for the table.
                 drop(stale);
-                if e.raw_os_error() == Some(libc::EAGAIN) && pause.as_millis() <= 8 {
-                    std::thread::sleep(pause);
-                    pause *= 2;
+                if transient(&e, &mut pause) {
                     continue;
                 }
                 return Err(unsupported(refusal(e, req)));
