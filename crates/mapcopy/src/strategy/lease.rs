@@ -3,9 +3,10 @@
 //! `open` returns.
 //!
 //! While the lease is held nobody has the file open for writing: the kernel
-//! grants a read lease only then, and makes every later `open` for writing,
-//! `open(O_TRUNC)` and `truncate(2)` of a path wait until the holder releases
-//! it. So until a writer appears the mapping shares the page cache — nothing
+//! grants a read lease only then, and makes every later `open` for writing
+//! (with or without `O_TRUNC`) and `truncate(2)` of a path wait until the
+//! holder releases it (an `O_NONBLOCK` open fails with `EAGAIN` instead, and
+//! succeeds once the snapshot is taken; but see `O_RDONLY | O_TRUNC` below). So until a writer appears the mapping shares the page cache — nothing
 //! copied, nothing reserved — and its bytes are the file's bytes at map time.
 //!
 //! When a writer appears the kernel signals the watcher thread (the
@@ -53,8 +54,9 @@
 //! them on a break would race the owner's own concurrent stores.
 //!
 //! **Unsupported** (said before mapping): the fd passed in is open for
-//! writing; any writer has the file open or mapped
-//! shared-writable (`EAGAIN`); not the file's owner and no `CAP_LEASE`
+//! writing; any writer has the file open or mapped shared-writable
+//! (`EAGAIN`, after retrying for up to 127 ms: a writable fd just closed can
+//! live on briefly in a child another thread is forking); not the file's owner and no `CAP_LEASE`
 //! (`EACCES`); a filesystem without leases (`EINVAL`), or leases disabled
 //! (`fs.leases-enable = 0`); the lease-break signal taken by the
 //! application; no reflink and not enough memory to copy the range when a
@@ -71,13 +73,14 @@
 //!   `Reflink` (a clone) and the copying strategies are immune.
 //! * The kernel waits for a lease holder only `fs.lease-break-time` seconds
 //!   (45 by default). The watcher answers in milliseconds (a reflink clone)
-//!   or at copy speed (about 1 s per GiB from the page cache here); but a
+//!   or at copy speed (0.3–4 s per GiB from the page cache on the loaded
+//!   test machine); but a
 //!   process that is stopped (SIGSTOP, a debugger) or frozen longer than
 //!   that lets the writer through before its snapshot is taken.
 //! * `fork()`: the mapping is `MADV_DONTFORK`: a child does not inherit it
-//!   (touching its address there faults, SIGSEGV, never a changed byte). A child that never calls `exec` also
-//!   keeps our lease's open file alive after the parent dies, so a writer
-//!   then waits out lease-break-time.
+//!   (touching its address there faults, SIGSEGV, never a changed byte). A
+//!   child that never calls `exec` also keeps our lease's open file alive
+//!   after the parent dies, so a writer then waits out lease-break-time.
 //! * Without reflink, a break costs a copy of the whole mapped range,
 //!   paid before the writer's `open` returns; many mappings of one file each
 //!   pay it.
