@@ -66,6 +66,11 @@
 //!   `Eager` read with `pread`, which the kernel does not make atomic against
 //!   a `write()` running at the same moment on the same page; such a page
 //!   can hold part of that write. It still never changes after it was read.
+//! * **Per-page atomicity against `MAP_SHARED` stores**: `Reflink` clones
+//!   the file atomically against `write()` and every other syscall, but
+//!   stores through another process's shared mapping take no lock: a page
+//!   being stored to at that moment may hold part of the stores (it never
+//!   changes afterwards).
 //! * **`open(O_RDONLY | O_TRUNC)`** (Linux truncates on it, given write
 //!   permission) does not break a lease: under `Lease` such an open by
 //!   another process truncates the file under the mapping, whose pages past

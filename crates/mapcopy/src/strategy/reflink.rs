@@ -9,8 +9,13 @@
 //!
 //! Snapshot: the whole file at the instant of the clone (between the map
 //! call's start and its return), atomically — `FICLONE` holds both inodes'
-//! locks for the duration, so even a concurrent `write()` lands wholly before
-//! or wholly after. The mapped length was decided from an earlier `fstat`;
+//! locks for the duration, so even a concurrent `write()` (buffered, direct
+//! or io_uring) lands wholly before or wholly after. Not so stores through
+//! another process's `MAP_SHARED` mapping that exists before the map call:
+//! they take no lock, so a page being stored to while the clone is taken
+//! may hold part of those stores (the torture run sees it as a torn page;
+//! the page never changes afterwards). `FICLONE` first writes the file's
+//! dirty pages back, so map time also grows with the dirty data. The mapped length was decided from an earlier `fstat`;
 //! the clone's own size is what counts: bytes past the clone's end read as
 //! zero (anonymous pages, never SIGBUS).
 //!
