@@ -49,8 +49,48 @@ impl CloneDir {
     /// be created and a clone between two such files succeeds. `Err` is the
     /// user-facing reason there is none (no reflink on this filesystem, no
     /// writable directory on this mount, ...).
+    ///
+    /// What was found is remembered per mount (by its never-reused id,
+    /// `STATX_MNT_ID_UNIQUE`, Linux 6.8; older kernels do not remember) and
+    /// effective uid for the life of the process: later calls only reopen
+    /// and re-check the directory (the probe clone is what costs).
     pub(crate) fn find(file: &File, fs_type: i64) -> Result<CloneDir, String> {
         let mnt = mount_id(file).map_err(|e| format!("cannot find the file's mount: {e}"))?;
+        let unique = unique_mount_id(file);
+        let euid = rustix::process::geteuid().as_raw();
+        let known = unique.and_then(|u| {
+            lock_known()
+                .iter()
+                .find(|k| k.mnt == u && k.euid == euid)
+                .map(|k| k.found.clone())
+        });
+        match known {
+            Some(Err(no_reflink)) => return Err(no_reflink),
+            Some(Ok(path)) => {
+                let reopened = rfs::open(
+                    &path,
+                    OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                );
+                if let Ok(dir) = reopened {
+                    if mount_id(&dir).is_ok_and(|m| m == mnt) {
+                        return Ok(CloneDir { dir, path });
+                    }
+                }
+                forget(&path);
+            }
+            None => {}
+        }
+        let remember = |found: Result<PathBuf, String>| {
+            let Some(u) = unique else { return };
+            let mut k = lock_known();
+            k.retain(|k| !(k.mnt == u && k.euid == euid));
+            k.push(Known {
+                mnt: u,
+                euid,
+                found,
+            });
+        };
         let mut tried = Vec::new();
         for cand in candidates(file, mnt.0) {
             let dir = match rfs::open(
@@ -67,15 +107,20 @@ impl CloneDir {
             }
             let dir = CloneDir { dir, path: cand };
             match dir.probe() {
-                Ok(()) => return Ok(dir),
+                Ok(()) => {
+                    remember(Ok(dir.path.clone()));
+                    return Ok(dir);
+                }
                 // The filesystem itself cannot clone: no other directory on
                 // this mount will do better.
                 Err(Errno::OPNOTSUPP) | Err(Errno::NOTTY) => {
-                    return Err(format!(
+                    let why = format!(
                         "{} does not support reflink (FICLONE fails with EOPNOTSUPP){}",
                         fs_name(fs_type),
                         no_reflink_hint(fs_type)
-                    ));
+                    );
+                    remember(Err(why.clone()));
+                    return Err(why);
                 }
                 Err(e) => tried.push(format!("{}: {e}", dir.path.display())),
             }
@@ -126,10 +171,13 @@ impl CloneDir {
     /// reason the filesystem refused (or an I/O error's text).
     pub(crate) fn clone_file(&self, src: &File, fs_type: i64) -> Result<OwnedFd, CloneError> {
         let dst = self.tmpfile().map_err(|e| {
-            CloneError::Io(
-                format!("creating a temporary file in {}", self.path.display()),
-                e,
-            )
+            // It worked when found; not any more (permissions, read-only
+            // remount, full): look again next time.
+            forget(&self.path);
+            CloneError::Unsupported(format!(
+                "cannot create a temporary file for the clone in {}: {e}",
+                self.path.display()
+            ))
         })?;
         // btrfs refuses to clone between a nodatacow (chattr +C) file and a
         // checksummed one (EINVAL): give the clone the source's NOCOW flag.
@@ -140,10 +188,35 @@ impl CloneDir {
             match rfs::ioctl_ficlone(&dst, src) {
                 Ok(()) => return Ok(dst),
                 Err(Errno::INTR) => continue,
-                Err(e) => return Err(ficlone_error(e, fs_type)),
+                Err(e) => {
+                    // Whatever was remembered may be wrong now.
+                    forget(&self.path);
+                    return Err(ficlone_error(e, fs_type));
+                }
             }
         }
     }
+}
+
+/// What `CloneDir::find` found for one mount and effective uid.
+struct Known {
+    mnt: u64,
+    euid: u32,
+    /// A directory that clones, or why the filesystem cannot.
+    found: Result<PathBuf, String>,
+}
+
+static KNOWN: std::sync::Mutex<Vec<Known>> = std::sync::Mutex::new(Vec::new());
+
+fn lock_known() -> std::sync::MutexGuard<'static, Vec<Known>> {
+    KNOWN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Drops what was remembered about directory `path`.
+fn forget(path: &Path) {
+    lock_known().retain(|k| k.found.as_ref().map_or(true, |p| p != path));
 }
 
 /// Why a clone failed: the filesystem cannot (`Unsupported`), or an I/O
@@ -212,6 +285,17 @@ fn mount_id<Fd: AsFd>(fd: Fd) -> io::Result<(u64, String)> {
             format!("device {}:{}", st.stx_dev_major, st.stx_dev_minor),
         ))
     }
+}
+
+/// The mount's never-reused id (`STATX_MNT_ID_UNIQUE`, Linux 6.8), if the
+/// kernel has it. (rustix has no name for the flag yet; the value is from
+/// `include/uapi/linux/stat.h` via linux-raw-sys.)
+fn unique_mount_id<Fd: AsFd>(fd: Fd) -> Option<u64> {
+    let want = StatxFlags::from_bits_retain(linux_raw_sys::general::STATX_MNT_ID_UNIQUE);
+    let st = rfs::statx(fd, "", AtFlags::EMPTY_PATH, want).ok()?;
+    StatxFlags::from_bits_retain(st.stx_mask)
+        .contains(want)
+        .then_some(st.stx_mnt_id)
 }
 
 /// Directories to try, best first: `$MAPCOPY_TMPDIR`, the file's own
