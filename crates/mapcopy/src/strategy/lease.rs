@@ -85,10 +85,15 @@
 //!   paid before the writer's `open` returns; many mappings of one file each
 //!   pay it.
 //!
+//! **Read errors** (`EIO`): with `populate`, `map` reads every page and
+//! returns an `Io` error; otherwise a page whose data cannot be read raises
+//! SIGBUS when touched, as in any file mapping — and if a writer comes
+//! first, the copy made on the break cannot read it either (below).
+//!
 //! If the watcher thread fails, every lease is snapshotted and released
-//! (`Source::shutdown`); if a snapshot cannot be made at all (no memory),
-//! the process aborts with a message rather than let a writer change a
-//! mapping.
+//! (`Source::shutdown`); if a snapshot cannot be made at all (no memory, a
+//! read error in the copy), the process aborts with a message rather than
+//! let a writer change a mapping.
 #![allow(unsafe_code)]
 
 use std::collections::HashMap;
@@ -353,8 +358,20 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
     }
     if req.populate || req.writable {
         // Every page's snapshot now: do what a break would, release. For
-        // map_mut always (see the module docs).
-        entry.resolve(false);
+        // map_mut always (see the module docs). Nobody has the mapping yet,
+        // so a failure is an error for the caller, not an abort.
+        if let Err(why) = entry.try_resolve(false) {
+            entry.release_now();
+            return Err(Error::io("taking the snapshot", std::io::Error::other(why)));
+        }
+    }
+    if req.populate && entry.file_len > 0 {
+        // Read every page now (a clone's pages come from disk): a read error
+        // is reported here instead of as SIGBUS on first touch.
+        entry
+            .region
+            .advise(0, entry.file_len, Advice::LinuxPopulateRead)
+            .map_err(|e| Error::io("reading every page now (populate): a page could not be read, an I/O error (MADV_POPULATE_READ)", e))?;
     }
     Ok(Box::new(LeaseMap {
         entry: ManuallyDrop::new(entry),
@@ -398,24 +415,36 @@ impl Entry {
     /// `only_if_breaking`, does nothing if the lease is held and not being
     /// broken (a stale or spurious notification).
     fn resolve(&self, only_if_breaking: bool) {
-        let mut st = lock(&self.state);
-        let Some(file) = st.file.as_ref() else {
-            return;
-        };
-        if only_if_breaking && matches!(lease::get_lease(file), Ok(Lease::Read)) {
-            return;
-        }
-        let outcome = if self.abandoned.load(Ordering::Acquire) {
-            Ok(())
-        } else {
-            self.snapshot(file, st.plan.as_ref())
-        };
-        if let Err(why) = outcome {
+        if let Err(why) = self.try_resolve(only_if_breaking) {
             eprintln!(
                 "mapcopy: cannot snapshot a Lease mapping before releasing its lease ({why}); \
                  aborting rather than let a writer change mapped bytes"
             );
             std::process::abort();
+        }
+    }
+
+    /// Releases the lease without a snapshot (the mapping is going away).
+    fn release_now(&self) {
+        let mut st = lock(&self.state);
+        if let Some(file) = st.file.take() {
+            let _ = lease::set_lease(&file, Lease::Unlock);
+        }
+        st.plan = None;
+    }
+
+    /// As `resolve`, but a failed snapshot is returned (the lease is then
+    /// still held) instead of aborting.
+    fn try_resolve(&self, only_if_breaking: bool) -> Result<(), String> {
+        let mut st = lock(&self.state);
+        let Some(file) = st.file.as_ref() else {
+            return Ok(());
+        };
+        if only_if_breaking && matches!(lease::get_lease(file), Ok(Lease::Read)) {
+            return Ok(());
+        }
+        if !self.abandoned.load(Ordering::Acquire) {
+            self.snapshot(file, st.plan.as_ref())?;
         }
         // The new pages (clone or copy) came without MADV_DONTFORK; keep the
         // whole mapping's fork behaviour one thing.
@@ -425,6 +454,7 @@ impl Entry {
         let _ = lease::set_lease(file, Lease::Unlock);
         st.file = None;
         st.plan = None;
+        Ok(())
     }
 
     /// Replaces `[0, file_len)` with a private snapshot of the same bytes.

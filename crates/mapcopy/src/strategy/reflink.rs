@@ -28,7 +28,10 @@
 //! old blocks alive for the mapping's lifetime (count them against quotas
 //! of the mapping process's user).
 //!
-//! `populate` has no effect: the snapshot is complete when `map` returns.
+//! `populate`: the snapshot is complete when `map` returns anyway; with it,
+//! `map` also reads every page, so a read error (`EIO`) is an `Io` error
+//! from `map`. Without it, a page whose data cannot be read raises SIGBUS
+//! when touched, as in any file mapping.
 //! A `fork()`ed child shares the mapping and sees the same snapshot.
 #![allow(unsafe_code)]
 
@@ -79,6 +82,18 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
     // The mapping keeps the clone alive; closing our fd leaves no other way
     // into it (not even /proc/self/fd).
     drop(clone);
+    let in_file = size.saturating_sub(req.offset).min(len as u64) as usize;
+    if req.populate && in_file > 0 {
+        // Read every page now: a read error is reported here instead of as
+        // SIGBUS on first touch.
+        region
+            .advise(
+                0,
+                in_file.next_multiple_of(crate::sys::page_size()),
+                rustix::mm::Advice::LinuxPopulateRead,
+            )
+            .map_err(|e| Error::io("reading every page now (populate): a page could not be read, an I/O error (MADV_POPULATE_READ)", e))?;
+    }
     Ok(Box::new(Reflink {
         region,
         head: req.head,
