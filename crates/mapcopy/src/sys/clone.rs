@@ -55,7 +55,6 @@ impl CloneDir {
     /// effective uid for the life of the process: later calls only reopen
     /// and re-check the directory (the probe clone is what costs).
     pub(crate) fn find(file: &File, fs_type: i64) -> Result<CloneDir, String> {
-        let mnt = mount_id(file).map_err(|e| format!("cannot find the file's mount: {e}"))?;
         let unique = unique_mount_id(file);
         let euid = rustix::process::geteuid().as_raw();
         let known = unique.and_then(|u| {
@@ -73,7 +72,7 @@ impl CloneDir {
                     Mode::empty(),
                 );
                 if let Ok(dir) = reopened {
-                    if mount_id(&dir).is_ok_and(|m| m == mnt) {
+                    if unique_mount_id(&dir) == unique {
                         return Ok(CloneDir { dir, path });
                     }
                 }
@@ -81,6 +80,7 @@ impl CloneDir {
             }
             None => {}
         }
+        let mnt = mount_id(file).map_err(|e| format!("cannot find the file's mount: {e}"))?;
         let remember = |found: Result<PathBuf, String>| {
             let Some(u) = unique else { return };
             let mut k = lock_known();
