@@ -1653,6 +1653,74 @@ mod tests {
         }
     }
 
+    /// Threads mapping, reading (sequential, backwards, random, in
+    /// parallel) and dropping mappings of different files at once, so that
+    /// addresses are reused while stale messages and prefetch jobs are in
+    /// flight; every byte read must be its own file's.
+    #[test]
+    fn concurrent_maps_reads_and_drops() {
+        if !usable() {
+            return;
+        }
+        let sizes = [7 * CHUNK + 5, 3 * CHUNK, 12 * PAGE + 1];
+        let datas: Vec<Vec<u8>> = (0..3).map(|k| pattern(sizes[k], 20 + k as u8)).collect();
+        let files: Vec<_> = datas.iter().map(|d| file_with(d)).collect();
+        let opened: Vec<File> = files
+            .iter()
+            .map(|f| File::open(f.path()).unwrap())
+            .collect();
+        thread::scope(|s| {
+            for t in 0..4u64 {
+                let (datas, opened) = (&datas, &opened);
+                s.spawn(move || {
+                    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ t;
+                    let mut rnd = move || {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x as usize
+                    };
+                    for round in 0..40 {
+                        let k = rnd() % 3;
+                        let data = &datas[k];
+                        let off = rnd() % (data.len() / 2);
+                        let len = 1 + rnd() % (data.len() - off);
+                        let mut o = lazy();
+                        o.offset(off as u64).len(len).populate(rnd() % 8 == 0);
+                        let map: Box<dyn std::ops::Deref<Target = [u8]>> = if rnd() % 2 == 0 {
+                            Box::new(o.map(&opened[k]).unwrap())
+                        } else {
+                            Box::new(o.map_mut(&opened[k]).unwrap())
+                        };
+                        let want = &data[off..off + len];
+                        match rnd() % 3 {
+                            0 => assert!(map[..] == want[..], "t{t} r{round}"),
+                            1 => {
+                                for i in (0..len).rev().step_by(PAGE / 2) {
+                                    assert_eq!(map[i], want[i], "t{t} r{round} i{i}");
+                                }
+                            }
+                            _ => {
+                                for _ in 0..64 {
+                                    let i = rnd() % len;
+                                    assert_eq!(map[i], want[i], "t{t} r{round} i{i}");
+                                }
+                            }
+                        }
+                        // Sometimes drop half-way through a sequential
+                        // read (prefetch in flight).
+                        if rnd() % 2 == 0 {
+                            drop(map);
+                        } else {
+                            let upto = len.min(3 * CHUNK);
+                            assert!(map[..upto] == want[..upto]);
+                        }
+                    }
+                });
+            }
+        });
+    }
+
     #[test]
     fn forked_child_faults_instead_of_reading_zeros() {
         if !usable() {
