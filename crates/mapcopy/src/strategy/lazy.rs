@@ -267,6 +267,9 @@ fn server() -> Result<Arc<Server>, Error> {
     if let Some(s) = cur.as_ref().filter(|s| s.pid == pid) {
         return Ok(s.clone());
     }
+    // A forked child: the parent's server is not ours to tear down (its
+    // fds are shared with the parent); leak this copy of it.
+    std::mem::forget(cur.take());
     let want_move = p.features & u64::from(g::UFFD_FEATURE_MOVE);
     let uffd = Uffd::new(p.route, want_move)
         .map_err(|e| Error::io("creating the process's userfaultfd", e))?;
@@ -1139,14 +1142,14 @@ mod tests {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         let status = loop {
             if let Some(st) = child.try_wait().unwrap() {
                 break st;
             }
             if std::time::Instant::now() > deadline {
                 child.kill().unwrap();
-                panic!("child {role} hung (killed after 60 s)");
+                panic!("child {role} hung (killed after 20 s)");
             }
             thread::sleep(std::time::Duration::from_millis(20));
         };
@@ -1752,6 +1755,114 @@ mod tests {
             );
         }
         assert!(map[..] == data[..]);
+    }
+
+    /// A forked child that maps with Lazy itself (getting its own server
+    /// and watcher) and exits must not unhook the parent's userfaultfd from
+    /// the parent's watcher (the epoll instance is shared across fork).
+    #[test]
+    fn a_forked_child_using_lazy_leaves_the_parent_served() {
+        if child_role().as_deref() == Some("fork-lazy") {
+            let data = pattern(6 * CHUNK, 15);
+            let f = file_with(&data);
+            let file = File::open(f.path()).unwrap();
+            // The server exists, with no mapping holding it.
+            assert!(lazy().map(&file).unwrap()[..] == data[..]);
+            // SAFETY: this process runs one test thread plus the crate's
+            // idle helper threads, which hold no lock at this point.
+            let pid = unsafe { libc::fork() };
+            assert!(pid >= 0);
+            if pid == 0 {
+                let ok = lazy()
+                    .map(&file)
+                    .map(|m| m[..] == data[..])
+                    .unwrap_or(false);
+                // SAFETY: _exit ends the child without unwinding.
+                unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+            }
+            let mut status = 0;
+            // SAFETY: waits for the child just forked.
+            assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+            assert!(
+                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+                "{status:#x}"
+            );
+            // A new mapping must still be served (a hang here is killed by
+            // the parent test).
+            assert!(lazy().map(&file).unwrap()[..] == data[..]);
+            std::process::exit(0);
+        }
+        if child_role().is_some() || !usable() {
+            return;
+        }
+        let (status, err) = run_child(
+            "strategy::lazy::tests::a_forked_child_using_lazy_leaves_the_parent_served",
+            "fork-lazy",
+        );
+        assert!(status.success(), "{status:?}: {err}");
+    }
+
+    /// Counts `ready` calls; readable while its eventfd holds a count.
+    struct Counter(rustix::fd::OwnedFd, std::sync::atomic::AtomicUsize);
+
+    impl Source for Counter {
+        fn fd(&self) -> BorrowedFd<'_> {
+            self.0.as_fd()
+        }
+        fn ready(&self) {
+            let mut b = [0u8; 8];
+            let _ = rustix::io::read(&self.0, &mut b);
+            self.1.fetch_add(1, Ordering::SeqCst);
+        }
+        fn shutdown(&self) {}
+        fn name(&self) -> &'static str {
+            "counter"
+        }
+    }
+
+    /// The watcher's epoll instance is shared with a forked child: a
+    /// registration the child drops must not unregister the parent's source.
+    #[test]
+    fn registrations_dropped_in_a_forked_child_stay_registered_in_the_parent() {
+        if child_role().as_deref() == Some("fork-reg") {
+            let fd = rustix::event::eventfd(
+                0,
+                rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+            )
+            .unwrap();
+            let counter = Arc::new(Counter(fd, Default::default()));
+            let reg = watcher::register(counter.clone()).unwrap();
+            // SAFETY: one test thread and an idle watcher thread that holds
+            // no lock between events.
+            let pid = unsafe { libc::fork() };
+            assert!(pid >= 0);
+            if pid == 0 {
+                drop(reg);
+                // SAFETY: _exit ends the child without unwinding.
+                unsafe { libc::_exit(0) };
+            }
+            let mut status = 0;
+            // SAFETY: waits for the child just forked.
+            assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+            rustix::io::write(&counter.0, &1u64.to_ne_bytes()).unwrap();
+            for _ in 0..200 {
+                if counter.1.load(Ordering::SeqCst) > 0 {
+                    drop(reg);
+                    std::process::exit(0);
+                }
+                thread::sleep(std::time::Duration::from_millis(10));
+            }
+            eprintln!("the parent's source was not served after the child dropped its copy");
+            std::process::exit(1);
+        }
+        if child_role().is_some() {
+            return;
+        }
+        let (status, err) = run_child(
+            "strategy::lazy::tests::registrations_dropped_in_a_forked_child_stay_registered_in_the_parent",
+            "fork-reg",
+        );
+        assert!(status.success(), "{status:?}: {err}");
     }
 
     /// Run as root and as nobody: `setpriv --reuid=65534 --regid=65534
