@@ -890,24 +890,40 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
     } else {
         ProtFlags::READ
     };
-    let region = Region::anonymous(len, prot, true, HUGE_PAGE)
-        .map_err(|e| Error::io(format!("reserving {len} bytes of address space"), e))?;
-    // THP lets a fault leave the page-middle-directory entry empty, so that
-    // whole chunks can be moved in as huge pages. Only advice.
-    let _ = region.advise(0, region.len(), Advice::LinuxHugepage);
+    // Ranges of 2 MiB or more start 2 MiB-aligned, so that chunks can be
+    // huge pages. The region is over-sized by the alignment slack, which
+    // stays reserved but untouched: trimming it would cost two munmaps per
+    // map call, a good part of mapping small files.
+    let page = crate::sys::page_size();
+    let huge = len >= CHUNK;
+    let align = if huge { CHUNK } else { page };
+    let region = len
+        .checked_add(align - page)
+        .ok_or_else(|| Error::invalid("length overflows the address space"))
+        .and_then(|total| {
+            Region::anonymous(total, prot, true, page)
+                .map_err(|e| Error::io(format!("reserving {total} bytes of address space"), e))
+        })?;
+    if huge {
+        // THP lets a fault leave the page-middle-directory entry empty, so
+        // that whole chunks can be moved in as huge pages. Only advice.
+        let _ = region.advise(0, region.len(), Advice::LinuxHugepage);
+    }
     region
         .advise(0, region.len(), Advice::LinuxDontFork)
         .map_err(|e| Error::io("MADV_DONTFORK on the mapping", e))?;
-    let start = region.as_ptr() as usize;
+    let base = region.as_ptr() as usize;
+    let start = base.next_multiple_of(align);
     // SAFETY: `region` is fresh anonymous memory that this mapping owns; it
     // stays registered until `Lazy::drop` unregisters it, and the server
-    // serves every fault in it meanwhile (or aborts the process).
-    unsafe { srv.uffd.register_missing(start, region.len()) }
+    // serves every fault in it meanwhile (or aborts the process). The slack
+    // outside `[start, start + len)` is never touched.
+    unsafe { srv.uffd.register_missing(base, region.len()) }
         .map_err(|e| Error::io("registering the mapping with userfaultfd", e))?;
     let nchunks = len.div_ceil(CHUNK);
     let mapping = Arc::new(Mapping {
         start,
-        len: region.len(),
+        len,
         file,
         offset: req.offset,
         live: RwLock::new(true),
@@ -929,7 +945,7 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
         mapping,
         server: srv,
         region: ManuallyDrop::new(region),
-        head: req.head,
+        head: start - base + req.head,
         len: req.len,
         writable: req.writable,
     };
@@ -953,7 +969,9 @@ struct Lazy {
     mapping: Arc<Mapping>,
     server: Arc<Server>,
     /// Unmapped by `Drop` after unregistering (and never in a forked child).
+    /// The mapping is `[mapping.start, + mapping.len)` inside it.
     region: ManuallyDrop<Region>,
+    /// Offset of the user's first byte in `region`.
     head: usize,
     len: usize,
     writable: bool,
@@ -964,18 +982,26 @@ impl Lazy {
     /// start at the beginning, and this saves their first fault's round
     /// trip through the handler. The stream it starts grows as usual.
     fn prefill(&self) -> Result<(), Error> {
+        /// One page-aligned page on the stack (O_DIRECT fds need aligned
+        /// buffers), which spares two syscalls per map call.
+        #[repr(C, align(4096))]
+        struct PageBuf([u8; 4096]);
+
         let m = &self.mapping;
-        let len = MIN_WINDOW.min(m.len);
-        // Page-aligned, as O_DIRECT file descriptors need.
-        let mut buf = Region::anonymous(
-            len,
-            ProtFlags::READ | ProtFlags::WRITE,
-            false,
-            crate::sys::page_size(),
-        )
-        .map_err(|e| Error::io("allocating a read buffer", e))?;
-        // SAFETY: fresh anonymous memory, borrowed only here.
-        let bytes = unsafe { buf.as_mut_slice(0, len) };
+        let window = MIN_WINDOW.max(crate::sys::page_size());
+        let len = window.min(m.len);
+        let mut stack = PageBuf([0; 4096]);
+        let mut heap = None;
+        let bytes: &mut [u8] = if len <= stack.0.len() {
+            &mut stack.0[..len]
+        } else {
+            let buf = heap.insert(
+                Region::anonymous(len, ProtFlags::READ | ProtFlags::WRITE, false, window)
+                    .map_err(|e| Error::io("allocating a read buffer", e))?,
+            );
+            // SAFETY: fresh anonymous memory, borrowed only here.
+            unsafe { buf.as_mut_slice(0, len) }
+        };
         m.read(bytes, 0)
             .map_err(|(pos, e)| Error::io(format!("reading {} at offset {pos}", m.what()), e))?;
         {
@@ -984,7 +1010,7 @@ impl Lazy {
             st.tick = 1;
             st.streams[0] = Stream {
                 next: len,
-                window: MIN_WINDOW,
+                window,
                 prefetched_to: 0,
                 used: 1,
             };
@@ -1066,7 +1092,10 @@ impl Drop for Lazy {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&m.start);
-        let _ = self.server.uffd.unregister(m.start, m.len);
+        let _ = self
+            .server
+            .uffd
+            .unregister(self.region.as_ptr() as usize, self.region.len());
         drop(live);
         // SAFETY: dropped exactly once, here; no filler touches the range
         // any more (dead, unregistered) and every borrow of it has ended.
@@ -1526,7 +1555,7 @@ mod tests {
                     if let (Ok(a), Ok(b)) =
                         (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
                     {
-                        inside = a >= addr && b <= addr + len;
+                        inside = a < addr + len && b > addr;
                         continue;
                     }
                 }
@@ -1554,7 +1583,7 @@ mod tests {
                 let (a, b) = l.split_once(' ').unwrap().0.split_once('-').unwrap();
                 let a = usize::from_str_radix(a, 16).unwrap();
                 let b = usize::from_str_radix(b, 16).unwrap();
-                a >= addr && b <= addr + len
+                a < addr + len && b > addr
             })
             .map(str::to_string)
             .collect()
