@@ -6,8 +6,9 @@
 //! cargo run --release -p mapcopy --example lazy_throughput -- [SIZE_MIB] [REPS] [DIR]
 //! ```
 //!
-//! The cases run interleaved (one round = every case once, REPS rounds), so
-//! that load from other processes hits them alike. Each line: median wall
+//! The cases run interleaved (one round = every case once, each round
+//! starting with another case; REPS rounds), so that load from other
+//! processes and memory fragmentation hit them alike. Each line: median wall
 //! time (min–max), GB/s (10^9 bytes/s) of the file size over it, and the
 //! median CPU time of the whole process (all threads: reader, fault
 //! handler, prefetcher). Scans sum every u64. For Lazy, the mapping's
@@ -285,8 +286,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut wall = vec![Vec::new(); cases.len()];
     let mut cpus = vec![Vec::new(); cases.len()];
     let mut notes = vec![String::new(); cases.len()];
-    for _ in 0..reps {
-        for (i, (_, f)) in cases.iter_mut().enumerate() {
+    let n = cases.len();
+    for rep in 0..reps {
+        // Each round starts with another case, so that none always follows
+        // the same neighbour (a copy after one that freed 1 GiB of small
+        // pages pays for compaction).
+        for k in 0..n {
+            let i = (rep + k) % n;
+            let f = &mut cases[i].1;
             let (w, c) = (Instant::now(), cpu());
             notes[i] = f();
             wall[i].push(w.elapsed());
