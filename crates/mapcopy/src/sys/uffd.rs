@@ -41,7 +41,6 @@ const MOVE: Opcode = opcode::read_write::<g::uffdio_move>(g::UFFDIO as u8, g::_U
 const IOC_NEW: Opcode = opcode::none(g::USERFAULTFD_IOC as u8, 0x00);
 
 /// `UFFDIO_MOVE_MODE_DONTWAKE` (not in linux-raw-sys 0.12).
-#[allow(dead_code)]
 pub(crate) const MOVE_MODE_DONTWAKE: u64 = 1 << 0;
 /// `UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES` (not in linux-raw-sys 0.12).
 #[allow(dead_code)]
