@@ -51,7 +51,7 @@
 //!
 //! | strategy | how | snapshot taken | data copied | needs |
 //! |---|---|---|---|---|
-//! | [`Strategy::Lazy`] | userfaultfd: anonymous memory filled on first access by `pread` + `UFFDIO_COPY` | per page, at first access | pages touched | userfaultfd that serves kernel-mode faults (root, `/dev/userfaultfd` access, or `vm.unprivileged_userfaultfd=1`) |
+//! | [`Strategy::Lazy`] | userfaultfd: anonymous memory filled on first access by `pread` + `UFFDIO_COPY` (sequential 2 MiB chunks: `UFFDIO_MOVE` of huge pages, Linux 6.8+) | per page, at first access | pages touched | userfaultfd that serves kernel-mode faults (root, `/dev/userfaultfd` access, or `vm.unprivileged_userfaultfd=1`) |
 //! | [`Strategy::Eager`] | `pread` into 2 MiB-aligned anonymous memory (`MADV_HUGEPAGE`) | at map time | everything | memory for the whole range |
 //! | [`Strategy::Guard`] | fanotify pre-content events | per page, before a writer changes it | pages writers change | not implemented yet |
 //! | [`Strategy::Lease`] | `F_SETLEASE` read lease over a private mapping; on a lease break, a reflink clone (or a copy) replaces the range before the writer's `open` returns | at map time | nothing until a writer opens; then none with reflink, else the range | owner of the file or `CAP_LEASE`; no writer at map time; the lease-break signal (`MAPCOPY_LEASE_SIGNAL`, default `SIGRTMIN+11`) not taken by the application; read-only mappings |
@@ -97,7 +97,9 @@
 //! * **Memory**: a `Lazy` mapping reserves address space only
 //!   (`MAP_NORESERVE`) and allocates pages as they are touched, plus
 //!   fault-around: one page for an isolated access, growing to whole 2 MiB
-//!   chunks (and up to 16 MiB of prefetch ahead) for sequential reads.
+//!   chunks (and up to 16 MiB of prefetch ahead) for sequential reads. Its
+//!   `MapCopyMut` is not charged to overcommit either, so stores into very
+//!   many pages can run out of memory like any `MAP_NORESERVE` mapping.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -210,6 +210,12 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
+        if rustix::process::getpid() != self.watcher.pid {
+            // A forked child dropping its copy of a parent's registration:
+            // the epoll instance is shared with the parent, so deleting the
+            // fd here would stop the parent's watcher from serving it.
+            return;
+        }
         let src = lock(&self.watcher.sources).remove(&self.id);
         if let Some(src) = src {
             let _ = epoll::delete(&self.watcher.epoll, src.fd());
