@@ -1195,7 +1195,7 @@ enum ForkBehaviour {
 
 fn fork_behaviour(s: Strategy) -> ForkBehaviour {
     match s {
-        Strategy::Lazy | Strategy::Guard => ForkBehaviour::Faults,
+        Strategy::Lazy | Strategy::Lease | Strategy::Guard => ForkBehaviour::Faults,
         _ => ForkBehaviour::Inherits,
     }
 }
@@ -1613,8 +1613,8 @@ enum OnReadError {
     /// `map` succeeds; the access that needs the bad block aborts the
     /// process with a message (a faulting thread can be given no error).
     AbortOnTouch,
-    /// `map` succeeds; the access that needs the bad block gets `SIGBUS`,
-    /// as from any file mapping (Guard reads the page cache directly).
+    /// `map` succeeds; touching the unreadable page raises SIGBUS, as in
+    /// any file mapping (the zero-copy strategies map the file or a clone).
     SigbusOnTouch,
     /// Not documented: any of the above.
     Either,
@@ -1624,7 +1624,10 @@ fn on_read_error(s: Strategy, populate: bool) -> OnReadError {
     match (s, populate) {
         (Strategy::Eager, _) | (Strategy::Lazy | Strategy::Guard, true) => OnReadError::MapFails,
         (Strategy::Lazy, false) => OnReadError::AbortOnTouch,
-        (Strategy::Guard, false) => OnReadError::SigbusOnTouch,
+        (Strategy::Lease | Strategy::Reflink, true) => OnReadError::MapFails,
+        (Strategy::Lease | Strategy::Reflink | Strategy::Guard, false) => {
+            OnReadError::SigbusOnTouch
+        }
         _ => OnReadError::Either,
     }
 }
@@ -1696,8 +1699,8 @@ fn read_error_case(name: &str, s: Strategy, populate: bool) -> Outcome {
         ));
     }
     let aborted = status.signal() == Some(libc::SIGABRT) && !err.trim().is_empty();
-    let sigbus = status.signal() == Some(libc::SIGBUS);
     let map_failed = status.success() && map_err.is_some_and(|l| l.starts_with("MAP-ERR Io"));
+    let sigbus = status.signal() == Some(libc::SIGBUS);
     let ok = match on_read_error(s, populate) {
         OnReadError::MapFails => map_failed,
         OnReadError::AbortOnTouch => aborted,
@@ -1720,7 +1723,7 @@ fn read_error_case(name: &str, s: Strategy, populate: bool) -> Outcome {
         if aborted {
             "aborted"
         } else if sigbus {
-            "SIGBUS"
+            "SIGBUS on touch"
         } else {
             "map failed"
         },

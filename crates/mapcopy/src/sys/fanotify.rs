@@ -5,8 +5,8 @@
 //! structs; `rustix` has none of fanotify. What neither has yet (Linux 6.14
 //! additions) is defined here once, from `include/uapi/linux/fanotify.h`:
 //! [`FAN_PRE_ACCESS`], [`FAN_EVENT_INFO_TYPE_RANGE`] and
-//! [`FanotifyEventInfoRange`]. `F_SETLEASE` is in `libc` but has no safe
-//! wrapper in `rustix`, hence [`try_read_lease`].
+//! [`FanotifyEventInfoRange`]. [`try_read_lease`] is the lease probe on
+//! top of [`super::lease`].
 #![allow(unsafe_code)]
 
 use std::ffi::CStr;
@@ -243,33 +243,22 @@ pub(crate) enum LeaseProbe {
 }
 
 /// Takes and immediately drops a read lease on `file` (`F_SETLEASE F_RDLCK`
-/// then `F_UNLCK`). The kernel refuses a read lease with `EAGAIN` while any
-/// writable fd of the file is open, which is the proof the `Guard` needs.
-/// `file` should be this crate's own read-only fd (a lease belongs to the
-/// open file description).
+/// then `F_UNLCK`, through [`super::lease`]). The kernel refuses a read
+/// lease with `EAGAIN` while any writable fd of the file is open, which is
+/// the proof the `Guard` needs. `file` should be this crate's own
+/// read-only fd (a lease belongs to the open file description).
 pub(crate) fn try_read_lease(file: BorrowedFd<'_>) -> io::Result<LeaseProbe> {
+    use super::lease::{Lease, set_lease, set_signal};
     // Should a writer open the file in the microseconds the lease is held,
     // the kernel signals the holder; the default SIGIO would kill this
     // process, SIGURG is ignored by default (as in `sys::detect`).
-    // SAFETY: F_SETSIG takes an integer argument; no memory is passed.
-    cvt(unsafe {
-        libc::fcntl(
-            file.as_raw_fd(),
-            linux_raw_sys::general::F_SETSIG as libc::c_int,
-            libc::SIGURG,
-        )
-    })?;
-    // SAFETY: F_SETLEASE takes an integer argument; no memory is passed.
-    let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLEASE, libc::F_RDLCK) };
-    if r == -1 {
-        let e = io::Error::last_os_error();
-        return match e.raw_os_error() {
-            Some(libc::EAGAIN) => Ok(LeaseProbe::WriterExists),
-            _ => Err(e),
-        };
+    set_signal(file, libc::SIGURG)?;
+    match set_lease(file, Lease::Read) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => return Ok(LeaseProbe::WriterExists),
+        Err(e) => return Err(e),
     }
-    // SAFETY: as above.
-    cvt(unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLEASE, libc::F_UNLCK) })?;
+    set_lease(file, Lease::Unlock)?;
     Ok(LeaseProbe::NoWriter)
 }
 
