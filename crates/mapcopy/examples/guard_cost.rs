@@ -118,6 +118,17 @@ fn main() {
     println!("  raw F_SETLEASE break, holder unlocks at once: {raw:?}");
     let copy = lease_break(&big, true);
     println!("  break + holder copies the whole range first (Lease without reflink): {copy:?}");
+    for (name, p) in [("64 MiB", &small), ("1 GiB", &big)] {
+        let f = File::open(p).unwrap();
+        match MapOptions::new().strategy(Strategy::Lease).map(&f) {
+            Ok(m) => {
+                let t = run_child("open_once", p).0;
+                black_box(&m[..]);
+                println!("  the Lease strategy on the {name} file: writer's open took {t:?}");
+            }
+            Err(e) => println!("  the Lease strategy on the {name} file: not usable ({e})"),
+        }
+    }
     let g = run_child("open_once", &big);
     let f = File::open(&big).unwrap();
     let map = MapOptions::new().strategy(Strategy::Guard).map(&f).unwrap();
