@@ -666,39 +666,39 @@ fn child_entry() {
 }
 
 #[test]
-fn probe_says_when_auto_prefers_guard_to_lease() {
-    if !usable("probe_says_when_auto_prefers_guard_to_lease") {
+fn auto_prefers_guard_for_reads_and_not_for_map_mut() {
+    if !usable("auto_prefers_guard_for_reads_and_not_for_map_mut") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let big = dir.path().join("big");
-    File::create(&big).unwrap().set_len(128 << 20).unwrap();
     let small = dir.path().join("small");
     fs::write(&small, b"small").unwrap();
-    let text = |p: &Path| {
+    let big = dir.path().join("big");
+    File::create(&big).unwrap().set_len(128 << 20).unwrap();
+    for p in [&small, &big] {
+        // Read-only: Guard keeps the whole contract (a lease cannot see
+        // open(O_RDONLY|O_TRUNC)), so Auto takes it wherever it is usable.
         let probe = mapcopy::probe(Some(p));
-        let g = probe
-            .strategies
-            .iter()
-            .find(|s| s.strategy == Strategy::Guard)
-            .unwrap()
-            .usable
-            .clone()
-            .expect("guard usable for a fresh file");
         eprintln!("{probe}");
-        (g, probe.auto)
-    };
-    let (g, auto) = text(&big);
-    // ext4 (the usual temp dir) has no reflink, so the 128 MiB file goes
-    // to Guard before Lease.
-    if !g.contains("reflink") || fs_has_reflink(&big) {
-        eprintln!("SKIPPED part: the temp dir's filesystem may reflink");
-        return;
+        assert_eq!(probe.auto.clone().unwrap(), Strategy::Guard, "{probe}");
+        let map = MapCopy::open(p).unwrap();
+        assert_eq!(map.strategy(), Strategy::Guard);
+        drop(map);
+        // map_mut: Guard would copy the whole range at map time; without a
+        // reflink clone Auto prefers a strategy that copies only touched
+        // pages (Lazy, as root) or at worst copies everything (Eager).
+        let file = File::open(p).unwrap();
+        let m = MapOptions::new().map_mut(&file).unwrap();
+        if fs_has_reflink(p) {
+            assert_eq!(m.strategy(), Strategy::Reflink);
+        } else {
+            assert!(
+                matches!(m.strategy(), Strategy::Lazy | Strategy::Eager),
+                "map_mut went to {:?}",
+                m.strategy()
+            );
+        }
     }
-    assert!(g.contains("auto prefers it to lease"), "{g}");
-    assert_eq!(auto.unwrap(), Strategy::Guard);
-    let (g, _) = text(&small);
-    assert!(!g.contains("auto prefers it to lease"), "{g}");
 }
 
 fn fs_has_reflink(p: &Path) -> bool {
