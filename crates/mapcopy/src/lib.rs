@@ -58,7 +58,13 @@
 //! | [`Strategy::Reflink`] | `FICLONE` into an unlinked `O_TMPFILE` on the same mount, private mapping of the clone | at map time, atomically | none (filesystem CoW) | a filesystem with reflink (xfs `-m reflink=1`, btrfs, bcachefs) and a directory on the file's mount where an `O_TMPFILE` can be made (`MAPCOPY_TMPDIR` names one) |
 //!
 //! [`Strategy::Auto`] (the default) takes the first usable one in the order
-//! of [`Strategy::ALL`]; [`probe`] tells which and why.
+//! of [`Strategy::ALL`] — Guard, Lease, Reflink, Lazy, Eager — for
+//! [`MapOptions::map`]: Guard first because it keeps the whole contract and
+//! shares the page cache (a lease cannot see `open(O_RDONLY | O_TRUNC)`,
+//! below). For [`MapOptions::map_mut`] the order is Reflink, Lazy, Guard,
+//! Lease, Eager: Guard and Lease must snapshot a writable mapping at map
+//! time, which without a reflink clone means copying the whole range.
+//! [`probe`] tells which strategy Auto picks and why each other one cannot.
 //!
 //! Properties some strategies lack:
 //!
