@@ -11,6 +11,8 @@
 //! * [`privilege`]: running a child or a command as an unprivileged user.
 //! * [`child`]: re-executing the current binary as a separate process.
 
+#![warn(missing_docs)]
+
 pub mod bench_writer;
 pub mod child;
 pub mod control;
@@ -20,3 +22,4 @@ pub mod modify;
 pub mod oracle;
 pub mod pattern;
 pub mod privilege;
+pub mod torture;

@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod demo;
 mod probe;
+mod torture;
 
 /// MAP_COPY for Linux: file mappings that other writers cannot change.
 #[derive(Parser, Debug)]
@@ -28,6 +29,9 @@ enum Command {
     /// Show plain MAP_PRIVATE breaking under another process's writes, and
     /// every usable copy strategy keeping its snapshot.
     Demo(demo::Args),
+    /// Seeded random writers race readers of every strategy; the checker
+    /// proves the contract from their logs. Last line: `N passed, N failed`.
+    Torture(torture::Args),
     /// Every usable strategy against MAP_PRIVATE, std::fs::read and the THP
     /// copy limit in one run: table, goals, and with --out a report and plots.
     Bench(bench::Args),
@@ -39,6 +43,7 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Probe(args) => probe::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Torture(args) => torture::run(args),
         Command::Bench(args) => bench::run(args),
     }
 }
