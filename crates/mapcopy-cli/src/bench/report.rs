@@ -71,12 +71,13 @@ fn ratio_goal(
                 let ratio = b.median / t.median;
                 met &= ratio >= min_ratio;
                 parts.push(format!(
-                    "{}: {ratio:.2}× ({s} {}, {} {}; fastest runs {:.2}×)",
+                    "{}: {} ({s} {}, {} {}; fastest runs {})",
                     fmt_size(size),
+                    ratio_str(Some(ratio)),
                     fmt_secs(t.median),
                     baseline.label(),
                     fmt_secs(b.median),
-                    b.min / t.min
+                    ratio_str(Some(b.min / t.min))
                 ));
             }
             _ => {
