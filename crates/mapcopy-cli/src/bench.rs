@@ -289,6 +289,7 @@ pub fn run(args: Args) -> ExitCode {
 fn bench(args: Args) -> Result<(), String> {
     let plan = Plan::from_args(&args);
     let started = Instant::now();
+    let started_utc = utc_now();
     fixed_mmap_threshold();
     let priority = raise_priority();
     if plan.cold {
@@ -471,7 +472,7 @@ fn bench(args: Args) -> Result<(), String> {
 
     let results = Results {
         command,
-        started_utc: utc_now(),
+        started_utc,
         kernel: probe.kernel.clone(),
         cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
         loadavg_start,

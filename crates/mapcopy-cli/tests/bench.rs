@@ -5,32 +5,70 @@
 //! really ran in another process. No timing is asserted.
 
 use std::collections::BTreeMap;
-use std::process::Command;
+use std::io::Read;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 const STRATEGIES: [&str; 5] = ["lease", "guard", "reflink", "lazy", "eager"];
 
+/// Runs `cmd`, killing it if it takes longer than `limit` (a strategy that
+/// left a writer or a fault hanging must fail the test, not stall CI).
+fn output_within(cmd: &mut Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start mapcopy bench");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let out_reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        stdout.read_to_end(&mut v).map(|_| v)
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        stderr.read_to_end(&mut v).map(|_| v)
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for mapcopy bench") {
+            break status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("mapcopy bench did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Output {
+        status,
+        stdout: out_reader.join().unwrap().expect("read stdout"),
+        stderr: err_reader.join().unwrap().expect("read stderr"),
+    }
+}
+
 #[test]
 fn bench_quick_writes_a_complete_report() {
     let out = tempfile::tempdir().expect("temp dir");
-    let run = Command::new(env!("CARGO_BIN_EXE_mapcopy"))
-        .args([
-            "bench",
-            "--quick",
-            "--sizes",
-            "1M,2M",
-            "--random-size",
-            "8M",
-            "--reps",
-            "2",
-            "--writes",
-            "32",
-            "--out",
-        ])
-        .arg(out.path())
-        .output()
-        .expect("run mapcopy bench");
+    let mut run = Command::new(env!("CARGO_BIN_EXE_mapcopy"));
+    run.args([
+        "bench",
+        "--quick",
+        "--sizes",
+        "1M,2M",
+        "--random-size",
+        "8M",
+        "--reps",
+        "2",
+        "--writes",
+        "32",
+        "--out",
+    ])
+    .arg(out.path());
+    let run = output_within(&mut run, Duration::from_secs(600));
     let stdout = String::from_utf8_lossy(&run.stdout);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(
