@@ -542,8 +542,21 @@ fn auto_order(fs: Kind, dir: &Path) -> Result<(), Failed> {
     let path = dir.join("auto");
     make_file(&path, &pattern(100_000, 1))?;
     let file = File::open(&path)?;
-    let m = auto_settled(|| MapCopy::map(&file).map(|m| m.strategy()))?;
-    ensure(m == Strategy::Lease, || format!("auto picked {m}"))?;
+    let usable = |s: Strategy| {
+        mapcopy::probe(Some(&path))
+            .strategies
+            .iter()
+            .any(|p| p.strategy == s && p.usable.is_ok())
+    };
+    // Read-only: Guard first where it is allowed (it keeps the whole
+    // contract; a lease cannot see open(O_RDONLY|O_TRUNC)), else Lease.
+    let first = if usable(Strategy::Guard) {
+        Strategy::Guard
+    } else {
+        Strategy::Lease
+    };
+    let m = auto_settled(first, || MapCopy::map(&file).map(|m| m.strategy()))?;
+    ensure(m == first, || format!("auto picked {m}, expected {first}"))?;
     let writer = File::options().append(true).open(&path)?;
     let m = MapCopy::map(&file)?;
     let want = if fs == Kind::Ext4 {
@@ -552,25 +565,32 @@ fn auto_order(fs: Kind, dir: &Path) -> Result<(), Failed> {
         Some(Strategy::Reflink)
     };
     eprintln!("  {fs}: auto with a writer open: {}", m.strategy());
-    ensure(m.strategy() != Strategy::Lease, || {
-        "lease taken despite a writer".into()
-    })?;
+    ensure(
+        !matches!(m.strategy(), Strategy::Lease | Strategy::Guard),
+        || format!("{} taken despite a writer", m.strategy()),
+    )?;
     if let Some(w) = want {
         ensure(m.strategy() == w, || {
             format!("auto picked {}", m.strategy())
         })?;
     }
     drop(writer);
-    // map_mut: Lease snapshots at map time (a clone where there is reflink,
-    // else a copy); Auto takes it first where it is usable.
-    let mm = auto_settled(|| {
+    // map_mut: Guard and Lease would snapshot the whole range at map time, so
+    // Auto takes a reflink clone where there is one, else Lazy (copies only
+    // touched pages) where it is usable.
+    let first_mut = match want {
+        Some(w) => w,
+        None if usable(Strategy::Lazy) => Strategy::Lazy,
+        None => first,
+    };
+    let mm = auto_settled(first_mut, || {
         let mut mm = MapOptions::new().map_mut(&file)?;
         mm[0] ^= 0xff;
         Ok(mm.strategy())
     })?;
     eprintln!("  {fs}: auto for map_mut: {mm}");
-    ensure(mm == Strategy::Lease, || {
-        format!("auto map_mut picked {mm}")
+    ensure(mm == first_mut, || {
+        format!("auto map_mut picked {mm}, expected {first_mut}")
     })?;
     let writer = File::options().append(true).open(&path)?;
     let mm = MapOptions::new().map_mut(&file)?;
@@ -587,14 +607,17 @@ fn auto_order(fs: Kind, dir: &Path) -> Result<(), Failed> {
     Ok(())
 }
 
-/// Auto's pick for a file nobody holds open for writing: Lease, unless a
+/// Auto's pick for a file nobody holds open for writing: `want`, unless a
 /// writable fd just closed still lives in a child another test thread is
-/// forking (until its exec): then the lease is refused for a moment and Auto
-/// rightly takes the next strategy. Ask again a few times.
-fn auto_settled(pick: impl Fn() -> Result<Strategy, mapcopy::Error>) -> Result<Strategy, Failed> {
+/// forking (until its exec): then Lease and Guard refuse for a moment and
+/// Auto rightly takes the next strategy. Ask again a few times.
+fn auto_settled(
+    want: Strategy,
+    pick: impl Fn() -> Result<Strategy, mapcopy::Error>,
+) -> Result<Strategy, Failed> {
     let mut got = pick()?;
     for _ in 0..20 {
-        if got == Strategy::Lease {
+        if got == want {
             break;
         }
         std::thread::sleep(Duration::from_millis(25));
