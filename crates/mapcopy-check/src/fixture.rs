@@ -276,7 +276,7 @@ impl LoopMount {
     /// again.
     pub fn unmount(&mut self) -> Result<(), String> {
         if self.mounted {
-            run(Command::new("umount").arg(&self.mnt))?;
+            umount_patiently(&self.mnt)?;
             self.mounted = false;
         }
         Ok(())
@@ -343,25 +343,29 @@ impl LoopMount {
     }
 }
 
+/// `umount`, retried for up to 5 s: a straggling child (a writer that was
+/// just killed, a re-executed trial exiting) may still hold a file open for
+/// a moment, and the filesystem is then busy.
+fn umount_patiently(mnt: &Path) -> Result<(), String> {
+    let mut last = String::new();
+    for _ in 0..50 {
+        match run(Command::new("umount").arg(mnt)) {
+            Ok(_) => return Ok(()),
+            Err(e) => last = e,
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Err(last)
+}
+
 impl Drop for LoopMount {
     fn drop(&mut self) {
-        if self.mounted {
-            // A straggling child may still hold a file open for a moment.
-            let mut ok = false;
-            for _ in 0..20 {
-                if run(Command::new("umount").arg(&self.mnt)).is_ok() {
-                    ok = true;
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-            if !ok {
-                eprintln!(
-                    "warning: umount {} failed; detaching lazily",
-                    self.mnt.display()
-                );
-                let _ = run(Command::new("umount").arg("-l").arg(&self.mnt));
-            }
+        if self.mounted && umount_patiently(&self.mnt).is_err() {
+            eprintln!(
+                "warning: umount {} failed; detaching lazily",
+                self.mnt.display()
+            );
+            let _ = run(Command::new("umount").arg("-l").arg(&self.mnt));
         }
         if let Some(dev) = self.device.take()
             && let Err(e) = run(Command::new("losetup").arg("-d").arg(&dev))
