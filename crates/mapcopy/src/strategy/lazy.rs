@@ -1614,13 +1614,15 @@ mod tests {
         // move (a prefetched chunk the reader already passed may still be
         // on its way); VMAs are per range, and an adjacent mapping of
         // another test with the same flags may be merged into them.
+        // On a loaded 2-core machine the prefetch thread can be descheduled
+        // for a while mid-move: allow it 10 s.
         let mut v = Vec::new();
-        for _ in 0..100 {
+        for _ in 0..250 {
             v = vmas(map.as_ptr() as usize, map.len());
             if v.iter().all(|l| l.contains(" r--p ")) {
                 break;
             }
-            thread::sleep(std::time::Duration::from_millis(20));
+            thread::sleep(std::time::Duration::from_millis(40));
         }
         let huge = smaps_field(map.as_ptr() as usize, map.len(), "AnonHugePages:");
         eprintln!("{v:#?}, AnonHugePages {huge} (these VMAs)");
