@@ -17,6 +17,7 @@ use rustix::mm::{Advice, MprotectFlags, ProtFlags};
 
 use super::{Request, Snapshot, Strategy};
 use crate::Error;
+use crate::sys::file::read_full;
 use crate::sys::mmap::{HUGE_PAGE, Region};
 use crate::sys::procfs;
 
@@ -69,26 +70,7 @@ fn fill(region: &mut Region, req: &Request<'_>) -> Result<(), Error> {
     // else can see it before `map` returns.
     let buf = unsafe { region.as_mut_slice(0, want) };
     read_full(req.file, buf, req.offset)
-}
-
-/// `pread` until `buf` is full or the file ends, retrying short reads and
-/// `EINTR`.
-pub(crate) fn read_full(file: &std::fs::File, buf: &mut [u8], offset: u64) -> Result<(), Error> {
-    let mut done = 0;
-    while done < buf.len() {
-        match rustix::io::pread(file, &mut buf[done..], offset + done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => {
-                return Err(Error::io(
-                    format!("reading the file at offset {}", offset + done as u64),
-                    e,
-                ));
-            }
-        }
-    }
-    Ok(())
+        .map_err(|(at, e)| Error::io(format!("reading the file at offset {at}"), e))
 }
 
 #[derive(Debug)]

@@ -486,7 +486,7 @@ fn guards() -> Result<Arc<Guards>, Error> {
 /// is pending) and stop; if even that fails, abort.
 fn serve_loop(g: Arc<Guards>) {
     use rustix::event::{PollFd, PollFlags, poll};
-    fanotify::block_async_signals();
+    crate::sys::signal::block_async_signals(None);
     let why = loop {
         if g.dead.load(Ordering::Acquire) {
             return;

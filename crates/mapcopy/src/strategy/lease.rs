@@ -110,7 +110,7 @@ use rustix::process::Pid;
 use super::{Request, Snapshot, Strategy};
 use crate::Error;
 use crate::sys::clone::{CloneDir, CloneError};
-use crate::sys::file::fs_name;
+use crate::sys::file::{fs_name, read_full};
 use crate::sys::lease::{self, Lease};
 use crate::sys::mmap::{HUGE_PAGE, Region};
 use crate::sys::{procfs, signal};
@@ -514,7 +514,8 @@ impl Entry {
         let _ = copy.advise(0, len, Advice::LinuxHugepage);
         // SAFETY: fresh anonymous memory, borrowed exclusively here.
         let buf = unsafe { copy.as_mut_slice(0, len) };
-        read_full(file, buf, self.offset).map_err(|e| format!("{note}reading the file: {e}"))?;
+        read_full(file, buf, self.offset)
+            .map_err(|(at, e)| format!("{note}reading the file at offset {at}: {e}"))?;
         if !self.writable {
             copy.protect(0, len, MprotectFlags::READ)
                 .map_err(|e| format!("{note}mprotect: {e}"))?;
@@ -534,20 +535,6 @@ fn prot(writable: bool) -> ProtFlags {
     } else {
         ProtFlags::READ
     }
-}
-
-/// `pread` until `buf` is full or the file ends (the rest stays zero).
-fn read_full(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-    let mut done = 0;
-    while done < buf.len() {
-        match rustix::io::pread(file, &mut buf[done..], offset + done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
 }
 
 /// The mapping handed to the user.

@@ -284,31 +284,6 @@ pub(crate) fn at_fork_child(child: extern "C" fn()) -> io::Result<()> {
     Ok(())
 }
 
-/// Blocks every asynchronous signal in the calling thread (all but the
-/// ones a fault raises: `SIGSEGV`, `SIGBUS`, `SIGFPE`, `SIGILL`, `SIGTRAP`,
-/// `SIGSYS`), so that process-directed signals meant for the application
-/// (or a lease-break `SIGIO`) are never taken by a helper thread of this
-/// crate, whose default action could kill the process.
-pub(crate) fn block_async_signals() {
-    // SAFETY: builds a sigset on the stack and changes only the calling
-    // thread's mask; no memory is shared.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut set);
-        for s in [
-            libc::SIGSEGV,
-            libc::SIGBUS,
-            libc::SIGFPE,
-            libc::SIGILL,
-            libc::SIGTRAP,
-            libc::SIGSYS,
-        ] {
-            libc::sigdelset(&mut set, s);
-        }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

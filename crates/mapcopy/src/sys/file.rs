@@ -103,3 +103,20 @@ impl Meta {
         matches!(self.fs_type, PROC | SYSFS | DEBUGFS | TRACEFS | CGROUP2)
     }
 }
+
+/// `pread` until `buf` is full or the file ends (the rest of `buf` is left
+/// as it was: zeros in fresh memory), retrying short reads and `EINTR`. An
+/// error comes with the file offset that failed.
+pub(crate) fn read_full(file: &File, buf: &mut [u8], offset: u64) -> Result<(), (u64, io::Error)> {
+    let mut done = 0;
+    while done < buf.len() {
+        let at = offset + done as u64;
+        match rustix::io::pread(file, &mut buf[done..], at) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err((at, e.into())),
+        }
+    }
+    Ok(())
+}

@@ -294,8 +294,18 @@ extern "C" fn on_break(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut
 /// not to ours), except the lease-break signal, which must get through even
 /// if the thread that started the watcher had it blocked.
 pub(crate) fn watcher_thread_mask() {
-    // SAFETY: sigset_t values are plain bit sets initialized by sigfillset/
-    // sigemptyset before use; pthread_sigmask only changes this thread.
+    block_async_signals(lease_signal().ok());
+}
+
+/// Blocks every asynchronous signal in the calling thread — all but the
+/// ones a fault or `abort` raises (`SIGSEGV`, `SIGBUS`, `SIGFPE`, `SIGILL`,
+/// `SIGTRAP`, `SIGSYS`, `SIGABRT`) and `except` — so that process-directed
+/// signals meant for the application are never taken by a helper thread of
+/// this crate, whose default action could kill the process. For threads
+/// this crate starts (the watcher, the guard thread).
+pub(crate) fn block_async_signals(except: Option<i32>) {
+    // SAFETY: sigset_t values are plain bit sets initialized by sigfillset
+    // before use; pthread_sigmask only changes this thread.
     unsafe {
         let mut block = MaybeUninit::<libc::sigset_t>::zeroed();
         libc::sigfillset(block.as_mut_ptr());
@@ -307,11 +317,11 @@ pub(crate) fn watcher_thread_mask() {
             libc::SIGTRAP,
             libc::SIGSYS,
             libc::SIGABRT,
-        ] {
+        ]
+        .into_iter()
+        .chain(except)
+        {
             libc::sigdelset(block.as_mut_ptr(), s);
-        }
-        if let Ok(sig) = lease_signal() {
-            libc::sigdelset(block.as_mut_ptr(), sig);
         }
         libc::pthread_sigmask(libc::SIG_SETMASK, block.as_ptr(), std::ptr::null_mut());
     }
