@@ -76,7 +76,12 @@ fn control_private_without_shrinking_fails_s2() -> Result<(), Failed> {
     cfg.stop_on_violation = true;
     cfg.replay_out = Some(dir.path().join("replay.txt"));
     let (mask, _) = torture::supported_kinds(dir.path())?;
-    cfg.kinds = Some(mask & !(Kind::Truncate.bit() | Kind::OTrunc.bit() | Kind::Collapse.bit()));
+    cfg.kinds = Some(
+        mask & !(Kind::Truncate.bit()
+            | Kind::OTrunc.bit()
+            | Kind::RdOnlyTrunc.bit()
+            | Kind::Collapse.bit()),
+    );
     let stats = torture::run(&cfg, &mut |_| {})?;
     eprintln!(
         "control (no shrink): {} ops, {} pages, changed {} signals {} after {:?}",

@@ -95,6 +95,9 @@ fn run_inner(args: Args) -> Result<bool, String> {
     }
     let mut results: Vec<(Target, Stats)> = Vec::new();
     for target in targets {
+        for (k, why) in torture::documented_gaps(target) {
+            println!("op kind {} not used for {target}: {why}", k.name());
+        }
         let mut cfg = Config::new(target, &dir);
         cfg.seed = seed;
         cfg.seconds = args.seconds;

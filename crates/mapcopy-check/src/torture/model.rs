@@ -122,7 +122,7 @@ impl Model {
             | Kind::MmapStore => self.write(o.off, done, o.version, emit),
             Kind::Append => self.write(l.size_before, done, o.version, emit),
             Kind::Truncate => self.truncate(o.len, emit),
-            Kind::OTrunc => {
+            Kind::OTrunc | Kind::RdOnlyTrunc => {
                 self.truncate(0, emit);
                 self.write(0, done, o.version, emit);
             }

@@ -291,6 +291,17 @@ impl Executor {
                 f.write_all(&data(0, op.len))?;
                 Ok(op.len)
             }
+            Kind::RdOnlyTrunc => {
+                // std refuses .truncate(true) without write access; the flag
+                // itself is what this op is about.
+                drop(self.open(
+                    op,
+                    OpenOptions::new().read(true).custom_flags(libc::O_TRUNC),
+                )?);
+                let mut f = self.open(op, &mut w())?;
+                f.write_all(&data(0, op.len))?;
+                Ok(op.len)
+            }
             Kind::Punch | Kind::ZeroRange | Kind::Collapse | Kind::Insert => {
                 let mode = match op.kind {
                     Kind::Punch => FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
