@@ -30,6 +30,7 @@ pub fn dispatch() {
         crate::modify::ENTRY => crate::modify::child_main(&args),
         "torture-writer" => crate::torture::writer::child_main(&args),
         "torture-reader" => crate::torture::reader::child_main(&args),
+        crate::bench_writer::ENTRY => crate::bench_writer::child_main(&args),
         "echo" => {
             // Prints its arguments: lets a test prove the re-exec works.
             println!("{}", args.join(" "));

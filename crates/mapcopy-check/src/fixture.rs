@@ -221,7 +221,8 @@ impl LoopMount {
             }
         }
         let dir = tempfile::Builder::new()
-            .prefix(&format!("mapcopy-{kind}-"))
+            // The pid tells whose image a leftover is (after a kill -9).
+            .prefix(&format!("mapcopy-{kind}-pid{}-", std::process::id()))
             .tempdir_in(parent)
             .map_err(|e| format!("temp dir: {e}"))?;
         let image = dir.path().join("image");
@@ -263,6 +264,82 @@ impl LoopMount {
     /// The loop device (`/dev/loopN`).
     pub fn device(&self) -> Option<&str> {
         self.device.as_deref()
+    }
+
+    /// The image file behind the loop device.
+    pub fn image(&self) -> PathBuf {
+        self.mnt.with_file_name("image")
+    }
+
+    /// Unmounts (the loop device stays attached), so that the image can be
+    /// changed behind the filesystem's back; [`LoopMount::mount`] mounts it
+    /// again.
+    pub fn unmount(&mut self) -> Result<(), String> {
+        if self.mounted {
+            run(Command::new("umount").arg(&self.mnt))?;
+            self.mounted = false;
+        }
+        Ok(())
+    }
+
+    /// Mounts the filesystem again after [`LoopMount::unmount`].
+    pub fn mount(&mut self) -> Result<(), String> {
+        if !self.mounted {
+            let dev = self.device.clone().ok_or("no loop device")?;
+            run(Command::new("mount").arg(&dev).arg(&self.mnt))?;
+            self.mounted = true;
+        }
+        Ok(())
+    }
+
+    /// Overwrites, in the (unmounted) image, the first occurrence of
+    /// `marker` and the `len` bytes from it with `fill`: corrupts a file's
+    /// data under the filesystem so that reading it fails (btrfs checksums
+    /// data: reads of a corrupted block get `EIO`). Returns the image
+    /// offset, or `Err` if the marker is not found or the fs is mounted.
+    pub fn corrupt(&self, marker: &[u8], len: usize, fill: u8) -> Result<u64, String> {
+        use std::os::unix::fs::FileExt;
+        if self.mounted {
+            return Err("unmount before corrupting the image".into());
+        }
+        let img = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(self.image())
+            .map_err(|e| format!("opening the image: {e}"))?;
+        let size = img.metadata().map_err(|e| e.to_string())?.len();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut pos = 0u64;
+        while pos < size {
+            // Skip holes: the image is sparse.
+            pos = match rustix::fs::seek(&img, rustix::fs::SeekFrom::Data(pos)) {
+                Ok(p) => p,
+                Err(_) => break,
+            };
+            let n = img.read_at(&mut buf, pos).map_err(|e| e.to_string())?;
+            if n == 0 {
+                break;
+            }
+            let hay = &buf[..n];
+            let mut i = 0;
+            while let Some(j) = hay[i..].iter().position(|&b| b == marker[0]) {
+                let at = i + j;
+                if hay.len() - at < marker.len() {
+                    break;
+                }
+                if &hay[at..at + marker.len()] == marker {
+                    let off = pos + at as u64;
+                    img.write_all_at(&vec![fill; len], off)
+                        .and_then(|()| img.sync_all())
+                        .map_err(|e| format!("writing the image: {e}"))?;
+                    return Ok(off);
+                }
+                i = at + 1;
+            }
+            // Overlap chunks by the marker length so a match across them is found.
+            pos += (n - marker.len().min(n) + 1) as u64;
+        }
+        Err("marker not found in the image".into())
     }
 }
 

@@ -11,6 +11,9 @@
 //! * [`privilege`]: running a child or a command as an unprivileged user.
 //! * [`child`]: re-executing the current binary as a separate process.
 
+#![warn(missing_docs)]
+
+pub mod bench_writer;
 pub mod child;
 pub mod control;
 pub mod demo;

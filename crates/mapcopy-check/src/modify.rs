@@ -240,6 +240,17 @@ impl Modification {
         new
     }
 
+    /// Does the modification from *this* process (the contract covers the
+    /// mapping process's own writes too), then checks that the file holds
+    /// `self.model(old)` and returns that. `SharedBefore` maps at once here.
+    pub fn apply_here(&self, path: &Path, old: &[u8]) -> Result<Vec<u8>, ApplyError> {
+        perform(self, path, None).map_err(|e| match e {
+            ChildError::Unsupported(w) => ApplyError::Unsupported(w),
+            ChildError::Failed(w) => ApplyError::Failed(w),
+        })?;
+        verify(self, path, old)
+    }
+
     /// Runs the modification on `path` in a child process.
     pub fn apply(&self, path: &Path) -> Result<(), ApplyError> {
         Writer::spawn(self, path)?.apply()
@@ -357,21 +368,7 @@ impl Writer {
     pub fn apply_checked(self, old: &[u8]) -> Result<Vec<u8>, ApplyError> {
         let (m, path) = (self.m, self.path.clone());
         self.apply()?;
-        let want = m.model(old);
-        let got = std::fs::read(&path)
-            .map_err(|e| ApplyError::Failed(format!("reading {} back: {e}", path.display())))?;
-        if got != want {
-            let first = got.iter().zip(&want).position(|(a, b)| a != b);
-            return Err(ApplyError::Failed(format!(
-                "after {m} the file holds {} bytes, the model says {} (first difference at {first:?}): \
-                 file [{}] model [{}]",
-                got.len(),
-                want.len(),
-                pattern::describe(&got, 0),
-                pattern::describe(&want, 0)
-            )));
-        }
-        Ok(want)
+        verify(&m, &path, old)
     }
 
     /// Waits for the child; an empty `Failed` means success.
@@ -556,6 +553,14 @@ fn run_child(m: &Modification, path: &Path) -> Result<(), ChildError> {
     if line.trim() != "go" {
         return Err(ChildError::Failed(format!("expected \"go\", got {line:?}")));
     }
+    perform(m, path, before.as_ref())?;
+    drop(before);
+    Ok(())
+}
+
+/// Does the modification, in this process. `before` is the shared mapping
+/// a `SharedBefore` writer made earlier (without one it maps now).
+fn perform(m: &Modification, path: &Path, before: Option<&Shared>) -> Result<(), ChildError> {
     let (off, len, g) = (m.offset, m.len as usize, m.generation);
     let data = || pattern::bytes(g, off, len);
     match m.kind {
@@ -687,10 +692,10 @@ fn run_child(m: &Modification, path: &Path) -> Result<(), ChildError> {
                 .map_err(failed("pwrite O_DIRECT"))?;
         }
         Kind::IoUring => io_uring_write(&open_rw(path)?, &data(), off)?,
-        Kind::SharedBefore => before
-            .as_ref()
-            .expect("mapped before ready")
-            .store(off as usize, &data())?,
+        Kind::SharedBefore => match before {
+            Some(b) => b.store(off as usize, &data())?,
+            None => Shared::new(&open_rw(path)?)?.store(off as usize, &data())?,
+        },
         Kind::SharedAfter => Shared::new(&open_rw(path)?)?.store(off as usize, &data())?,
         Kind::HardLink => {
             let link = sibling(path, "link");
@@ -730,7 +735,6 @@ fn run_child(m: &Modification, path: &Path) -> Result<(), ChildError> {
             }
         }
     }
-    drop(before);
     Ok(())
 }
 
@@ -772,4 +776,23 @@ fn io_uring_write(f: &File, data: &[u8], off: u64) -> Result<(), ChildError> {
         done += res as usize;
     }
     Ok(())
+}
+
+/// Checks that `path` holds what `m.model(old)` says, and returns that.
+fn verify(m: &Modification, path: &Path, old: &[u8]) -> Result<Vec<u8>, ApplyError> {
+    let want = m.model(old);
+    let got = std::fs::read(path)
+        .map_err(|e| ApplyError::Failed(format!("reading {} back: {e}", path.display())))?;
+    if got != want {
+        let first = got.iter().zip(&want).position(|(a, b)| a != b);
+        return Err(ApplyError::Failed(format!(
+            "after {m} the file holds {} bytes, the model says {} (first difference at {first:?}): \
+             file [{}] model [{}]",
+            got.len(),
+            want.len(),
+            pattern::describe(&got, 0),
+            pattern::describe(&want, 0)
+        )));
+    }
+    Ok(want)
 }

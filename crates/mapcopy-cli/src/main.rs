@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod demo;
 mod probe;
 mod torture;
@@ -31,6 +32,9 @@ enum Command {
     /// Seeded random writers race readers of every strategy; the checker
     /// proves the contract from their logs. Last line: `N passed, N failed`.
     Torture(torture::Args),
+    /// Every usable strategy against MAP_PRIVATE, std::fs::read and the THP
+    /// copy limit in one run: table, goals, and with --out a report and plots.
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -40,5 +44,6 @@ fn main() -> ExitCode {
         Command::Probe(args) => probe::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Torture(args) => torture::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }

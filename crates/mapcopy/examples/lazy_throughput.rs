@@ -1,15 +1,18 @@
 //! First-touch throughput of `Strategy::Lazy` on a hot file, next to
 //! `std::fs::read`, `Strategy::Eager` (pread into fresh 2 MiB THP memory, the
-//! copy limit) and plain `MAP_PRIVATE` (no copy; contract broken), all in
-//! the same run.
+//! copy limit on this machine) in the same run.
 //!
 //! ```text
 //! cargo run --release -p mapcopy --example lazy_throughput -- [SIZE_MIB] [REPS] [DIR]
 //! ```
 //!
-//! Each line: the median of REPS runs, min–max, and GB/s (10^9 bytes/s) for
-//! mapping + a full sequential scan that sums every u64 (or reads one byte
-//! per page). Memory after the Lazy scan: `AnonHugePages` of the mapping.
+//! The cases run interleaved (one round = every case once, REPS rounds), so
+//! that load from other processes hits them alike. Each line: median wall
+//! time (min–max), GB/s (10^9 bytes/s) of the file size over it, and the
+//! median CPU time of the whole process (all threads: reader, fault
+//! handler, prefetcher). Scans sum every u64. For Lazy, the mapping's
+//! `AnonHugePages` after the scan shows whether chunks arrived as huge pages
+//! (UFFDIO_MOVE). `ONLY=substring` runs only the matching cases.
 
 use std::fs::File;
 use std::io::Write;
@@ -18,21 +21,14 @@ use std::time::{Duration, Instant};
 use mapcopy::{MapOptions, Strategy};
 
 fn sum_u64(b: &[u8]) -> u64 {
-    let (pre, mid, post) = unsafe_free_align(b);
+    let head = b.as_ptr().align_offset(8).min(b.len());
+    let (pre, rest) = b.split_at(head);
+    let (mid, post) = rest.split_at(rest.len() - rest.len() % 8);
     let mut s = pre.iter().chain(post).map(|&x| u64::from(x)).sum::<u64>();
     for c in mid.chunks_exact(8) {
         s = s.wrapping_add(u64::from_ne_bytes(c.try_into().unwrap()));
     }
     s
-}
-
-/// Splits `b` so that the middle part starts 8-aligned (without unsafe).
-fn unsafe_free_align(b: &[u8]) -> (&[u8], &[u8], &[u8]) {
-    let head = b.as_ptr().align_offset(8).min(b.len());
-    let (pre, rest) = b.split_at(head);
-    let tail = rest.len() % 8;
-    let (mid, post) = rest.split_at(rest.len() - tail);
-    (pre, mid, post)
 }
 
 fn touch_pages(b: &[u8]) -> u64 {
@@ -44,13 +40,10 @@ fn anon_huge(addr: usize, len: usize) -> u64 {
     let mut inside = false;
     let mut kb = 0;
     for l in s.lines() {
-        if let Some((range, _)) = l.split_once(' ') {
-            if let Some((a, b)) = range.split_once('-') {
-                if let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
-                {
-                    inside = a >= addr && b <= addr + len;
-                    continue;
-                }
+        if let Some((a, b)) = l.split_once(' ').and_then(|(r, _)| r.split_once('-')) {
+            if let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) {
+                inside = a >= addr && b <= addr + len;
+                continue;
             }
         }
         if inside && l.starts_with("AnonHugePages:") {
@@ -65,18 +58,13 @@ fn anon_huge(addr: usize, len: usize) -> u64 {
     kb * 1024
 }
 
-fn stats(name: &str, bytes: u64, mut t: Vec<Duration>) {
-    t.sort();
-    let med = t[t.len() / 2];
-    let gbs = |d: Duration| bytes as f64 / d.as_secs_f64() / 1e9;
-    println!(
-        "{name:<36} median {:>8.1} ms  ({:>6.1}–{:>6.1})  {:>6.2} GB/s",
-        med.as_secs_f64() * 1e3,
-        t[0].as_secs_f64() * 1e3,
-        t[t.len() - 1].as_secs_f64() * 1e3,
-        gbs(med)
-    );
+/// CPU time (user + system) of the whole process so far.
+fn cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
+
+type Case<'a> = (&'static str, Box<dyn FnMut() -> String + 'a>);
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -98,63 +86,203 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tmp.flush()?;
     let path = tmp.path().to_path_buf();
     let file = File::open(&path)?;
-    std::hint::black_box(std::fs::read(&path)?); // hot page cache
-    println!("{mib} MiB hot file in {dir}, {reps} reps, full scan = sum of u64s");
-    println!("lazy: {}", mapcopy::probe(None));
-
-    let mut expect = 0;
-    let mut t = Vec::new();
-    for _ in 0..reps {
-        let s = Instant::now();
-        let v = std::fs::read(&path)?;
-        expect = sum_u64(&v);
-        t.push(s.elapsed());
-    }
-    stats("std::fs::read + scan", size, t);
-
-    for (label, strategy) in [
-        ("eager (THP copy limit) + scan", Strategy::Eager),
-        ("lazy + scan", Strategy::Lazy),
-    ] {
-        let mut t = Vec::new();
-        let mut huge = 0;
-        for _ in 0..reps {
-            let s = Instant::now();
-            let m = MapOptions::new().strategy(strategy).map(&file)?;
-            let got = sum_u64(&m);
-            t.push(s.elapsed());
-            assert_eq!(got, expect, "{label}: wrong contents");
-            huge = anon_huge(m.as_ptr() as usize, m.len());
+    let expect = sum_u64(&std::fs::read(&path)?); // also makes the cache hot
+    println!("{mib} MiB hot file in {dir}, {reps} interleaved rounds");
+    let check = move |got: u64, what: &str| assert_eq!(got, expect, "{what}: wrong contents");
+    let pages = (size / 4096) as usize;
+    let picks = pages / 100;
+    let lazy = || MapOptions::new().strategy(Strategy::Lazy).clone();
+    let random = move |m: &mut dyn FnMut(usize)| {
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..picks {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            m((x as usize % pages) * 4096);
         }
-        stats(label, size, t);
-        println!("{:<36} AnonHugePages after scan: {} MiB", "", huge >> 20);
+    };
+
+    let (file, path) = (&file, &path);
+    let mut cases: Vec<Case> = vec![
+        (
+            "std::fs::read + scan",
+            Box::new(move || {
+                check(sum_u64(&std::fs::read(path).unwrap()), "read");
+                String::new()
+            }),
+        ),
+        (
+            "eager (THP copy limit) + scan",
+            Box::new(move || {
+                let m = MapOptions::new()
+                    .strategy(Strategy::Eager)
+                    .map(file)
+                    .unwrap();
+                check(sum_u64(&m), "eager");
+                String::new()
+            }),
+        ),
+        (
+            "lazy + scan",
+            Box::new(move || {
+                let m = lazy().map(file).unwrap();
+                check(sum_u64(&m), "lazy");
+                format!(
+                    "AnonHugePages {} MiB",
+                    anon_huge(m.as_ptr() as usize, m.len()) >> 20
+                )
+            }),
+        ),
+        (
+            "lazy + 1 byte per page",
+            Box::new(move || {
+                let m = lazy().map(file).unwrap();
+                std::hint::black_box(touch_pages(&m));
+                String::new()
+            }),
+        ),
+        (
+            "lazy + scan, 4 threads",
+            Box::new(move || {
+                let m = lazy().map(file).unwrap();
+                let q = m.len() / 4;
+                let total = std::thread::scope(|s| {
+                    let hs: Vec<_> = (0..4)
+                        .map(|i| {
+                            let part = &m[i * q..if i == 3 { m.len() } else { (i + 1) * q }];
+                            s.spawn(move || sum_u64(part))
+                        })
+                        .collect();
+                    hs.into_iter()
+                        .map(|h| h.join().unwrap())
+                        .fold(0, u64::wrapping_add)
+                });
+                check(total, "lazy 4 threads");
+                String::new()
+            }),
+        ),
+        (
+            "lazy map_mut + scan",
+            Box::new(move || {
+                let m = lazy().map_mut(file).unwrap();
+                check(sum_u64(&m), "lazy mut");
+                String::new()
+            }),
+        ),
+        (
+            "lazy populate(true) + scan",
+            Box::new(move || {
+                let m = lazy().populate(true).map(file).unwrap();
+                check(sum_u64(&m), "lazy populate");
+                String::new()
+            }),
+        ),
+        (
+            "lazy 1% random pages",
+            Box::new(move || {
+                let s = Instant::now();
+                let m = lazy().map(file).unwrap();
+                let mut sum = 0u64;
+                random(&mut |i| sum += u64::from(m[i]));
+                std::hint::black_box(sum);
+                format!(
+                    "{picks} pages, {:.1} µs per page",
+                    s.elapsed().as_secs_f64() * 1e6 / picks as f64
+                )
+            }),
+        ),
+        (
+            "lazy map_mut 1% random stores",
+            Box::new(move || {
+                let s = Instant::now();
+                let mut m = lazy().map_mut(file).unwrap();
+                random(&mut |i| m[i] ^= 1);
+                format!(
+                    "{picks} pages, {:.1} µs per page",
+                    s.elapsed().as_secs_f64() * 1e6 / picks as f64
+                )
+            }),
+        ),
+    ];
+    if let Ok(only) = std::env::var("ONLY") {
+        cases.retain(|(n, _)| n.contains(only.as_str()));
     }
-    let mut t = Vec::new();
+
+    // Map + first byte (µs, median of 200): plain MAP_PRIVATE against Lazy.
+    let first = |f: &mut dyn FnMut() -> u8| {
+        let mut t: Vec<f64> = (0..200)
+            .map(|_| {
+                let s = Instant::now();
+                std::hint::black_box(f());
+                s.elapsed().as_secs_f64() * 1e6
+            })
+            .collect();
+        t.sort_by(f64::total_cmp);
+        t[t.len() / 2]
+    };
+    let private = first(&mut || {
+        // SAFETY: a fresh private read-only mapping of a file nobody else
+        // writes during this read; unmapped right after.
+        unsafe {
+            let p = rustix::mm::mmap(
+                std::ptr::null_mut(),
+                size as usize,
+                rustix::mm::ProtFlags::READ,
+                rustix::mm::MapFlags::PRIVATE,
+                file,
+                0,
+            )
+            .unwrap();
+            let v = std::ptr::read_volatile(p.cast::<u8>());
+            rustix::mm::munmap(p, size as usize).unwrap();
+            v
+        }
+    });
+    let lazy_first = first(&mut || lazy().map(file).unwrap()[0]);
+    println!(
+        "map + first byte + unmap: MAP_PRIVATE {private:.1} µs, lazy {lazy_first:.1} µs ({:.2}x)",
+        lazy_first / private
+    );
+
+    let mut wall = vec![Vec::new(); cases.len()];
+    let mut cpus = vec![Vec::new(); cases.len()];
+    let mut notes = vec![String::new(); cases.len()];
     for _ in 0..reps {
-        let s = Instant::now();
-        let m = MapOptions::new().strategy(Strategy::Lazy).map(&file)?;
-        std::hint::black_box(touch_pages(&m));
-        t.push(s.elapsed());
+        for (i, (_, f)) in cases.iter_mut().enumerate() {
+            let (w, c) = (Instant::now(), cpu());
+            notes[i] = f();
+            wall[i].push(w.elapsed());
+            cpus[i].push(cpu() - c);
+        }
     }
-    stats("lazy + one byte per page", size, t);
-    let mut t = Vec::new();
-    for _ in 0..reps {
-        let s = Instant::now();
-        let m = MapOptions::new().strategy(Strategy::Lazy).map_mut(&file)?;
-        assert_eq!(sum_u64(&m), expect);
-        t.push(s.elapsed());
+    let mut gbs = Vec::new();
+    for (i, (name, _)) in cases.iter().enumerate() {
+        let (w, c) = (&mut wall[i], &mut cpus[i]);
+        w.sort();
+        c.sort();
+        let med = w[w.len() / 2];
+        let g = size as f64 / med.as_secs_f64() / 1e9;
+        gbs.push((*name, g));
+        println!(
+            "{name:<30} {:>7.1} ms ({:>6.1}–{:>6.1})  {g:>6.2} GB/s  cpu {:>6.1} ms  {}",
+            med.as_secs_f64() * 1e3,
+            w[0].as_secs_f64() * 1e3,
+            w[w.len() - 1].as_secs_f64() * 1e3,
+            c[c.len() / 2].as_secs_f64() * 1e3,
+            notes[i]
+        );
     }
-    stats("lazy map_mut + scan", size, t);
-    let mut t = Vec::new();
-    for _ in 0..reps {
-        let s = Instant::now();
-        let m = MapOptions::new()
-            .strategy(Strategy::Lazy)
-            .populate(true)
-            .map(&file)?;
-        assert_eq!(sum_u64(&m), expect);
-        t.push(s.elapsed());
+    let get = |n: &str| gbs.iter().find(|(k, _)| *k == n).map(|(_, g)| *g);
+    if let (Some(l), Some(r), Some(e)) = (
+        get("lazy + scan"),
+        get("std::fs::read + scan"),
+        get("eager (THP copy limit) + scan"),
+    ) {
+        println!(
+            "lazy + scan: {:.2}x std::fs::read, {:.2}x the THP copy limit (eager)",
+            l / r,
+            l / e
+        );
     }
-    stats("lazy populate(true) + scan", size, t);
     Ok(())
 }

@@ -80,7 +80,7 @@
 //!   [`ErrorKind::Io`] instead.
 //! * **Memory**: a `Lazy` mapping reserves address space only
 //!   (`MAP_NORESERVE`) and allocates pages as they are touched, plus
-//!   fault-around: 16 KiB for an isolated access, growing to whole 2 MiB
+//!   fault-around: one page for an isolated access, growing to whole 2 MiB
 //!   chunks (and up to 16 MiB of prefetch ahead) for sequential reads.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]

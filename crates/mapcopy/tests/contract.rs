@@ -8,7 +8,8 @@
 //! the checker can fail).
 //!
 //! * A strategy whose probe says "not implemented yet" is not part of the
-//!   suite (listed at startup).
+//!   suite: one ignored trial `STRATEGY/not-implemented` says so (not a
+//!   failure even with `MAPCOPY_REQUIRE_ALL=1`).
 //! * A strategy that is implemented but not usable here: its trials are
 //!   ignored with the reason — or fail with `MAPCOPY_REQUIRE_ALL=1`.
 //! * Cases run on the temp dir's filesystem (ext4 here) and, where a
@@ -20,16 +21,38 @@
 //! * Control trials re-execute themselves too: a plain mapping faults with
 //!   SIGBUS after a truncation, which must kill a child, not the suite.
 //!
-//! Env: `MAPCOPY_REQUIRE_ALL=1` turns skips into failures.
+//! Cases, each checked by `mapcopy_check::oracle::Checker` (pages read
+//! before a modification keep their bytes; pages first read after it hold
+//! the bytes of some file state since the mapping was made, zero past that
+//! state's end; nothing else, and never change again):
+//!
+//! * `modify/KIND`, `modify-far/KIND`: every modification kind of S2, from
+//!   another process, near the start and 2 MiB in;
+//! * `truncate-zero-regrow`, `truncate-zero-read-regrow`,
+//!   `unaligned-subrange`, `large-*`, `self-write` (the mapping process
+//!   writes itself), `populate` (every page as at map time);
+//! * `size/N` (0, 1, 4095, 4096, 4097, 3 pages + 1, with unaligned
+//!   sub-ranges), `threads*` (8 threads racing on first touch), `fork`
+//!   (per strategy's documented behaviour), `kernel-access` (`write(2)`
+//!   from untouched pages), `map-mut*` (S4), `many-mappings`, `churn`,
+//!   `huge-sparse` (64 GiB);
+//! * `bad-input/*` (DESIGN §4), `auto/probe`, and their `nobody/` twins;
+//! * `fixture/*`: loop mounts, and that writers report "unsupported on this
+//!   filesystem" apart from failures.
+//!
+//! Env: `MAPCOPY_REQUIRE_ALL=1` turns skips into failures;
+//! `MAPCOPY_TRIAL_TIMEOUT` (seconds, default 120) bounds each trial.
 #![allow(unsafe_code)]
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::sync::Barrier;
+use std::sync::{Barrier, Mutex};
+use std::time::{Duration, Instant};
 
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use mapcopy::{ErrorKind, MapCopy, MapOptions, Strategy};
@@ -97,7 +120,12 @@ fn filesystems() -> (Vec<FsDir>, Vec<LoopMount>, Vec<(FsKind, String)>) {
     let mut dirs = vec![FsDir { name, path: tmp }];
     let mut mounts = Vec::new();
     let mut missing = Vec::new();
-    if let Ok(list) = std::env::var(MOUNTS_ENV) {
+    // A re-executed single trial never mounts: it may die (SIGBUS, abort)
+    // and leave the mounts behind. It uses the outer run's, if handed any.
+    let list = std::env::var(MOUNTS_ENV)
+        .ok()
+        .or_else(|| std::env::var_os(privilege::TRIAL_ENV).map(|_| String::new()));
+    if let Some(list) = list {
         for item in list.split(',').filter(|s| !s.is_empty()) {
             if let Some((name, path)) = item.split_once('=') {
                 dirs.push(FsDir {
@@ -240,7 +268,7 @@ fn map_with(
     off: u64,
     len: Option<usize>,
     populate: bool,
-) -> Result<Mapped, mapcopy::Error> {
+) -> Result<Mapped, Result<mapcopy::Error, String>> {
     match backend {
         Backend::Copy(s) => {
             let mut o = MapOptions::new();
@@ -248,15 +276,14 @@ fn map_with(
             if let Some(l) = len {
                 o.len(l);
             }
-            let m = o.map(file)?;
-            Ok(Mapped::Copy(m))
+            o.map(file).map(Mapped::Copy).map_err(Ok)
         }
         Backend::Control => {
             let size = file.metadata().map(|m| m.len()).unwrap_or(0);
             let len = len.unwrap_or((size - off) as usize);
             Control::new(file, off, len)
                 .map(Mapped::Control)
-                .map_err(|e| panic!("control mmap failed: {e}"))
+                .map_err(|e| Err(format!("control mmap failed: {e}")))
         }
     }
 }
@@ -285,6 +312,8 @@ enum Step {
     Touch(Vec<u64>),
     TouchAll,
     Modify(Modification),
+    /// The same, done by the mapping process itself.
+    SelfModify(Modification),
 }
 
 #[derive(Clone, Debug)]
@@ -342,10 +371,11 @@ fn run_script(backend: Backend, dir: &Path, script: &Script) -> Result<Ran, Scri
     let file = tf.open().map_err(|e| other(e.to_string()))?;
     let mapped = match map_with(backend, &file, script.off, script.len, script.populate) {
         Ok(m) => m,
-        Err(e) if holds_open && e.kind() == ErrorKind::Unsupported => {
+        Err(Ok(e)) if holds_open && e.kind() == ErrorKind::Unsupported => {
             return Ok(Ran::Refused(e.to_string()));
         }
-        Err(e) => return Err(other(format!("mapping failed: {e}"))),
+        Err(Ok(e)) => return Err(other(format!("mapping failed: {e}"))),
+        Err(Err(e)) => return Err(other(e)),
     };
     let src = mapped.source();
     let len = src.len();
@@ -366,10 +396,11 @@ fn run_script(backend: Backend, dir: &Path, script: &Script) -> Result<Ran, Scri
         let r = match step {
             Step::Touch(pages) => checker.touch(src, pages.iter().copied()),
             Step::TouchAll => checker.touch_all(src),
-            Step::Modify(m) => {
+            Step::Modify(m) | Step::SelfModify(m) => {
                 let old = checker.current().to_vec();
                 let res = match early[i].take() {
                     Some(w) => w.apply_checked(&old),
+                    None if matches!(step, Step::SelfModify(_)) => m.apply_here(&path, &old),
                     None => m.apply_checked(&path, &old),
                 };
                 match res {
@@ -416,7 +447,7 @@ fn predict_control(script: &Script) -> Option<(usize, Violation)> {
         let r = match step {
             Step::Touch(p) => checker.touch(&src, p.iter().copied()),
             Step::TouchAll => checker.touch_all(&src),
-            Step::Modify(m) => {
+            Step::Modify(m) | Step::SelfModify(m) => {
                 state = m.model(&state);
                 checker.push_state(state.clone());
                 Ok(())
@@ -631,6 +662,45 @@ fn large_unaligned_script() -> Script {
     }
 }
 
+/// The mapping process itself writes and truncates the file (strategies
+/// that watch writers must not deadlock on or miss their own process).
+fn self_write_script() -> Script {
+    let p = page() as u64;
+    Script {
+        size: 4 * p as usize + 1000,
+        off: 0,
+        len: Some(5 * p as usize),
+        populate: false,
+        steps: vec![
+            Step::Touch(vec![0, 2]),
+            Step::SelfModify(Modification::new(Kind::Pwrite, 100, 3 * p, 1)),
+            Step::Touch(vec![1]),
+            Step::SelfModify(Modification::new(Kind::FtruncateShrink, p + 5, 0, 0)),
+            Step::TouchAll,
+            Step::SelfModify(Modification::new(Kind::OpenTrunc, 0, 5 * p, 2)),
+            Step::TouchAll,
+        ],
+    }
+}
+
+/// Writes only to pages nobody has read yet: S1 lets every page show the
+/// new bytes, so even plain MAP_PRIVATE keeps the contract here — the
+/// control must pass this one (the checker has no false positives).
+fn untouched_write_script() -> Script {
+    let p = page() as u64;
+    Script {
+        size: 4 * p as usize + 1000,
+        off: 0,
+        len: None,
+        populate: false,
+        steps: vec![
+            Step::Touch(vec![0]),
+            Step::Modify(Modification::new(Kind::Pwrite, 2 * p + 10, p, 1)),
+            Step::TouchAll,
+        ],
+    }
+}
+
 fn populate_script() -> Script {
     let p = page() as u64;
     Script {
@@ -715,6 +785,22 @@ fn control_trial(name: &str, dir: &Path, script: &Script, mounts: &str) -> Outco
             predicted.as_ref().map(|(s, v)| format!("step {s}: {v}")),
             out.status
         )),
+    }
+}
+
+/// A kind this filesystem lacks must come back as `Unsupported`, not as a
+/// failure, and leave the file as it was.
+fn unsupported_case(dir: &Path, kind: Kind) -> Outcome {
+    let p = page() as u64;
+    let tf = TestFile::new_in(dir, 4 * p as usize, 0).map_err(io("test file"))?;
+    let old = tf.contents().map_err(io("read"))?;
+    match Modification::new(kind, p, p, 1).apply_checked(tf.path(), &old) {
+        Err(ApplyError::Unsupported(why)) => {
+            eprintln!("{kind}: unsupported, as expected: {why}");
+            check_bytes(&tf.contents().map_err(io("read"))?, &old, "file after")?;
+            Ok(Completion::Completed)
+        }
+        other => fail(format!("{kind}: want Unsupported, got {other:?}")),
     }
 }
 
@@ -839,6 +925,84 @@ fn many_mappings_case(s: Strategy, dir: &Path) -> Outcome {
     for (m, c) in &mut maps {
         c.touch_all(m).map_err(Failed::from)?;
     }
+    Ok(Completion::Completed)
+}
+
+/// Mappings made and dropped in quick succession, alternating between two
+/// files with different contents (a new mapping may land at the address of
+/// the one just dropped, while its fault-around or prefetch is still in
+/// flight), while another thread keeps reading a third, long-lived mapping.
+fn churn_case(s: Strategy, dir: &Path) -> Outcome {
+    if let Err(why) = usable_in(s, dir) {
+        return skip(format!("{s} is not usable here: {why}"));
+    }
+    let p = page();
+    let size = (4 << 20) + 3 * p + 17;
+    let files = [
+        TestFile::new_in(dir, size, 0).map_err(io("test file"))?,
+        TestFile::new_in(dir, size, 5).map_err(io("test file"))?,
+    ];
+    let contents = [
+        files[0].contents().map_err(io("read"))?,
+        files[1].contents().map_err(io("read"))?,
+    ];
+    let opened = [
+        files[0].open().map_err(io("open"))?,
+        files[1].open().map_err(io("open"))?,
+    ];
+    let steady_file = TestFile::new_in(dir, size, 9).map_err(io("test file"))?;
+    let steady_content = steady_file.contents().map_err(io("read"))?;
+    let steady = MapOptions::new()
+        .strategy(s)
+        .map(&steady_file.open().map_err(io("open"))?)
+        .map_err(io("map"))?;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let pages = size.div_ceil(p) as u64;
+    std::thread::scope(|sc| -> Result<(), Failed> {
+        let reader = sc.spawn(|| -> Result<usize, String> {
+            let mut c = Checker::new(p, 0, steady.len(), steady_content.clone());
+            let mut rounds = 0;
+            let mut pg = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                c.touch(&steady, [pg])
+                    .map_err(|v| format!("steady mapping: {v}"))?;
+                pg = (pg * 7 + 13) % pages;
+                rounds += 1;
+            }
+            Ok(rounds)
+        });
+        let mut x: u64 = 12345;
+        let r = (|| -> Result<(), Failed> {
+            for i in 0..60 {
+                let which = i % 2;
+                let m = MapOptions::new()
+                    .strategy(s)
+                    .map(&opened[which])
+                    .map_err(io("map"))?;
+                let mut c = Checker::new(p, 0, m.len(), contents[which].clone());
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let first = (x >> 33) % pages;
+                let touch: Vec<u64> = if i % 5 == 0 {
+                    (0..pages).collect()
+                } else {
+                    vec![first, (first + 1) % pages, (first + 600) % pages]
+                };
+                c.touch(&m, touch)
+                    .map_err(|v| Failed::from(format!("iteration {i}, file {which}: {v}")))?;
+                drop(m);
+            }
+            Ok(())
+        })();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let rounds = reader
+            .join()
+            .expect("reader thread")
+            .map_err(Failed::from)?;
+        eprintln!("steady reader checked {rounds} page reads during the churn");
+        r
+    })?;
     Ok(Completion::Completed)
 }
 
@@ -1012,8 +1176,23 @@ fn fork_case(s: Strategy, dir: &Path) -> Outcome {
     let r = writer.apply_checked(&old);
     let _ = rustix::io::write(&wr, b"g");
     let mut status = 0;
-    // SAFETY: waiting for our own child.
-    unsafe { libc::waitpid(pid, &mut status, 0) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // SAFETY: polling our own child.
+        let w = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if w == pid {
+            break;
+        }
+        if Instant::now() > deadline {
+            // SAFETY: killing and reaping our own child.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut status, 0);
+            }
+            return fail("the forked child hung for 30 s touching the mapping");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
     r.map_err(io("modification"))?;
     let got = if libc::WIFSIGNALED(status) {
         format!("killed by signal {}", libc::WTERMSIG(status))
@@ -1114,6 +1293,308 @@ fn state_with_overlay(
         at + overlay.len(),
         pattern::describe(got, pg * page() as u64)
     ))
+}
+
+/// A large writable mapping: sequential reads (lazy strategies start
+/// filling ahead), private stores scattered over untouched pages, the file
+/// rewritten twice by another process. Every page must be a file state with
+/// exactly the owner's stores on top, and stay so.
+fn map_mut_large_case(s: Strategy, dir: &Path) -> Outcome {
+    if let Err(why) = usable_in(s, dir) {
+        return skip(format!("{s} is not usable here: {why}"));
+    }
+    let p = page();
+    let size = (6 << 20) + 123;
+    let tf = TestFile::new_in(dir, size, 0).map_err(io("test file"))?;
+    let old = tf.contents().map_err(io("read"))?;
+    let file = tf.open().map_err(io("open"))?;
+    let mut map = MapOptions::new()
+        .strategy(s)
+        .map_mut(&file)
+        .map_err(io("map_mut"))?;
+    let mut c = Checker::new(p, 0, map.len(), old.clone());
+    c.touch(&map, 0..32).map_err(Failed::from)?;
+    let pages = c.pages().end;
+    // Stores into every 37th page, at a page-dependent spot.
+    let stored: Vec<(u64, usize)> = (40..pages)
+        .step_by(37)
+        .map(|pg| (pg, (pg as usize * 13) % c.mapped(pg).len()))
+        .collect();
+    for &(pg, at) in &stored {
+        map[c.mapped(pg).start + at] = 0xA5;
+    }
+    let new = Modification::new(Kind::Pwrite, 0, size as u64, 1)
+        .apply_checked(tf.path(), &old)
+        .map_err(io("pwrite"))?;
+    c.push_state(new.clone());
+    let mut first: Vec<Vec<u8>> = Vec::new();
+    for pg in 0..pages {
+        let r = c.mapped(pg);
+        let got = map[r.clone()].to_vec();
+        match stored.iter().find(|(q, _)| *q == pg) {
+            Some(&(_, at)) => state_with_overlay(&c, pg, &got, at, &[0xA5])?,
+            None => c.observe(pg, got.clone()).map_err(Failed::from)?,
+        }
+        first.push(got);
+    }
+    let newer = Modification::new(Kind::Pwrite, 0, size as u64, 2)
+        .apply_checked(tf.path(), &new)
+        .map_err(io("pwrite"))?;
+    for pg in 0..pages {
+        let r = c.mapped(pg);
+        if map[r] != first[pg as usize][..] {
+            return fail(format!("page {pg} changed after it was read"));
+        }
+    }
+    drop(map);
+    check_bytes(
+        &std::fs::read(tf.path()).map_err(io("read"))?,
+        &newer,
+        "file at the end",
+    )?;
+    Ok(Completion::Completed)
+}
+
+fn vm_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|st| {
+            st.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024
+}
+
+/// A 64 GiB sparse file, more than this machine's memory: a strategy maps
+/// it without allocating it (touching a few pages costs a few pages), or
+/// refuses with `Unsupported`/`Io` — never an OOM kill, never `InvalidInput`.
+fn huge_sparse_case(s: Strategy, dir: &Path) -> Outcome {
+    if let Err(why) = usable_in(s, dir) {
+        return skip(format!("{s} is not usable here: {why}"));
+    }
+    let p = page() as u64;
+    let gib = 1u64 << 30;
+    let size = 64 * gib;
+    let tf = TestFile::new_in(dir, 0, 0).map_err(io("test file"))?;
+    let spots = [0, 32 * gib, size - 5000];
+    {
+        use std::os::unix::fs::FileExt;
+        let f = OpenOptions::new()
+            .write(true)
+            .open(tf.path())
+            .map_err(io("open"))?;
+        f.set_len(size).map_err(io("ftruncate 64 GiB"))?;
+        for &at in &spots {
+            f.write_all_at(&pattern::bytes(0, at, p as usize), at)
+                .map_err(io("pwrite"))?;
+        }
+    }
+    let file = tf.open().map_err(io("open"))?;
+    let rss0 = vm_rss();
+    let map = match MapOptions::new().strategy(s).map(&file) {
+        Ok(m) => m,
+        Err(e) if matches!(e.kind(), ErrorKind::Unsupported | ErrorKind::Io) => {
+            eprintln!("{s} refuses a 64 GiB file ({:?}): {e}", e.kind());
+            return Ok(Completion::Completed);
+        }
+        Err(e) => return fail(format!("64 GiB sparse file: {:?} {e}", e.kind())),
+    };
+    if map.len() as u64 != size {
+        return fail(format!("mapped {} bytes of {size}", map.len()));
+    }
+    let read = |at: u64, n: usize| -> Result<Vec<u8>, Failed> {
+        let mut b = vec![0u8; n];
+        Source::read(&map, at as usize, &mut b).map_err(Failed::from)?;
+        Ok(b)
+    };
+    for &at in &spots {
+        let want = slice_zero_ext(
+            &pattern::bytes(0, at, p as usize),
+            0,
+            (size - at).min(p) as usize,
+        );
+        check_bytes(&read(at, want.len())?, &want, &format!("data at {at}"))?;
+    }
+    check_bytes(
+        &read(gib, p as usize)?,
+        &vec![0; p as usize],
+        "hole at 1 GiB",
+    )?;
+    // Another process writes into a touched page and shrinks the file.
+    let m1 = Modification::new(Kind::Pwrite, 32 * gib, 3 * p, 1);
+    m1.apply(tf.path()).map_err(io("pwrite"))?;
+    Modification::new(Kind::FtruncateShrink, 33 * gib, 0, 0)
+        .apply(tf.path())
+        .map_err(io("ftruncate"))?;
+    let want = pattern::bytes(0, 32 * gib, p as usize);
+    check_bytes(
+        &read(32 * gib, p as usize)?,
+        &want,
+        "touched page after pwrite",
+    )?;
+    let tail = read(size - 5000, 5000)?;
+    // 4096 bytes of data, then the hole up to the old end.
+    let want_tail = slice_zero_ext(&pattern::bytes(0, size - 5000, p as usize), 0, 5000);
+    check_bytes(&tail, &want_tail, "touched last page after the truncation")?;
+    // Untouched: the old bytes (a hole, zeros) or the new ones.
+    let next = read(32 * gib + p, p as usize)?;
+    if next != vec![0; p as usize] && next != pattern::bytes(1, 32 * gib + p, p as usize) {
+        return fail(format!(
+            "untouched page at 32 GiB + 1 page holds [{}]",
+            pattern::describe(&next, 32 * gib + p)
+        ));
+    }
+    check_bytes(
+        &read(40 * gib, p as usize)?,
+        &vec![0; p as usize],
+        "past the new end",
+    )?;
+    let grown = vm_rss().saturating_sub(rss0);
+    // Other trials run in this process too; a 64 GiB allocation would show.
+    if grown > gib {
+        return fail(format!(
+            "resident memory grew by {grown} bytes for a few touched pages"
+        ));
+    }
+    eprintln!("{s}: 64 GiB sparse file mapped; resident memory grew by {grown} bytes");
+    Ok(Completion::Completed)
+}
+
+/// Env var naming the file a re-executed read-error trial maps.
+const FILE_ENV: &str = "MAPCOPY_CONTRACT_FILE";
+
+/// What a strategy documents for a file whose data cannot be read (`EIO`).
+#[derive(Debug, PartialEq, Eq)]
+enum OnReadError {
+    /// `map` returns an `Io` error.
+    MapFails,
+    /// `map` succeeds; the access that needs the bad block aborts the
+    /// process with a message (a faulting thread can be given no error).
+    AbortOnTouch,
+    /// Not documented: any of the above.
+    Either,
+}
+
+fn on_read_error(s: Strategy, populate: bool) -> OnReadError {
+    match (s, populate) {
+        (Strategy::Eager, _) | (Strategy::Lazy, true) => OnReadError::MapFails,
+        (Strategy::Lazy, false) => OnReadError::AbortOnTouch,
+        _ => OnReadError::Either,
+    }
+}
+
+/// A file whose page 16 cannot be read: btrfs with that block's data
+/// corrupted in the image, so the checksum fails and reads get `EIO`. The
+/// strategy must fail as it documents — never hand out wrong bytes, never
+/// hang. Runs in a child (an abort must not kill the suite).
+fn read_error_case(name: &str, s: Strategy, populate: bool) -> Outcome {
+    let p = page();
+    let size = 64 * p;
+    if privilege::in_trial(name) {
+        let path = std::env::var(FILE_ENV).map_err(io("file to map"))?;
+        let want = pattern::bytes(0, 0, size);
+        let file = File::open(&path).map_err(io("open"))?;
+        match MapOptions::new().strategy(s).populate(populate).map(&file) {
+            Err(e) => println!("MAP-ERR {:?}: {e}", e.kind()),
+            Ok(m) => {
+                for i in 0..size / p {
+                    let mut got = vec![0u8; p];
+                    Source::read(&m, i * p, &mut got).map_err(Failed::from)?;
+                    if got == want[i * p..(i + 1) * p] {
+                        println!("PAGE {i} ok");
+                    } else {
+                        println!(
+                            "WRONG page {i}: [{}]",
+                            pattern::describe(&got, (i * p) as u64)
+                        );
+                    }
+                }
+                println!("DONE");
+            }
+        }
+        return Ok(Completion::Completed);
+    }
+    let mut mnt = match LoopMount::new(FsKind::Btrfs) {
+        Ok(m) => m,
+        Err(why) => return skip(why),
+    };
+    if let Err(why) = usable_in(s, mnt.path()) {
+        return skip(format!("{s} is not usable on btrfs: {why}"));
+    }
+    let path = mnt.path().join("file");
+    std::fs::write(&path, pattern::bytes(0, 0, size)).map_err(io("write"))?;
+    File::open(&path)
+        .and_then(|f| f.sync_all())
+        .map_err(io("fsync"))?;
+    mnt.unmount().map_err(Failed::from)?;
+    mnt.corrupt(&pattern::bytes(0, 16 * p as u64, 32), p, b'X')
+        .map_err(Failed::from)?;
+    mnt.mount().map_err(Failed::from)?;
+    let mut cmd = privilege::trial(name, false).map_err(Failed::from)?;
+    let mut child = cmd
+        .env(FILE_ENV, &path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(io("re-running the trial"))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(st) = child.try_wait().map_err(io("wait"))? {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return fail("the process mapping an unreadable file hung for 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut out = String::new();
+    let mut err = String::new();
+    child.stdout.take().map(|mut o| o.read_to_string(&mut out));
+    child.stderr.take().map(|mut e| e.read_to_string(&mut err));
+    // (libtest prints "test NAME ... " before the trial's first line)
+    let pages_ok = out.matches("PAGE ").count();
+    let map_err = out
+        .find("MAP-ERR ")
+        .map(|i| out[i..].lines().next().unwrap_or_default());
+    let all = format!("{status}\n{out}\n{err}");
+    if out.contains("WRONG") {
+        return fail(format!(
+            "wrong bytes handed out for an unreadable file:\n{all}"
+        ));
+    }
+    if out.contains("DONE") {
+        return fail(format!(
+            "every page read fine although page 16 is unreadable:\n{all}"
+        ));
+    }
+    let aborted = status.signal() == Some(libc::SIGABRT) && !err.trim().is_empty();
+    let map_failed = status.success() && map_err.is_some_and(|l| l.starts_with("MAP-ERR Io"));
+    let ok = match on_read_error(s, populate) {
+        OnReadError::MapFails => map_failed,
+        OnReadError::AbortOnTouch => aborted,
+        OnReadError::Either => map_failed || aborted,
+    };
+    if !ok {
+        return fail(format!(
+            "{s} documents {:?} for a read error, but: {all}",
+            on_read_error(s, populate)
+        ));
+    }
+    let last = err
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    eprintln!(
+        "{s}: {} after {pages_ok} good pages; {}",
+        if aborted { "aborted" } else { "map failed" },
+        map_err.unwrap_or(last)
+    );
+    Ok(Completion::Completed)
 }
 
 fn map_mut_case(s: Strategy, dir: &Path) -> Outcome {
@@ -1534,10 +2015,22 @@ fn trials(dirs: &[FsDir], missing: &[(FsKind, String)]) -> Vec<Trial> {
     let primary = dirs[0].clone();
     for (kind, why) in missing {
         let why = why.clone();
-        t.push(Trial::test(
-            format!("fixture/{kind}-loop-mount"),
-            move || skip(why).map(|_| ()),
-        ));
+        t.push(watched(format!("fixture/{kind}-loop-mount"), move || {
+            skip(why)
+        }));
+    }
+    // The writers report "unsupported here" apart from failures.
+    for d in dirs {
+        for kind in [Kind::CloneRange, Kind::CollapseRange, Kind::InsertRange] {
+            if fs_supports(&d.name, kind) {
+                continue;
+            }
+            let dir = d.path.clone();
+            t.push(watched(
+                format!("fixture/{}/unsupported/{kind}", d.name),
+                move || unsupported_case(&dir, kind),
+            ));
+        }
     }
     // Which strategies are part of the suite, and on which filesystems.
     let machine = mapcopy::probe(None);
@@ -1550,10 +2043,9 @@ fn trials(dirs: &[FsDir], missing: &[(FsKind, String)]) -> Vec<Trial> {
             // Not part of the suite until it lands; one ignored trial says so
             // (not a failure even with MAPCOPY_REQUIRE_ALL=1).
             let why = format!("{s} is not part of the suite yet: {why}");
-            t.push(Trial::ignorable_test(
-                format!("{s}/not-implemented"),
-                move || Ok(Completion::ignored_with(why)),
-            ));
+            t.push(watched(format!("{s}/not-implemented"), move || {
+                Ok(Completion::ignored_with(why))
+            }));
             continue;
         }
         let on: Vec<FsDir> = dirs
@@ -1614,6 +2106,8 @@ fn trials(dirs: &[FsDir], missing: &[(FsKind, String)]) -> Vec<Trial> {
                 ("large-sequential", large_script(false)),
                 ("large-random", large_script(true)),
                 ("large-unaligned", large_unaligned_script()),
+                ("self-write", self_write_script()),
+                ("untouched-write", untouched_write_script()),
             ] {
                 let name = format!("{bname}/{}/{case}", d.name);
                 t.push(script_trial(
@@ -1629,43 +2123,58 @@ fn trials(dirs: &[FsDir], missing: &[(FsKind, String)]) -> Vec<Trial> {
             let pre = format!("{bname}/{}", d.name);
             for size in [0, 1, 4095, 4096, 4097, 3 * page() + 1] {
                 let dir = dir.clone();
-                t.push(Trial::ignorable_test(
-                    format!("{pre}/size/{size}"),
-                    move || size_case(s, &dir, size),
-                ));
+                t.push(watched(format!("{pre}/size/{size}"), move || {
+                    size_case(s, &dir, size)
+                }));
             }
             let dd = dir.clone();
-            t.push(Trial::ignorable_test(
-                format!("{pre}/populate"),
-                move || strategy_script(s, &dd, &populate_script()),
-            ));
+            t.push(watched(format!("{pre}/populate"), move || {
+                strategy_script(s, &dd, &populate_script())
+            }));
             let dd = dir.clone();
-            t.push(Trial::ignorable_test(
-                format!("{pre}/many-mappings"),
-                move || many_mappings_case(s, &dd),
-            ));
+            t.push(watched(format!("{pre}/churn"), move || churn_case(s, &dd)));
             let dd = dir.clone();
-            t.push(Trial::ignorable_test(format!("{pre}/threads"), move || {
+            t.push(watched(format!("{pre}/many-mappings"), move || {
+                many_mappings_case(s, &dd)
+            }));
+            let dd = dir.clone();
+            t.push(watched(format!("{pre}/threads"), move || {
                 threads_case(s, &dd, false)
             }));
             let dd = dir.clone();
-            t.push(Trial::ignorable_test(
-                format!("{pre}/threads-many-mappings"),
-                move || threads_case(s, &dd, true),
-            ));
-            let dd = dir.clone();
-            t.push(Trial::ignorable_test(format!("{pre}/fork"), move || {
-                fork_case(s, &dd)
+            t.push(watched(format!("{pre}/threads-many-mappings"), move || {
+                threads_case(s, &dd, true)
             }));
             let dd = dir.clone();
-            t.push(Trial::ignorable_test(
-                format!("{pre}/kernel-access"),
-                move || kernel_access_case(s, &dd),
-            ));
+            t.push(watched(format!("{pre}/fork"), move || fork_case(s, &dd)));
             let dd = dir.clone();
-            t.push(Trial::ignorable_test(format!("{pre}/map-mut"), move || {
+            t.push(watched(format!("{pre}/kernel-access"), move || {
+                kernel_access_case(s, &dd)
+            }));
+            let dd = dir.clone();
+            t.push(watched(format!("{pre}/huge-sparse"), move || {
+                huge_sparse_case(s, &dd)
+            }));
+            let dd = dir.clone();
+            t.push(watched(format!("{pre}/map-mut-large"), move || {
+                map_mut_large_case(s, &dd)
+            }));
+            let dd = dir.clone();
+            t.push(watched(format!("{pre}/map-mut"), move || {
                 map_mut_case(s, &dd)
             }));
+        }
+    }
+    // Unreadable data (EIO), per strategy.
+    for (b, _) in &backends {
+        let Backend::Copy(s) = *b else { continue };
+        for populate in [false, true] {
+            let name = format!(
+                "{s}/btrfs/read-error{}",
+                if populate { "-populate" } else { "" }
+            );
+            let n = name.clone();
+            t.push(watched(name, move || read_error_case(&n, s, populate)));
         }
     }
     // Bad input: for every strategy in the suite and Auto; also as nobody.
@@ -1677,27 +2186,70 @@ fn trials(dirs: &[FsDir], missing: &[(FsKind, String)]) -> Vec<Trial> {
     for s in named {
         for b in BAD {
             let name = format!("{s}/bad-input/{}", b.name());
-            t.push(Trial::ignorable_test(name.clone(), move || {
-                bad_input_case(s, b)
-            }));
-            t.push(Trial::ignorable_test(format!("nobody/{name}"), move || {
+            t.push(watched(name.clone(), move || bad_input_case(s, b)));
+            t.push(watched(format!("nobody/{name}"), move || {
                 nobody_trial(&name)
             }));
         }
     }
-    t.push(Trial::ignorable_test("auto/probe", auto_probe_case));
-    t.push(Trial::ignorable_test("nobody/auto/probe", || {
-        nobody_trial("auto/probe")
-    }));
+    t.push(watched("auto/probe", auto_probe_case));
+    t.push(watched("nobody/auto/probe", || nobody_trial("auto/probe")));
     t
 }
 
 fn script_trial(b: Backend, name: String, dir: PathBuf, script: Script, mounts: String) -> Trial {
     let n = name.clone();
-    Trial::ignorable_test(name, move || match b {
+    watched(name, move || match b {
         Backend::Copy(s) => strategy_script(s, &dir, &script),
         Backend::Control => control_trial(&n, &dir, &script, &mounts),
     })
+}
+
+/// Trials running now, and when they started (for the watchdog).
+static RUNNING: Mutex<BTreeMap<String, Instant>> = Mutex::new(BTreeMap::new());
+/// The loop mounts, so that the watchdog can remove them before it aborts.
+static MOUNTS: Mutex<Vec<LoopMount>> = Mutex::new(Vec::new());
+
+/// A trial registered with the watchdog.
+fn watched(name: impl Into<String>, f: impl FnOnce() -> Outcome + Send + 'static) -> Trial {
+    let name = name.into();
+    let n = name.clone();
+    Trial::ignorable_test(name, move || {
+        RUNNING
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(n.clone(), Instant::now());
+        let r = f();
+        RUNNING.lock().unwrap_or_else(|e| e.into_inner()).remove(&n);
+        r
+    })
+}
+
+/// No trial may hang the suite (a writer blocked forever, a fault never
+/// served): after `MAPCOPY_TRIAL_TIMEOUT` seconds (default 120) of one
+/// trial, print it, remove the loop mounts and exit with failure.
+fn start_watchdog() {
+    let limit = std::env::var("MAPCOPY_TRIAL_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(120u64);
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+            let hung: Vec<String> = RUNNING
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .filter(|(_, t)| t.elapsed() > Duration::from_secs(limit))
+                .map(|(n, _)| n.clone())
+                .collect();
+            if !hung.is_empty() {
+                eprintln!("HUNG: trial(s) {hung:?} ran longer than {limit} s; aborting the suite");
+                MOUNTS.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                std::process::exit(101);
+            }
+        }
+    });
 }
 
 fn main() {
@@ -1710,9 +2262,11 @@ fn main() {
     } else {
         filesystems()
     };
+    *MOUNTS.lock().unwrap_or_else(|e| e.into_inner()) = mounts;
+    start_watchdog();
     let trials = trials(&dirs, &missing);
     let conclusion = libtest_mimic::run(&args, trials);
     // Unmount before exiting (exit skips destructors).
-    drop(mounts);
+    MOUNTS.lock().unwrap_or_else(|e| e.into_inner()).clear();
     conclusion.exit();
 }

@@ -23,7 +23,7 @@
 //! # Fault-around and prefetch
 //!
 //! Each mapping tracks up to four access streams. A fault that does not
-//! continue a stream fills 16 KiB; each fault continuing one multiplies its
+//! continue a stream fills one page; each fault continuing one multiplies its
 //! window by four, and once it reaches 2 MiB the stream fills whole 2 MiB
 //! chunks and hands the next chunks (16 MiB ahead) to one per-process
 //! prefetch thread, so a sequential reader mostly finds its pages already
@@ -33,7 +33,13 @@
 //! own, and its thread is woken by the claimer's fill (plus a final
 //! `UFFDIO_WAKE` over the chunk). Two threads filling the same page race
 //! harmlessly: the loser's `UFFDIO_COPY` gets `EEXIST`, skips that page and
-//! wakes it.
+//! wakes it. `map` itself fills the first page on the calling thread, which
+//! spares the usual first access (at the start) a round trip.
+//!
+//! `UFFDIO_MOVE` only moves into writable memory, so for a read-only
+//! mapping the claimed chunk is made writable just for the move and
+//! read-only again right after; all its pages are missing meanwhile, so
+//! nothing is read or written through it in that window.
 //!
 //! # Dropping
 //!
@@ -98,7 +104,7 @@ use crate::watcher::{self, Registration, Source};
 /// Granule of whole-chunk fills, prefetch and huge pages.
 const CHUNK: usize = HUGE_PAGE;
 /// First fault-around window of a new stream.
-const MIN_WINDOW: usize = 16 << 10;
+const MIN_WINDOW: usize = 4 << 10;
 /// Growth factor of a stream's window per sequential fault.
 const GROWTH: usize = 4;
 /// How many chunks ahead of a sequential reader the prefetcher fills.
@@ -265,6 +271,9 @@ fn server() -> Result<Arc<Server>, Error> {
     let uffd = Uffd::new(p.route, want_move)
         .map_err(|e| Error::io("creating the process's userfaultfd", e))?;
     let can_move = uffd.has(u64::from(g::UFFD_FEATURE_MOVE)) && want_move != 0;
+    // Tests exercise the UFFDIO_COPY-only path of kernels before 6.8 too.
+    #[cfg(test)]
+    let can_move = can_move && std::env::var("MAPCOPY_LAZY_CHILD").as_deref() != Ok("nomove");
     let srv = Arc::new_cyclic(|me| Server {
         uffd,
         pid,
@@ -371,9 +380,9 @@ impl Server {
     /// Reads and serves the pending fault messages.
     fn serve_pending(&self) {
         let mut msgs = Vec::with_capacity(64);
-        // Bounded, so that other sources on the watcher get their turn; the
-        // fd is level-triggered and comes back if more is pending.
-        for _ in 0..16 {
+        // One batch per call, so that other sources on the watcher get their
+        // turn; the fd is level-triggered and comes back if more is pending.
+        for _ in 0..1 {
             match self.uffd.read(&mut msgs, 64) {
                 Ok(0) => return,
                 Ok(_) => {}
@@ -449,9 +458,12 @@ impl Server {
         let len = CHUNK.min(m.len - off);
         let res = with_staging(|st| {
             let base = st.as_ptr() as usize;
-            // SAFETY: as in `fill_range`.
-            let buf = unsafe { st.as_mut_slice(0, len) };
-            m.read(buf, off)?;
+            {
+                // SAFETY: as in `fill_range`; the borrow ends before any
+                // page is moved away.
+                let buf = unsafe { st.as_mut_slice(0, len) };
+                m.read(buf, off)?;
+            }
             let live = m.live.read().unwrap_or_else(PoisonError::into_inner);
             if !*live {
                 return Ok(());
@@ -461,8 +473,8 @@ impl Server {
                 done = self.move_chunk(m, off, base);
             }
             if done < len {
-                // SAFETY: `done < len` bytes into the staging buffer.
-                let src = unsafe { buf.as_ptr().add(done) };
+                // The part not moved is still in the staging buffer.
+                let src = (base + done) as *const u8;
                 self.copy_all(m, off + done, src, len - done);
                 if done > 0 {
                     // A move that stopped half-way leaves the staging chunk
@@ -474,6 +486,7 @@ impl Server {
             Ok(())
         });
         lock(&m.state).chunks[c] = ChunkState::Full;
+        m.filled.notify_all();
         // Belt and braces: anyone who faulted in this chunk while it was
         // claimed waits for us; every page is present now.
         let _ = self.uffd.wake(m.start + off, len);
@@ -601,6 +614,12 @@ fn prefetch_loop(srv: &Server) {
                 continue;
             }
             if let Err((pos, e)) = srv.fill_chunk(&m, c) {
+                if m.populating.load(Ordering::Acquire) {
+                    // Nobody can fault on it yet: `populate` reports it.
+                    lock(&m.state).failed.get_or_insert((pos, e));
+                    m.filled.notify_all();
+                    break;
+                }
                 m.fatal_read(pos, e);
             }
         }
@@ -675,6 +694,8 @@ struct State {
     chunks: Vec<ChunkState>,
     streams: [Stream; STREAMS],
     tick: u64,
+    /// A prefetch read that failed while populating.
+    failed: Option<(u64, Errno)>,
 }
 
 #[derive(Debug)]
@@ -692,13 +713,16 @@ struct Mapping {
     len: usize,
     file: File,
     offset: u64,
-    /// Path of the file, for messages.
-    what: String,
     /// False once dropping began; fillers hold it shared while installing.
     live: RwLock<bool>,
     /// Whether the memory is currently mapped read-only.
     read_only: AtomicBool,
+    /// Set while `populate` fills it inside the map call (no one else can
+    /// touch it yet).
+    populating: AtomicBool,
     state: Mutex<State>,
+    /// Signalled (with `state`) when a chunk becomes `Full`.
+    filled: Condvar,
 }
 
 impl Mapping {
@@ -825,8 +849,16 @@ impl Mapping {
         Ok(())
     }
 
+    /// The file's path (looked up only for messages).
+    fn what(&self) -> String {
+        let fd = self.file.as_raw_fd();
+        std::fs::read_link(format!("/proc/self/fd/{fd}"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| format!("the file at fd {fd}"))
+    }
+
     fn fatal(&self, what: &str) -> ! {
-        fatal_msg(&format!("{}: {what}", self.what))
+        fatal_msg(&format!("{}: {what}", self.what()))
     }
 
     fn fatal_read(&self, pos: u64, e: Errno) -> ! {
@@ -848,9 +880,6 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
         .file
         .try_clone()
         .map_err(|e| Error::io("duplicating the file descriptor", e))?;
-    let what = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|_| format!("fd {}", req.file.as_raw_fd()));
     // Writable while populating (or for map_mut); read-only otherwise.
     let rw = req.writable || req.populate;
     let prot = if rw {
@@ -878,14 +907,16 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
         len: region.len(),
         file,
         offset: req.offset,
-        what,
         live: RwLock::new(true),
         read_only: AtomicBool::new(!rw),
+        populating: AtomicBool::new(req.populate),
         state: Mutex::new(State {
             chunks: vec![ChunkState::Empty; nchunks],
             streams: [Stream::default(); STREAMS],
             tick: 0,
+            failed: None,
         }),
+        filled: Condvar::new(),
     });
     srv.mappings
         .write()
@@ -899,6 +930,9 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
         len: req.len,
         writable: req.writable,
     };
+    if !req.populate {
+        lazy.prefill()?;
+    }
     if req.populate {
         lazy.populate()?;
         if !req.writable {
@@ -923,17 +957,68 @@ struct Lazy {
 }
 
 impl Lazy {
+    /// Fills the first window now, on the calling thread: most readers
+    /// start at the beginning, and this saves their first fault's round
+    /// trip through the handler. The stream it starts grows as usual.
+    fn prefill(&self) -> Result<(), Error> {
+        let m = &self.mapping;
+        let len = MIN_WINDOW.min(m.len);
+        // Page-aligned, as O_DIRECT file descriptors need.
+        let mut buf = Region::anonymous(
+            len,
+            ProtFlags::READ | ProtFlags::WRITE,
+            false,
+            crate::sys::page_size(),
+        )
+        .map_err(|e| Error::io("allocating a read buffer", e))?;
+        // SAFETY: fresh anonymous memory, borrowed only here.
+        let bytes = unsafe { buf.as_mut_slice(0, len) };
+        m.read(bytes, 0)
+            .map_err(|(pos, e)| Error::io(format!("reading {} at offset {pos}", m.what()), e))?;
+        {
+            let mut st = lock(&m.state);
+            st.chunks[0] = ChunkState::Partial;
+            st.tick = 1;
+            st.streams[0] = Stream {
+                next: len,
+                window: MIN_WINDOW,
+                prefetched_to: 0,
+                used: 1,
+            };
+        }
+        self.server.copy_all(m, 0, bytes.as_ptr(), len);
+        Ok(())
+    }
+
     /// Fills every chunk now (the mapping is not visible to anyone yet).
+    /// The prefetch thread helps from the other end; both claim chunks, so
+    /// each is filled once.
     fn populate(&self) -> Result<(), Error> {
         let m = &self.mapping;
-        for c in 0..m.len.div_ceil(CHUNK) {
-            if !m.claim(c) {
-                continue;
-            }
-            self.server
-                .fill_chunk(m, c)
-                .map_err(|(pos, e)| Error::io(format!("reading {} at offset {pos}", m.what), e))?;
+        let n = m.len.div_ceil(CHUNK);
+        let err =
+            |(pos, e): (u64, Errno)| Error::io(format!("reading {} at offset {pos}", m.what()), e);
+        if n > 1 {
+            self.server.schedule(m.clone(), (n / 2)..n);
         }
+        for c in 0..n {
+            if lock(&m.state).failed.is_some() {
+                break;
+            }
+            if m.claim(c) {
+                self.server.fill_chunk(m, c).map_err(err)?;
+            }
+        }
+        // Wait for the chunks the prefetch thread still holds.
+        let mut st = lock(&m.state);
+        while st.failed.is_none() && st.chunks.contains(&ChunkState::Busy) {
+            st = m.filled.wait(st).unwrap_or_else(PoisonError::into_inner);
+        }
+        if let Some(f) = st.failed {
+            return Err(err(f));
+        }
+        drop(st);
+        m.populating.store(false, Ordering::Release);
         Ok(())
     }
 }
@@ -1084,7 +1169,7 @@ mod tests {
             let map = lazy().map(&file).unwrap();
             assert_eq!(map[0], data[0]);
             FAIL_READ_AT.store(4 * PAGE as u64 + 100, Ordering::Relaxed);
-            // Page 4 was not filled by the first fault's 16 KiB window.
+            // Page 4 is no neighbour of the pages filled so far.
             let v = std::hint::black_box(map[4 * PAGE]);
             eprintln!("child read {v} instead of aborting");
             std::process::exit(7);
@@ -1099,6 +1184,33 @@ mod tests {
         assert!(err.contains("at offset 16484"), "{err}");
         assert!(err.contains("errno 5"), "{err}");
         assert!(err.contains("aborting the process"), "{err}");
+    }
+
+    #[test]
+    fn read_error_while_populating_is_an_io_error() {
+        if child_role().as_deref() == Some("populate-eio") {
+            let data = pattern(8 * CHUNK, 12);
+            let f = file_with(&data);
+            let file = File::open(f.path()).unwrap();
+            // In the caller's half, then in the prefetch thread's half.
+            for at in [CHUNK as u64 + 5, 7 * CHUNK as u64 + 5] {
+                FAIL_READ_AT.store(at, Ordering::Relaxed);
+                let e = lazy().populate(true).map(&file).unwrap_err();
+                assert_eq!(e.kind(), ErrorKind::Io, "{e}");
+                assert!(e.to_string().contains(&format!("at offset {at}")), "{e}");
+            }
+            FAIL_READ_AT.store(u64::MAX, Ordering::Relaxed);
+            assert!(lazy().populate(true).map(&file).unwrap()[..] == data[..]);
+            std::process::exit(0);
+        }
+        if child_role().is_some() || !usable() {
+            return;
+        }
+        let (status, err) = run_child(
+            "strategy::lazy::tests::read_error_while_populating_is_an_io_error",
+            "populate-eio",
+        );
+        assert!(status.success(), "{status:?}: {err}");
     }
 
     /// Source for the test below: always readable, panics when served.
@@ -1144,9 +1256,30 @@ mod tests {
 
     #[test]
     fn contents_equal_the_file() {
-        if !usable() {
+        if child_role().is_some() || !usable() {
             return;
         }
+        contents_equal_the_file_body();
+    }
+
+    /// Everything above and the racing threads, with fills by UFFDIO_COPY
+    /// only (as on Linux < 6.8), in a child process.
+    #[test]
+    fn copy_only_fills() {
+        if child_role().as_deref() == Some("nomove") {
+            assert!(!server().unwrap().can_move);
+            contents_equal_the_file_body();
+            eight_threads_body();
+            std::process::exit(0);
+        }
+        if child_role().is_some() || !usable() {
+            return;
+        }
+        let (status, err) = run_child("strategy::lazy::tests::copy_only_fills", "nomove");
+        assert!(status.success(), "{status:?}: {err}");
+    }
+
+    fn contents_equal_the_file_body() {
         for size in [1, 4095, 4096, 4097, 3 * PAGE + 1, 5 * CHUNK + 123] {
             let data = pattern(size, 1);
             let f = file_with(&data);
@@ -1243,6 +1376,34 @@ mod tests {
     }
 
     #[test]
+    fn o_direct_file_descriptors_work() {
+        if !usable() {
+            return;
+        }
+        use std::os::unix::fs::OpenOptionsExt;
+        let data = pattern(3 * CHUNK + 3 * PAGE + 17, 13);
+        let f = file_with(&data);
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(f.path())
+        {
+            Ok(file) => file,
+            Err(e) => {
+                eprintln!(
+                    "skipped: O_DIRECT not supported for {}: {e}",
+                    f.path().display()
+                );
+                return;
+            }
+        };
+        let map = lazy().map(&file).unwrap();
+        assert!(map[..] == data[..]);
+        let map = lazy().offset(5).populate(true).map(&file).unwrap();
+        assert!(map[..] == data[5..]);
+    }
+
+    #[test]
     fn map_mut_stores_stay_private() {
         if !usable() {
             return;
@@ -1262,9 +1423,13 @@ mod tests {
 
     #[test]
     fn eight_threads_racing_on_first_touch() {
-        if !usable() {
+        if child_role().is_some() || !usable() {
             return;
         }
+        eight_threads_body();
+    }
+
+    fn eight_threads_body() {
         let size = 6 * CHUNK + 77;
         let data = pattern(size, 5);
         let f = file_with(&data);
@@ -1342,9 +1507,13 @@ mod tests {
             * 1024
     }
 
-    /// Rss of the mapping at `addr`, from /proc/self/smaps (sum over VMAs
-    /// inside `[addr, addr + len)`).
     fn smaps_rss(addr: usize, len: usize) -> u64 {
+        smaps_field(addr, len, "Rss:")
+    }
+
+    /// A field of /proc/self/smaps in bytes, summed over the VMAs inside
+    /// `[addr, addr + len)`.
+    fn smaps_field(addr: usize, len: usize, field: &str) -> u64 {
         let s = std::fs::read_to_string("/proc/self/smaps").unwrap();
         let mut inside = false;
         let mut rss = 0;
@@ -1359,8 +1528,8 @@ mod tests {
                     }
                 }
             }
-            if inside && l.starts_with("Rss:") {
-                rss += l[4..]
+            if inside && l.starts_with(field) {
+                rss += l[field.len()..]
                     .trim()
                     .trim_end_matches("kB")
                     .trim()
@@ -1370,6 +1539,43 @@ mod tests {
             }
         }
         rss
+    }
+
+    /// VMAs of this process inside `[addr, addr + len)`, with their
+    /// permissions.
+    fn vmas(addr: usize, len: usize) -> Vec<String> {
+        std::fs::read_to_string("/proc/self/maps")
+            .unwrap()
+            .lines()
+            .filter(|l| {
+                let (a, b) = l.split_once(' ').unwrap().0.split_once('-').unwrap();
+                let a = usize::from_str_radix(a, 16).unwrap();
+                let b = usize::from_str_radix(b, 16).unwrap();
+                a >= addr && b <= addr + len
+            })
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn read_only_after_huge_page_fills() {
+        if !usable() {
+            return;
+        }
+        let data = pattern(40 * CHUNK, 14);
+        let f = file_with(&data);
+        let file = File::open(f.path()).unwrap();
+        let map = lazy().map(&file).unwrap();
+        assert!(map[..] == data[..]);
+        let v = vmas(map.as_ptr() as usize, map.len());
+        let huge = smaps_field(map.as_ptr() as usize, map.len(), "AnonHugePages:");
+        eprintln!("{v:#?}, AnonHugePages {huge}");
+        // Chunks opened for UFFDIO_MOVE were closed again and merged back.
+        assert!(
+            !v.is_empty() && v.iter().all(|l| l.contains(" r--p ")),
+            "{v:#?}"
+        );
+        assert!(v.len() <= 2, "{v:#?}");
     }
 
     #[test]
