@@ -31,8 +31,9 @@ use std::time::{Duration, Instant};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 mod common;
-use common::{LoopFs, skip, usable_for};
+use common::{skip, usable_for};
 use mapcopy::{ErrorKind, MapOptions, Strategy};
+use mapcopy_check::fixture::FsKind;
 
 const CHILD_ENV: &str = "FAULTS_CHILD";
 
@@ -56,14 +57,14 @@ fn evict(f: &File) {
 
 // ---------------------------------------------------------------- EIO
 
-fn eio(fstype: &str) -> Result<(), Failed> {
-    let fs = match LoopFs::new(fstype, if fstype == "xfs" { 320 } else { 64 }) {
+fn eio(fstype: FsKind) -> Result<(), Failed> {
+    let fs = match common::mount(fstype) {
         Ok(fs) => fs,
         Err(why) => return skip(&why),
     };
     // A filler first pushes the data file's blocks well past the metadata.
-    fs::write(fs.mnt().join("filler"), vec![1u8; 8 << 20])?;
-    let path = fs.mnt().join("data");
+    fs::write(fs.path().join("filler"), vec![1u8; 8 << 20])?;
+    let path = fs.path().join("data");
     let want = pattern(1 << 20, 7);
     fs::write(&path, &want)?;
     // Hold the file open so its inode stays cached: only data reads fail.
@@ -78,7 +79,7 @@ fn eio(fstype: &str) -> Result<(), Failed> {
     if strategies.is_empty() {
         return Err("no strategy is usable for the file (Eager always should be)".into());
     }
-    let at = LoopFs::physical_start(&path)?;
+    let at = common::physical_start(&path)?;
     if at < (4 << 20) {
         return Err(
             format!("data file starts at {at}, too close to the metadata to cut there").into(),
@@ -86,7 +87,7 @@ fn eio(fstype: &str) -> Result<(), Failed> {
     }
     // Cut inside the file: its first 256 KiB stay readable, the rest fails
     // (a strategy must not take the failure for the end of the file).
-    fs.fail_io_from(at + (256 << 10))?;
+    common::fail_io_from(&fs, at + (256 << 10))?;
     evict(&f);
     // Precondition: the data really comes from the failing device now.
     let mut probe = vec![0u8; 4096];
@@ -165,16 +166,16 @@ fn child_eio(args: &[String]) -> i32 {
 
 // ---------------------------------------------------------------- ENOSPC
 
-fn enospc(fstype: &str) -> Result<(), Failed> {
-    let fs = match LoopFs::new(fstype, if fstype == "xfs" { 320 } else { 32 }) {
+fn enospc(fstype: FsKind) -> Result<(), Failed> {
+    let fs = match common::mount(fstype) {
         Ok(fs) => fs,
         Err(why) => return skip(&why),
     };
-    let path = fs.mnt().join("data");
+    let path = fs.path().join("data");
     let want = pattern(4 << 20, 3);
     fs::write(&path, &want)?;
     // Fill the filesystem.
-    let mut filler = File::create(fs.mnt().join("filler"))?;
+    let mut filler = File::create(fs.path().join("filler"))?;
     let block = vec![0x55u8; 1 << 20];
     loop {
         match filler.write(&block) {
@@ -187,7 +188,7 @@ fn enospc(fstype: &str) -> Result<(), Failed> {
     let _ = filler.sync_all();
     // Small files too, until even inodes/blocks for them run out.
     for i in 0..10_000 {
-        if fs::write(fs.mnt().join(format!("f{i}")), b"x").is_err() {
+        if fs::write(fs.path().join(format!("f{i}")), b"x").is_err() {
             break;
         }
     }
@@ -483,10 +484,18 @@ fn main() {
     // Loop devices and dm names are global: one at a time.
     args.test_threads = Some(1);
     let trials = vec![
-        Trial::test("eio_from_device_is_an_error_not_zeros_ext4", || eio("ext4")),
-        Trial::test("eio_from_device_is_an_error_not_zeros_xfs", || eio("xfs")),
-        Trial::test("enospc_full_filesystem_ext4", || enospc("ext4")),
-        Trial::test("enospc_full_filesystem_xfs", || enospc("xfs")),
+        Trial::test("eio_from_device_is_an_error_not_zeros_ext4", || {
+            eio(FsKind::Ext4)
+        }),
+        Trial::test("eio_from_device_is_an_error_not_zeros_xfs", || {
+            eio(FsKind::Xfs)
+        }),
+        Trial::test("eio_from_device_is_an_error_not_zeros_btrfs", || {
+            eio(FsKind::Btrfs)
+        }),
+        Trial::test("enospc_full_filesystem_ext4", || enospc(FsKind::Ext4)),
+        Trial::test("enospc_full_filesystem_xfs", || enospc(FsKind::Xfs)),
+        Trial::test("enospc_full_filesystem_btrfs", || enospc(FsKind::Btrfs)),
         Trial::test("sigkilled_mapper_does_not_block_writer", sigkill_mapper),
         Trial::test("thousand_mappings_of_one_file", many_mappings_of_one_file),
         Trial::test("mappings_of_thousand_files", mappings_of_1000_files),
