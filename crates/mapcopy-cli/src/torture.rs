@@ -166,6 +166,10 @@ fn run_inner(args: Args) -> Result<bool, String> {
             for (e, n) in &stats.op_errors {
                 println!("{target}: op error {e}: {n}");
             }
+            println!(
+                "{target}: {} pages seen mid-way through a MAP_SHARED store (legal)",
+                stats.mid_store
+            );
             for e in &stats.torn_examples {
                 println!("{target}: documented tear: {e}");
             }

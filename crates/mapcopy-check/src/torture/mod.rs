@@ -236,6 +236,9 @@ pub struct Stats {
     pub stale: u64,
     /// Torn pages.
     pub torn: u64,
+    /// Pages seen mid-way through a store through a `MAP_SHARED` mapping
+    /// (a state the file really had; legal, counted for information).
+    pub mid_store: u64,
     /// S2 violations: a re-read differed.
     pub changed: u64,
     /// S3 violations: a reader killed by a signal.
@@ -529,6 +532,7 @@ fn judge(
                     let (v, cands) = tl.judge(p, t_map, t, &seen);
                     match v {
                         Verdict::Ok => {}
+                        Verdict::MidStore => stats.mid_store += 1,
                         Verdict::Torn | Verdict::Stale => {
                             let torn = v == Verdict::Torn;
                             if torn {
