@@ -300,6 +300,75 @@ fn usable_in(s: Strategy, dir: &Path) -> Result<(), String> {
     e.usable.clone().map(|_| ())
 }
 
+/// Does strategy `s` offer `map_mut` for files in `dir`? A strategy may
+/// refuse writable mappings altogether (`Unsupported`, with the reason);
+/// then every `map_mut` must refuse, and the read-only cases still run.
+fn offers_map_mut(s: Strategy, dir: &Path) -> Result<(), String> {
+    let f = TestFile::new_in(dir, 3 * page() + 1, 0).map_err(|e| e.to_string())?;
+    let file = f.open().map_err(|e| e.to_string())?;
+    match MapOptions::new().strategy(s).map_mut(&file) {
+        Err(e) if e.kind() == ErrorKind::Unsupported => Err(e.to_string()),
+        _ => Ok(()),
+    }
+}
+
+/// Runs `cmd` to completion, or kills it after `secs` (a hang must fail
+/// one trial, not the suite). Returns its status, stdout and stderr.
+fn run_bounded(
+    mut cmd: std::process::Command,
+    secs: u64,
+) -> Result<(std::process::ExitStatus, String, String), Failed> {
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(io("starting the child"))?;
+    let drain = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_string(&mut s);
+            }
+            s
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|o| Box::new(o) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|e| Box::new(e) as Box<dyn Read + Send>),
+    );
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let status = loop {
+        if let Some(st) = child.try_wait().map_err(io("wait"))? {
+            break Some(st);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let (out, err) = (
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default(),
+    );
+    match status {
+        Some(st) => Ok((st, out, err)),
+        None => fail(format!(
+            "the child hung for {secs} s and was killed:\n{out}\n{err}"
+        )),
+    }
+}
+
 fn not_implemented(reason: &str) -> bool {
     reason.contains("not implemented yet")
 }
@@ -736,9 +805,7 @@ fn control_trial(name: &str, dir: &Path, script: &Script, mounts: &str) -> Outco
     let predicted = predict_control(script);
     let mut cmd = privilege::trial(name, false).map_err(Failed::from)?;
     cmd.env(MOUNTS_ENV, mounts);
-    let out = cmd.output().map_err(io("re-running the control trial"))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (status, stdout, stderr) = run_bounded(cmd, 60)?;
     let all = format!("{stdout}\n{stderr}");
     if stdout.contains("1 ignored") {
         return skip(format!("control run skipped: {}", all.trim()));
@@ -754,7 +821,7 @@ fn control_trial(name: &str, dir: &Path, script: &Script, mounts: &str) -> Outco
                 .ok()
         })
         .next_back();
-    match (&predicted, out.status.signal(), out.status.success()) {
+    match (&predicted, status.signal(), status.success()) {
         (None, None, true) if stdout.contains("1 passed") => {
             eprintln!("control kept the contract here, as predicted");
             Ok(Completion::Completed)
@@ -783,7 +850,7 @@ fn control_trial(name: &str, dir: &Path, script: &Script, mounts: &str) -> Outco
         _ => fail(format!(
             "prediction {:?} but the control run ended with {} :\n{all}",
             predicted.as_ref().map(|(s, v)| format!("step {s}: {v}")),
-            out.status
+            status
         )),
     }
 }
@@ -839,6 +906,7 @@ fn size_case(s: Strategy, dir: &Path, size: usize) -> Outcome {
     let tf = TestFile::new_in(dir, size, 0).map_err(io("test file"))?;
     let content = tf.contents().map_err(io("read"))?;
     let file = tf.open().map_err(io("open"))?;
+    let mut_refused = offers_map_mut(s, dir);
     let mut ranges: Vec<(usize, Option<usize>)> =
         vec![(0, None), (size, Some(0)), (0, Some(size + p + 3))];
     if size > 0 {
@@ -871,9 +939,18 @@ fn size_case(s: Strategy, dir: &Path, size: usize) -> Outcome {
         let mut got = vec![0u8; m.len()];
         Source::read(&m, 0, &mut got).map_err(Failed::from)?;
         check_bytes(&got, &want, &what)?;
-        // Same through map_mut.
-        let mm = o.map_mut(&file).map_err(io(&what))?;
-        check_bytes(&mm, &want, &format!("{what} (map_mut)"))?;
+        // Same through map_mut (or the strategy's refusal of writable
+        // mappings, the same every time).
+        match (o.map_mut(&file), &mut_refused) {
+            (Ok(mm), Ok(())) => check_bytes(&mm, &want, &format!("{what} (map_mut)"))?,
+            (Err(e), Err(_)) if e.kind() == ErrorKind::Unsupported => {}
+            (r, refused) => {
+                return fail(format!(
+                    "{what} (map_mut): got {:?}, but map_mut of a plain file gave {refused:?}",
+                    r.map(|m| m.len())
+                ));
+            }
+        }
     }
     // And the whole file against a modification.
     if size > 0 {
@@ -1303,6 +1380,12 @@ fn map_mut_large_case(s: Strategy, dir: &Path) -> Outcome {
     if let Err(why) = usable_in(s, dir) {
         return skip(format!("{s} is not usable here: {why}"));
     }
+    if let Err(why) = offers_map_mut(s, dir) {
+        // Documented by the strategy, not a lack of this machine.
+        return Ok(Completion::ignored_with(format!(
+            "{s} offers no map_mut: {why}"
+        )));
+    }
     let p = page();
     let size = (6 << 20) + 123;
     let tf = TestFile::new_in(dir, size, 0).map_err(io("test file"))?;
@@ -1462,6 +1545,63 @@ fn huge_sparse_case(s: Strategy, dir: &Path) -> Outcome {
     Ok(Completion::Completed)
 }
 
+/// One file mapped by every usable strategy at once, in one process (they
+/// share the per-process watcher thread), then modified by another
+/// process. Runs in a child: a deadlock between strategies must fail this
+/// trial, not hang the suite.
+fn mixed_case(name: &str, dir: &Path) -> Outcome {
+    if !privilege::in_trial(name) {
+        let mut cmd = privilege::trial(name, false).map_err(Failed::from)?;
+        cmd.env(MOUNTS_ENV, "");
+        let (status, out, err) = run_bounded(cmd, 60)?;
+        return if status.success() && out.contains("1 passed") {
+            eprintln!("{}", err.trim());
+            Ok(Completion::Completed)
+        } else {
+            fail(format!("{status}:\n{out}\n{err}"))
+        };
+    }
+    let p = page();
+    let size = (3 << 20) + 5;
+    let tf = TestFile::new_in(dir, size, 0).map_err(io("test file"))?;
+    let old = tf.contents().map_err(io("read"))?;
+    let pr = mapcopy::probe(Some(tf.path()));
+    let mut maps = Vec::new();
+    for e in pr.strategies.iter().filter(|e| e.usable.is_ok()) {
+        // Each user opens the file itself, after the others have mapped it
+        // (a file opened after a fanotify mark exists raises its events).
+        let file = tf.open().map_err(io("open"))?;
+        let m = MapOptions::new()
+            .strategy(e.strategy)
+            .map(&file)
+            .map_err(io(e.strategy.name()))?;
+        let mut c = Checker::new(p, 0, m.len(), old.clone());
+        eprintln!("mapped with {}; touching pages 0 and 600", e.strategy);
+        c.touch(&m, [0, 600])
+            .map_err(|v| Failed::from(format!("{}: {v}", e.strategy)))?;
+        maps.push((e.strategy, m, c));
+    }
+    let mut state = old;
+    for m in [
+        Modification::new(Kind::Pwrite, 0, size as u64, 1),
+        Modification::new(Kind::FtruncateShrink, 1 << 20, 0, 0),
+    ] {
+        eprintln!("{m}");
+        state = m
+            .apply_checked(tf.path(), &state)
+            .map_err(io("modification"))?;
+        for (s, map, c) in &mut maps {
+            c.push_state(state.clone());
+            eprintln!("reading every page through the {s} mapping");
+            c.touch_all(map)
+                .map_err(|v| Failed::from(format!("{s}: {v}")))?;
+        }
+    }
+    let names: Vec<&str> = maps.iter().map(|(s, _, _)| s.name()).collect();
+    eprintln!("one file mapped at once by {names:?}: all kept the contract");
+    Ok(Completion::Completed)
+}
+
 /// Env var naming the file a re-executed read-error trial maps.
 const FILE_ENV: &str = "MAPCOPY_CONTRACT_FILE";
 
@@ -1533,28 +1673,8 @@ fn read_error_case(name: &str, s: Strategy, populate: bool) -> Outcome {
         .map_err(Failed::from)?;
     mnt.mount().map_err(Failed::from)?;
     let mut cmd = privilege::trial(name, false).map_err(Failed::from)?;
-    let mut child = cmd
-        .env(FILE_ENV, &path)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(io("re-running the trial"))?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(st) = child.try_wait().map_err(io("wait"))? {
-            break st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return fail("the process mapping an unreadable file hung for 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let mut out = String::new();
-    let mut err = String::new();
-    child.stdout.take().map(|mut o| o.read_to_string(&mut out));
-    child.stderr.take().map(|mut e| e.read_to_string(&mut err));
+    cmd.env(FILE_ENV, &path);
+    let (status, out, err) = run_bounded(cmd, 60)?;
     // (libtest prints "test NAME ... " before the trial's first line)
     let pages_ok = out.matches("PAGE ").count();
     let map_err = out
@@ -1600,6 +1720,12 @@ fn read_error_case(name: &str, s: Strategy, populate: bool) -> Outcome {
 fn map_mut_case(s: Strategy, dir: &Path) -> Outcome {
     if let Err(why) = usable_in(s, dir) {
         return skip(format!("{s} is not usable here: {why}"));
+    }
+    if let Err(why) = offers_map_mut(s, dir) {
+        // Documented by the strategy, not a lack of this machine.
+        return Ok(Completion::ignored_with(format!(
+            "{s} offers no map_mut: {why}"
+        )));
     }
     let p = page();
     let size = 4 * p + 1;
@@ -1799,6 +1925,11 @@ fn bad_input_case(s: Strategy, b: Bad) -> Outcome {
     } else {
         usable_in(s, &std::env::temp_dir())
     };
+    let mut_refused = if usable.is_ok() {
+        offers_map_mut(s, &std::env::temp_dir()).is_err()
+    } else {
+        false
+    };
     for mutable in [false, true] {
         let what = format!(
             "{} with {s}{}",
@@ -1823,7 +1954,12 @@ fn bad_input_case(s: Strategy, b: Bad) -> Outcome {
                     r.map(|v| v.len())
                 ));
             }
-            (None, Ok(got)) if usable.is_ok() => check_bytes(&got, &want, &what)?,
+            (None, Ok(got)) if usable.is_ok() && !(mutable && mut_refused) => {
+                check_bytes(&got, &want, &what)?
+            }
+            (None, Err(e)) if mutable && mut_refused && e.kind() == ErrorKind::Unsupported => {
+                eprintln!("{what}: {s} refuses map_mut: {e}");
+            }
             (None, Err(e)) if usable.is_err() && e.kind() == ErrorKind::Unsupported => {
                 eprintln!("{what}: Unsupported as probe said: {e}");
             }
@@ -1939,6 +2075,7 @@ fn auto_probe_case() -> Outcome {
         ));
     }
     check_bytes(&m, &content, "auto mapping")?;
+    drop(m);
     // Named strategies: usable ones map, the others refuse with the reason.
     let file = tf.open().map_err(io("open"))?;
     for e in &pr.strategies {
@@ -2164,6 +2301,12 @@ fn trials(dirs: &[FsDir], missing: &[(FsKind, String)]) -> Vec<Trial> {
                 map_mut_case(s, &dd)
             }));
         }
+    }
+    // Every strategy at once on one file.
+    {
+        let name = format!("mixed/{}/all-strategies", primary.name);
+        let (n, dir) = (name.clone(), primary.path.clone());
+        t.push(watched(name, move || mixed_case(&n, &dir)));
     }
     // Unreadable data (EIO), per strategy.
     for (b, _) in &backends {
