@@ -20,7 +20,9 @@
 //! saw:
 //!
 //! * **S1** (`stale`): the page held content the file did not have at any
-//!   instant of `[T_map, T_first_touch]`;
+//!   instant of `[T_map, T_first_touch]` (a mix of before and after a
+//!   `MAP_SHARED` store running then is content the file had: such stores
+//!   are not atomic for the file itself);
 //! * **torn**: a mix of contents the file had in that window (reported
 //!   apart; a strategy whose probe entry says it lacks per-page atomicity
 //!   against a concurrent `write()` — `Eager` and `Lazy` today — is not
