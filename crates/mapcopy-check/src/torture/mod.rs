@@ -192,6 +192,10 @@ pub struct Config {
     pub replay_out: Option<PathBuf>,
     /// Stop at the end of the first round with a violation.
     pub stop_on_violation: bool,
+    /// Writers pause with the file closed after a quarter of their ops, up
+    /// to this many microseconds (0: never), so strategies that refuse to
+    /// map while a writer holds the file open get to map.
+    pub writer_idle_us: u64,
 }
 
 impl Config {
@@ -211,6 +215,7 @@ impl Config {
             kinds: None,
             replay_out: None,
             stop_on_violation: false,
+            writer_idle_us: 1000,
         }
     }
 }
@@ -704,6 +709,7 @@ fn run_rounds(
                 kinds: mask,
                 max,
                 script: None,
+                idle_us: cfg.writer_idle_us,
             };
             let child = crate::child::command("torture-writer", &wc.to_args())
                 .spawn()
@@ -976,6 +982,7 @@ pub fn replay(replay: &Replay, dir: &Path, attempts: u32) -> Result<(u32, Stats)
                 kinds: 0,
                 max: replay.initial.max(),
                 script: Some(script),
+                idle_us: 0,
             };
             let rc = reader::ReaderConfig {
                 file: paths.file.clone(),
