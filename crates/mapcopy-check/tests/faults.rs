@@ -128,6 +128,11 @@ fn eio(fstype: FsKind) -> Result<(), Failed> {
             // signal, with a message naming the I/O error) — never read
             // zeros or garbage.
             (_, l) if l.starts_with("READBAD") => false,
+            // The zero-copy strategies map the file (Lease) or a clone
+            // (Reflink): an unreadable page raises SIGBUS when touched, as in
+            // any file mapping (documented; `populate(true)` turns it into an
+            // Io error from map).
+            (Strategy::Lease | Strategy::Reflink, _) => out.status.signal() == Some(libc::SIGBUS),
             (_, _) => out.status.signal().is_some() && stderr.contains("Input/output error"),
         };
         if !ok {

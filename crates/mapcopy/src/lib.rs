@@ -51,11 +51,11 @@
 //!
 //! | strategy | how | snapshot taken | data copied | needs |
 //! |---|---|---|---|---|
-//! | [`Strategy::Lazy`] | userfaultfd: anonymous memory filled on first access by `pread` + `UFFDIO_COPY` | per page, at first access | pages touched | userfaultfd that serves kernel-mode faults (root, `/dev/userfaultfd` access, or `vm.unprivileged_userfaultfd=1`) |
+//! | [`Strategy::Lazy`] | userfaultfd: anonymous memory filled on first access by `pread` + `UFFDIO_COPY` (sequential 2 MiB chunks: `UFFDIO_MOVE` of huge pages, Linux 6.8+) | per page, at first access | pages touched | userfaultfd that serves kernel-mode faults (root, `/dev/userfaultfd` access, or `vm.unprivileged_userfaultfd=1`) |
 //! | [`Strategy::Eager`] | `pread` into 2 MiB-aligned anonymous memory (`MADV_HUGEPAGE`) | at map time | everything | memory for the whole range |
 //! | [`Strategy::Guard`] | fanotify pre-content events | per page, before a writer changes it | pages writers change | not implemented yet |
-//! | [`Strategy::Lease`] | `F_SETLEASE` read lease | at map time, realized on lease break | the range, when a writer opens | not implemented yet |
-//! | [`Strategy::Reflink`] | `FICLONE` into an `O_TMPFILE` | at map time | none (filesystem CoW) | not implemented yet |
+//! | [`Strategy::Lease`] | `F_SETLEASE` read lease over a private mapping; on a lease break, a reflink clone (or a copy) replaces the range before the writer's `open` returns | at map time | nothing until a writer opens; then none with reflink, else the range | owner of the file or `CAP_LEASE`; no writer at map time; the lease-break signal (`MAPCOPY_LEASE_SIGNAL`, default `SIGRTMIN+11`) not taken by the application; read-only mappings |
+//! | [`Strategy::Reflink`] | `FICLONE` into an unlinked `O_TMPFILE` on the same mount, private mapping of the clone | at map time, atomically | none (filesystem CoW) | a filesystem with reflink (xfs `-m reflink=1`, btrfs, bcachefs) and a directory on the file's mount where an `O_TMPFILE` can be made (`MAPCOPY_TMPDIR` names one) |
 //!
 //! [`Strategy::Auto`] (the default) takes the first usable one in the order
 //! of [`Strategy::ALL`]; [`probe`] tells which and why.
@@ -66,8 +66,24 @@
 //!   `Eager` read with `pread`, which the kernel does not make atomic against
 //!   a `write()` running at the same moment on the same page; such a page
 //!   can hold part of that write. It still never changes after it was read.
-//! * **fork**: a `Lazy` mapping is `MADV_DONTFORK`: a child process made by
-//!   `fork()` does not inherit it, and touching its address there faults
+//! * **Per-page atomicity against `MAP_SHARED` stores**: `Reflink` clones
+//!   the file atomically against `write()` and every other syscall, but
+//!   stores through another process's shared mapping take no lock: a page
+//!   being stored to at that moment may hold part of the stores (it never
+//!   changes afterwards).
+//! * **`open(O_RDONLY | O_TRUNC)`** (Linux truncates on it, given write
+//!   permission) does not break a lease: under `Lease` such an open by
+//!   another process truncates the file under the mapping, whose pages past
+//!   the new end then fault (SIGBUS). `Reflink` and the copying strategies
+//!   are immune.
+//! * **Writers' `open`**: under `Lease`, a writer's `open` for writing (or
+//!   `truncate(2)`) waits until the snapshot is taken (milliseconds with
+//!   reflink, a copy of the range without); an `O_NONBLOCK` open fails with
+//!   `EAGAIN` meanwhile (kernel lease semantics). If the mapping process does
+//!   not answer within `fs.lease-break-time` (45 s; e.g. it is stopped in a
+//!   debugger) the kernel lets the writer through.
+//! * **fork**: `Lease` and `Lazy` mappings are `MADV_DONTFORK`: a child
+//!   process made by `fork()` does not inherit them, and touching its address there faults
 //!   (SIGSEGV) rather than reading zeros. Map with `Eager` (or
 //!   `populate(true)` and a strategy that keeps the memory after fork) if a
 //!   forked child must read it.
@@ -81,7 +97,9 @@
 //! * **Memory**: a `Lazy` mapping reserves address space only
 //!   (`MAP_NORESERVE`) and allocates pages as they are touched, plus
 //!   fault-around: one page for an isolated access, growing to whole 2 MiB
-//!   chunks (and up to 16 MiB of prefetch ahead) for sequential reads.
+//!   chunks (and up to 16 MiB of prefetch ahead) for sequential reads. Its
+//!   `MapCopyMut` is not charged to overcommit either, so stores into very
+//!   many pages can run out of memory like any `MAP_NORESERVE` mapping.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 

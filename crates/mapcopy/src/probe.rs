@@ -86,6 +86,15 @@ fn lacks(s: Strategy) -> Vec<&'static str> {
             }
             v
         }
+        Strategy::Lease => vec![
+            "open(O_RDONLY|O_TRUNC): Linux truncates on it without breaking the lease; the mapping's pages past the new end then fault (SIGBUS)",
+            "fork(): the mapping is MADV_DONTFORK; a forked child does not inherit it (touching it there faults)",
+            "writers wait: a writer's open for writing (or truncate) waits until the snapshot is taken (a clone: milliseconds; else a copy of the range); an O_NONBLOCK open fails with EAGAIN meanwhile",
+            "a process stopped longer than fs.lease-break-time (45 s by default; e.g. in a debugger) when a writer comes lets that writer through before its snapshot",
+        ],
+        Strategy::Reflink => vec![
+            "per-page atomicity against stores through another process's MAP_SHARED mapping: a page being stored to while the clone is taken may hold part of those stores (it never changes afterwards; write() and other syscalls are atomic against the clone)",
+        ],
         _ => Vec::new(),
     }
 }

@@ -12,6 +12,10 @@
 //! the process loudly if it cannot) and exits. The next registration starts
 //! a new watcher thread. A watcher is per process: after `fork()` the child
 //! gets its own on first use.
+//!
+//! The watcher thread blocks every asynchronous signal except the
+//! lease-break signal (`sys::signal`), so the application's process-directed
+//! signals go to its own threads.
 
 // Strategies start using this as they land.
 #![allow(dead_code)]
@@ -67,6 +71,8 @@ struct Watcher {
     next_id: AtomicU64,
     pid: rustix::process::Pid,
     thread: thread::ThreadId,
+    /// Kernel thread id of the watcher thread (for signals aimed at it).
+    tid: rustix::thread::Pid,
 }
 
 static CURRENT: Mutex<Option<Arc<Watcher>>> = Mutex::new(None);
@@ -112,12 +118,18 @@ fn current() -> io::Result<Arc<Watcher>> {
     let wake = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
     epoll::add(&epoll, &wake, EventData::new_u64(0), EventFlags::IN)?;
     let (tx, rx) = std::sync::mpsc::channel();
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
     let handle = thread::Builder::new()
         .name("mapcopy-watcher".into())
         .spawn(move || {
+            crate::sys::signal::watcher_thread_mask();
+            let _ = tid_tx.send(rustix::thread::gettid());
             let w: Arc<Watcher> = rx.recv().expect("watcher setup");
             run(w);
         })?;
+    let tid = tid_rx
+        .recv()
+        .map_err(|_| io::Error::other("watcher thread died at start"))?;
     let w = Arc::new(Watcher {
         epoll,
         wake,
@@ -126,6 +138,7 @@ fn current() -> io::Result<Arc<Watcher>> {
         next_id: AtomicU64::new(1),
         pid,
         thread: handle.thread().id(),
+        tid,
     });
     tx.send(w.clone()).expect("watcher thread alive");
     *cur = Some(w.clone());
@@ -186,8 +199,23 @@ fn fail(w: &Arc<Watcher>, why: &str) {
     }
 }
 
+impl Registration {
+    /// Kernel thread id of the watcher thread serving this registration:
+    /// notifications sent to it (`F_SETOWN_EX`) interrupt nobody else. Its
+    /// signal mask blocks every asynchronous signal but the lease-break one.
+    pub(crate) fn thread_tid(&self) -> rustix::thread::Pid {
+        self.watcher.tid
+    }
+}
+
 impl Drop for Registration {
     fn drop(&mut self) {
+        if rustix::process::getpid() != self.watcher.pid {
+            // A forked child dropping its copy of a parent's registration:
+            // the epoll instance is shared with the parent, so deleting the
+            // fd here would stop the parent's watcher from serving it.
+            return;
+        }
         let src = lock(&self.watcher.sources).remove(&self.id);
         if let Some(src) = src {
             let _ = epoll::delete(&self.watcher.epoll, src.fd());

@@ -1195,7 +1195,7 @@ enum ForkBehaviour {
 
 fn fork_behaviour(s: Strategy) -> ForkBehaviour {
     match s {
-        Strategy::Lazy => ForkBehaviour::Faults,
+        Strategy::Lazy | Strategy::Lease => ForkBehaviour::Faults,
         _ => ForkBehaviour::Inherits,
     }
 }
@@ -1613,6 +1613,9 @@ enum OnReadError {
     /// `map` succeeds; the access that needs the bad block aborts the
     /// process with a message (a faulting thread can be given no error).
     AbortOnTouch,
+    /// `map` succeeds; touching the unreadable page raises SIGBUS, as in
+    /// any file mapping (the zero-copy strategies map the file or a clone).
+    SigbusOnTouch,
     /// Not documented: any of the above.
     Either,
 }
@@ -1621,6 +1624,8 @@ fn on_read_error(s: Strategy, populate: bool) -> OnReadError {
     match (s, populate) {
         (Strategy::Eager, _) | (Strategy::Lazy, true) => OnReadError::MapFails,
         (Strategy::Lazy, false) => OnReadError::AbortOnTouch,
+        (Strategy::Lease | Strategy::Reflink, true) => OnReadError::MapFails,
+        (Strategy::Lease | Strategy::Reflink, false) => OnReadError::SigbusOnTouch,
         _ => OnReadError::Either,
     }
 }
@@ -1693,9 +1698,11 @@ fn read_error_case(name: &str, s: Strategy, populate: bool) -> Outcome {
     }
     let aborted = status.signal() == Some(libc::SIGABRT) && !err.trim().is_empty();
     let map_failed = status.success() && map_err.is_some_and(|l| l.starts_with("MAP-ERR Io"));
+    let sigbus = status.signal() == Some(libc::SIGBUS);
     let ok = match on_read_error(s, populate) {
         OnReadError::MapFails => map_failed,
         OnReadError::AbortOnTouch => aborted,
+        OnReadError::SigbusOnTouch => sigbus,
         OnReadError::Either => map_failed || aborted,
     };
     if !ok {
@@ -1711,7 +1718,13 @@ fn read_error_case(name: &str, s: Strategy, populate: bool) -> Outcome {
         .unwrap_or("");
     eprintln!(
         "{s}: {} after {pages_ok} good pages; {}",
-        if aborted { "aborted" } else { "map failed" },
+        if aborted {
+            "aborted"
+        } else if sigbus {
+            "SIGBUS on touch"
+        } else {
+            "map failed"
+        },
         map_err.unwrap_or(last)
     );
     Ok(Completion::Completed)

@@ -98,6 +98,78 @@ impl Region {
         })
     }
 
+    /// Maps `len` bytes of `fd` from page-aligned `file_off` privately
+    /// (copy-on-write) over `[off, off + len)` of this region with
+    /// `MAP_FIXED`, replacing what was there in one step: a concurrent access
+    /// sees either the old or the new mapping, never a hole. With `noreserve`
+    /// the range is not charged to overcommit even if writable.
+    ///
+    /// # Safety
+    /// Any live borrow of the range must see the same bytes before and after
+    /// (the new mapping holds what the old one showed, or nothing borrows
+    /// the range), and the new mapping must not fault fatally within `len`
+    /// (the file is at least `file_off + len` bytes, rounded to a page, for
+    /// as long as the mapping lives).
+    #[allow(dead_code)]
+    pub(crate) unsafe fn overlay_file<Fd: AsFd>(
+        &self,
+        off: usize,
+        len: usize,
+        fd: Fd,
+        file_off: u64,
+        prot: ProtFlags,
+        noreserve: bool,
+    ) -> io::Result<()> {
+        self.check(off, len)?;
+        let mut flags = MapFlags::PRIVATE | MapFlags::FIXED;
+        if noreserve {
+            flags |= MapFlags::NORESERVE;
+        }
+        // SAFETY: the range lies inside this region (checked), which we own,
+        // so MAP_FIXED replaces only our own pages; the caller vouches for
+        // the contents.
+        unsafe {
+            mm::mmap(
+                self.ptr.as_ptr().add(off).cast(),
+                len,
+                prot,
+                flags,
+                fd,
+                file_off,
+            )?
+        };
+        Ok(())
+    }
+
+    /// Moves this region's pages (page tables, no copying) over
+    /// `[off, off + self.len())` of `dst` with `mremap(MREMAP_FIXED)`,
+    /// replacing what was there in one step, as [`Region::overlay_file`].
+    /// On success `self`'s old address range is gone (nothing is unmapped
+    /// twice); on failure nothing moved.
+    ///
+    /// # Safety
+    /// As [`Region::overlay_file`]: every live borrow of `dst`'s range sees
+    /// the same bytes in `self`.
+    #[allow(dead_code)]
+    pub(crate) unsafe fn move_into(self, dst: &Region, off: usize) -> io::Result<()> {
+        dst.check(off, self.len)?;
+        // SAFETY: `self` is ours to give away and the target range lies
+        // inside `dst` (checked), which we own; MREMAP_FIXED unmaps only that
+        // range. The caller vouches for the contents.
+        unsafe {
+            mm::mremap_fixed(
+                self.ptr.as_ptr().cast(),
+                self.len,
+                self.len,
+                mm::MremapFlags::MAYMOVE,
+                dst.ptr.as_ptr().add(off).cast(),
+            )?
+        };
+        // The old range was moved away: do not unmap it in Drop.
+        std::mem::forget(self);
+        Ok(())
+    }
+
     /// First byte of the region.
     #[allow(dead_code)]
     pub(crate) fn as_ptr(&self) -> *mut u8 {

@@ -5,10 +5,13 @@
 //! `libc` offers the interface, defines it once with the kernel header it
 //! comes from. The rest of the crate is `#![deny(unsafe_code)]`.
 
+pub(crate) mod clone;
 pub(crate) mod detect;
 pub(crate) mod file;
+pub(crate) mod lease;
 pub(crate) mod mmap;
 pub(crate) mod procfs;
+pub(crate) mod signal;
 pub(crate) mod uffd;
 
 use std::io;
