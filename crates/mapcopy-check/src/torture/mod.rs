@@ -118,7 +118,7 @@ impl Target {
             .iter()
             .filter(|p| p.strategy == *s)
             .flat_map(|p| p.lacks.iter())
-            .any(|l| l.starts_with("per-page atomicity"))
+            .any(|l| l.starts_with("per-page atomicity against a concurrent write()"))
     }
 }
 
