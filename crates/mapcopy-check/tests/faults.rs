@@ -138,8 +138,9 @@ fn eio(fstype: FsKind) -> Result<(), Failed> {
                 (Strategy::Lazy, _) => {
                     signal == Some(libc::SIGABRT) && stderr.contains("Input/output error")
                 }
-                // The zero-copy strategies' documented policy: the page
-                // cannot be read, SIGBUS, as with any mapping of the file.
+                // The zero-copy strategies' documented policy (Lease, Guard
+                // map the file, Reflink a clone): the page cannot be read,
+                // SIGBUS, as with any mapping of the file.
                 (_, _) => signal == Some(libc::SIGBUS),
             };
             if !ok {

@@ -86,6 +86,11 @@ fn lacks(s: Strategy) -> Vec<&'static str> {
             }
             v
         }
+        Strategy::Guard => vec![
+            "fork(): the mapping is MADV_DONTFORK; a forked child does not inherit it (touching it there faults)",
+            "cost to others: every read, write, mmap and open of the file by any process waits for this process's guard thread (a fanotify round trip)",
+            "read errors: a page that cannot be read (EIO) raises SIGBUS when touched, as with any file mapping (populate(true) turns it into a map error)",
+        ],
         Strategy::Lease => vec![
             "open(O_RDONLY|O_TRUNC): Linux truncates on it without breaking the lease; the mapping's pages past the new end then fault (SIGBUS)",
             "fork(): the mapping is MADV_DONTFORK; a forked child does not inherit it (touching it there faults)",

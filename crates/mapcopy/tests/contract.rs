@@ -1195,7 +1195,7 @@ enum ForkBehaviour {
 
 fn fork_behaviour(s: Strategy) -> ForkBehaviour {
     match s {
-        Strategy::Lazy | Strategy::Lease => ForkBehaviour::Faults,
+        Strategy::Lazy | Strategy::Lease | Strategy::Guard => ForkBehaviour::Faults,
         _ => ForkBehaviour::Inherits,
     }
 }
@@ -1622,10 +1622,12 @@ enum OnReadError {
 
 fn on_read_error(s: Strategy, populate: bool) -> OnReadError {
     match (s, populate) {
-        (Strategy::Eager, _) | (Strategy::Lazy, true) => OnReadError::MapFails,
+        (Strategy::Eager, _) | (Strategy::Lazy | Strategy::Guard, true) => OnReadError::MapFails,
         (Strategy::Lazy, false) => OnReadError::AbortOnTouch,
         (Strategy::Lease | Strategy::Reflink, true) => OnReadError::MapFails,
-        (Strategy::Lease | Strategy::Reflink, false) => OnReadError::SigbusOnTouch,
+        (Strategy::Lease | Strategy::Reflink | Strategy::Guard, false) => {
+            OnReadError::SigbusOnTouch
+        }
         _ => OnReadError::Either,
     }
 }

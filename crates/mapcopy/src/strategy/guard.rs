@@ -1,20 +1,1327 @@
-//! The `Guard` strategy (not implemented yet: see DESIGN §2).
+//! `Guard`: share the page cache, copy a page only when a writer is about to
+//! change it.
+//!
+//! The mapping is a `MAP_PRIVATE` mapping of the file (`PROT_READ |
+//! PROT_WRITE`, `MAP_NORESERVE`, so a huge sparse file reserves nothing).
+//! Until a page is written it is the page cache's page. One fanotify group
+//! per process (`FAN_CLASS_PRE_CONTENT`) holds an inode mark
+//! (`FAN_PRE_ACCESS | FAN_OPEN_PERM`) on every guarded file; the kernel
+//! stops every later reader, writer, truncater and mapper of the file before
+//! it touches the data and waits for this process's answer. The answer comes
+//! from the guard thread of this process (its own thread, not the shared
+//! watcher: see `serve_loop`):
+//!
+//! * the event does not say read or write, so the task's syscall
+//!   (`/proc/TID/syscall`) and its fd's flags (`/proc/TID/fdinfo/FD`) do:
+//!   reads, `pread`, `MAP_PRIVATE` mmaps and read-only opens are allowed at
+//!   once;
+//! * before a write, `fallocate`, `copy_file_range`, clone or dedupe into the
+//!   file, the pages it will touch are copied into private pages of every
+//!   guarded mapping of the inode (`MADV_POPULATE_WRITE`), then it is
+//!   allowed. Writes also copy the page holding the end of the file (an
+//!   `O_APPEND` write lands there, but the event names the file position);
+//! * a truncation unmaps even private copies of file pages
+//!   (`unmap_mapping_range(..., even_cows = 1)`), so before a truncate (the
+//!   event names only the page of the new size), `open(O_TRUNC)`, a
+//!   collapse/insert `fallocate`, or a `MAP_SHARED` mmap through a writable
+//!   fd (its stores raise nothing), the mapping from the affected offset to
+//!   its end is *detached*: the file's data there (`SEEK_DATA`, holes cost
+//!   nothing) and the pages copied earlier are copied into anonymous memory
+//!   that `mremap` moves over the range in one step. Anything that cannot
+//!   be classified (task gone, `/proc` unreadable, io_uring, unknown
+//!   syscalls) detaches from the reported offset to the end, which covers
+//!   writes, appends and truncation alike.
+//!
+//! A writable mapping (`map_mut`) cannot stay a file mapping (a
+//! truncation would throw the owner's stores away with the private pages),
+//! so it is detached completely before `map_mut` returns: the file's data
+//! is copied, holes are not, and the guard is not needed afterwards.
+//!
+//! Events are armed per open file at open time, so a file opened for
+//! writing *before* the mark would write unseen: after the mark is placed
+//! (and again for every mapping) a read lease is tried, which the kernel
+//! refuses while any writable fd exists; then the writer is reported as
+//! [`crate::ErrorKind::Unsupported`].
+//!
+//! Failure: if the guard thread fails, [`Guards::shutdown`] first copies every
+//! page of every guarded mapping, then releases the group, so the kernel
+//! allows whatever is pending: no writer hangs, no snapshot is lost. A forked
+//! child does not inherit guarded mappings (`MADV_DONTFORK`, as for `Lazy`)
+//! and drops its copy of the group fd at once (a `pthread_atfork` handler),
+//! so a child that outlives its parent never holds writers up.
+#![allow(unsafe_code)]
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Once, PoisonError};
+
+use rustix::mm::{Advice, ProtFlags};
 
 use super::{Request, Snapshot, Strategy};
 use crate::Error;
-use crate::sys::detect;
+use crate::sys::fanotify::{self, Event, FAN_PRE_ACCESS, Group, LeaseProbe, Response};
+use crate::sys::mmap::Region;
+use crate::sys::proc_pid::{self, FdInfo, Syscall};
+use crate::sys::{self, detect, file};
+
+/// Events the guard asks for on every guarded inode.
+const MASK: u64 = FAN_PRE_ACCESS | libc::FAN_OPEN_PERM;
+
+/// `fanotify_init` flags: permission events before content access, tids in
+/// events (the syscall of the *thread* is what tells read from write),
+/// never drop or limit (an overflowed permission event would be lost).
+const INIT_FLAGS: libc::c_uint = libc::FAN_CLASS_PRE_CONTENT
+    | libc::FAN_CLOEXEC
+    | libc::FAN_NONBLOCK
+    | libc::FAN_REPORT_TID
+    | libc::FAN_UNLIMITED_QUEUE
+    | libc::FAN_UNLIMITED_MARKS;
+
+/// Flags of the fd delivered with each event (read-only, opened by the
+/// kernel without notification, so reading it cannot raise events).
+const EVENT_F_FLAGS: libc::c_uint = (libc::O_RDONLY | libc::O_LARGEFILE | libc::O_CLOEXEC) as _;
+
+/// First kernel with `FAN_PRE_ACCESS`.
+const MIN_KERNEL: (u32, u32) = (6, 14);
+
+/// How many times `map` retries when the file shrinks between its `fstat`
+/// and its registration.
+const MAP_RETRIES: usize = 8;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+// ---------------------------------------------------------------------------
+// check
 
 pub(crate) fn check(req: Option<&Request<'_>>) -> Result<String, String> {
-    let found = detect::fanotify_pre_content(req.map(|r| (r.file, &r.meta)));
-    Err(format!(
-        "{}; not implemented yet",
-        found.unwrap_or_else(|e| e)
+    // A throwaway group and mark prove the capability (CAP_SYS_ADMIN), the
+    // kernel (FAN_PRE_ACCESS) and the filesystem.
+    let found = detect::fanotify_pre_content(req.map(|r| (r.file, &r.meta)))?;
+    let Some(req) = req else {
+        return Ok(found);
+    };
+    if req.meta.writable {
+        return Err(FD_WRITABLE.into());
+    }
+    let fd = reopen(req.file)
+        .map_err(|e| format!("cannot open a second read-only fd of the file: {e}"))?;
+    match lease_probe(fd.as_fd()) {
+        Ok(LeaseProbe::NoWriter) => Ok(format!(
+            "{found}; no writer holds the file open (read lease granted)"
+        )),
+        Ok(LeaseProbe::WriterExists) => Err(WRITER_OPEN.into()),
+        Err(e) => Err(format!(
+            "cannot prove that no writer holds the file open (read lease refused: {e})"
+        )),
+    }
+}
+
+const FD_WRITABLE: &str = "the file descriptor passed in is open for writing: writes through an fd opened before the guard armed raise no events; pass a read-only File";
+
+fn group_error(e: io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EPERM) => "needs CAP_SYS_ADMIN for fanotify permission events (run as root or grant the capability)".to_string(),
+        _ => format!("the kernel refused a pre-content fanotify group: {e}"),
+    }
+}
+
+const WRITER_OPEN: &str = "file is open for writing by another process (a read lease was refused); its writes would raise no events";
+
+/// [`fanotify::try_read_lease`], tried a few times over ~10 ms: a
+/// writable fd can exist for a moment without a writer (a child between
+/// `fork` and `exec` holds copies of its parent's fds until `O_CLOEXEC`
+/// closes them).
+fn lease_probe(fd: BorrowedFd<'_>) -> io::Result<LeaseProbe> {
+    for _ in 0..5 {
+        match fanotify::try_read_lease(fd)? {
+            LeaseProbe::NoWriter => return Ok(LeaseProbe::NoWriter),
+            LeaseProbe::WriterExists => std::thread::sleep(std::time::Duration::from_millis(2)),
+        }
+    }
+    fanotify::try_read_lease(fd)
+}
+
+fn kernel_ok() -> Result<String, String> {
+    let uname = rustix::system::uname();
+    let release = uname.release().to_string_lossy().into_owned();
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major: u32 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let minor: u32 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    if (major, minor) < MIN_KERNEL {
+        return Err(format!(
+            "kernel {release} predates fanotify pre-content events (FAN_PRE_ACCESS, Linux {}.{})",
+            MIN_KERNEL.0, MIN_KERNEL.1
+        ));
+    }
+    Ok(release)
+}
+
+/// A fresh read-only open file description of the same file (through
+/// `/proc/self/fd`), so that the lease probe and the inode mark use an fd
+/// that this crate owns and that was opened before the mark (unarmed).
+fn reopen(file: &std::fs::File) -> io::Result<OwnedFd> {
+    let path = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    match fanotify::open_raw(&path, libc::O_RDONLY | libc::O_LARGEFILE | libc::O_NOCTTY) {
+        Ok(fd) => Ok(fd),
+        // Without /proc, share the caller's description.
+        Err(_) => file.as_fd().try_clone_to_owned(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// the per-process group
+
+/// One guarded mapping: a region whose first `file_len` bytes map the file
+/// at `offset` privately and whose rest is anonymous (past the end of the
+/// file at map time: zeros, never SIGBUS).
+struct Mapping {
+    region: Region,
+    offset: u64,
+    /// Bytes at the start of `region` still mapped from the file; the rest
+    /// is anonymous. Only shrinks, only under `Guards::inodes`.
+    file_len: AtomicUsize,
+    /// File ranges this guard made private (`MADV_POPULATE_WRITE`): their
+    /// contents may differ from the file now, even where it has a hole.
+    copied: Mutex<Vec<(u64, u64)>>,
+}
+
+impl fmt::Debug for Mapping {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mapping")
+            .field("ptr", &self.region.as_ptr())
+            .field("len", &self.region.len())
+            .field("offset", &self.offset)
+            .field("file_len", &self.file_len.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl Mapping {
+    /// Copies the file pages of `[start, end)` (file offsets) that this
+    /// mapping holds into private pages. Pages already private stay as
+    /// they are.
+    fn copy(&self, start: u64, end: u64, fd: BorrowedFd<'_>) -> io::Result<()> {
+        let page = sys::page_size() as u64;
+        let lo = (start & !(page - 1)).max(self.offset);
+        let hi = end
+            .saturating_add(page - 1)
+            .min(self.offset + self.file_len() as u64)
+            & !(page - 1);
+        if lo >= hi {
+            return Ok(());
+        }
+        let off = (lo - self.offset) as usize;
+        let len = (hi - lo) as usize;
+        loop {
+            match self.region.advise(off, len, Advice::LinuxPopulateWrite) {
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) if e.raw_os_error() == Some(libc::EFAULT) => {
+                    self.copy_pages(off, len, fd)?
+                }
+                r => r?,
+            }
+            break;
+        }
+        let mut copied = lock(&self.copied);
+        match copied.last_mut() {
+            Some(last) if last.0 <= lo && last.1 >= lo => last.1 = last.1.max(hi),
+            _ => copied.push((lo, hi)),
+        }
+        Ok(())
+    }
+
+    /// Page by page, after a fault: a page wholly past the end of the file
+    /// (a shrink slipped past) becomes zeros; a page inside the file that
+    /// cannot be read (an I/O error) is an `EIO` error, never zeros.
+    fn copy_pages(&self, off: usize, len: usize, fd: BorrowedFd<'_>) -> io::Result<()> {
+        let page = sys::page_size();
+        for p in (off..off + len).step_by(page) {
+            match self.region.advise(p, page, Advice::LinuxPopulateWrite) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EFAULT) => {
+                    let size = rustix::fs::fstat(fd)?.st_size as u64;
+                    if self.offset + (p as u64) < size {
+                        return Err(io::Error::other(format!(
+                            "reading the file at offset {} failed (I/O error)",
+                            self.offset + p as u64
+                        )));
+                    }
+                    // SAFETY: [p, p + page) lies inside our own region; the
+                    // page is past the end of the file, so its contents were
+                    // unreadable (a read would have raised SIGBUS) and no
+                    // reference can observe a change; MAP_FIXED replaces
+                    // exactly that range with zero-filled anonymous memory.
+                    let r = unsafe {
+                        rustix::mm::mmap_anonymous(
+                            self.region.as_ptr().add(p).cast(),
+                            page,
+                            ProtFlags::READ | ProtFlags::WRITE,
+                            rustix::mm::MapFlags::PRIVATE
+                                | rustix::mm::MapFlags::FIXED
+                                | rustix::mm::MapFlags::NORESERVE,
+                        )
+                    };
+                    r?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn file_len(&self) -> usize {
+        self.file_len.load(Ordering::Relaxed)
+    }
+
+    /// Copies every file page of the mapping.
+    fn copy_all(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        self.copy(0, u64::MAX, fd)
+    }
+
+    /// Moves the file pages from file offset `from` on out of the file
+    /// mapping into anonymous memory with the same contents. Needed before
+    /// a truncation: it unmaps even private copies of file pages
+    /// (`unmap_mapping_range(..., even_cows = 1)`), so a copy made by
+    /// `MADV_POPULATE_WRITE` alone would turn into SIGBUS. Only the file's
+    /// data extents (`SEEK_DATA`, through `fd`) and the pages copied
+    /// earlier are copied; holes become untouched anonymous memory, so a
+    /// huge sparse file costs only its data.
+    fn detach(&self, from: u64, fd: BorrowedFd<'_>) -> io::Result<()> {
+        let page = sys::page_size() as u64;
+        let file_len = self.file_len();
+        let lo = (from & !(page - 1)).max(self.offset);
+        let end = self.offset + file_len as u64;
+        if lo >= end {
+            return Ok(());
+        }
+        let off = (lo - self.offset) as usize;
+        let len = file_len - off;
+        let rw = ProtFlags::READ | ProtFlags::WRITE;
+        let tmp = Region::anonymous(len, rw, true, sys::page_size())?;
+        let mut ranges = data_extents(fd, lo, end, page);
+        ranges.extend(
+            lock(&self.copied)
+                .iter()
+                .map(|&(a, b)| (a.max(lo), b.min(end)))
+                .filter(|(a, b)| a < b),
+        );
+        for &(a, b) in &ranges {
+            // Fault the file's pages in first: an unreadable block must
+            // become an error here, not a SIGBUS in the copy below.
+            let src = (a - self.offset) as usize;
+            if let Err(e) = self
+                .region
+                .advise(src, (b - a) as usize, Advice::LinuxPopulateRead)
+            {
+                return Err(io::Error::other(format!(
+                    "reading the file between {a} and {b} failed ({e})"
+                )));
+            }
+        }
+        for (a, b) in ranges {
+            let src = (a - self.offset) as usize;
+            let dst = (a - lo) as usize;
+            // SAFETY: both ranges lie inside live mappings we own ([a, b) is
+            // clipped to [lo, end)) and do not overlap (`tmp` is new). The
+            // source pages are either private copies or file pages inside
+            // the file's data (below its size), so reading cannot fault
+            // fatally; `tmp` is not shared with anybody.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    self.region.as_ptr().add(src),
+                    tmp.as_ptr().add(dst),
+                    (b - a) as usize,
+                );
+            }
+        }
+        // SAFETY: moves `tmp`'s pages over [off, off + len) of our own
+        // region, replacing that range atomically with identical contents
+        // (readers see the same bytes before and after). `tmp` is
+        // forgotten: its range now belongs to `self.region`.
+        let r = unsafe {
+            rustix::mm::mremap_fixed(
+                tmp.as_ptr().cast(),
+                len,
+                len,
+                rustix::mm::MremapFlags::MAYMOVE,
+                self.region.as_ptr().add(off).cast(),
+            )
+        };
+        r?;
+        std::mem::forget(tmp);
+        self.file_len.store(off, Ordering::Relaxed);
+        lock(&self.copied).retain(|&(a, _)| a < lo);
+        Ok(())
+    }
+}
+
+/// The page-rounded data extents of the file in `[lo, end)` (all of it if
+/// the filesystem cannot tell).
+fn data_extents(fd: BorrowedFd<'_>, lo: u64, end: u64, page: u64) -> Vec<(u64, u64)> {
+    use rustix::fs::{SeekFrom, seek};
+    let mut out = Vec::new();
+    let mut pos = lo;
+    while pos < end {
+        let data = match seek(fd, SeekFrom::Data(pos)) {
+            Ok(d) => d,
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(_) => {
+                out.push((pos, end));
+                break;
+            }
+        };
+        if data >= end {
+            break;
+        }
+        let hole = match seek(fd, SeekFrom::Hole(data)) {
+            Ok(h) => h,
+            Err(_) => end,
+        };
+        let a = (data & !(page - 1)).max(lo);
+        let b = hole.div_ceil(page).saturating_mul(page).min(end);
+        if a < b {
+            out.push((a, b));
+        }
+        pos = b.max(pos + page);
+    }
+    out
+}
+
+/// Everything guarded for one inode.
+struct Inode {
+    /// Our own read-only fd of the file, opened before the mark: the mark is
+    /// removed through it and the lease probe runs on it.
+    fd: Arc<OwnedFd>,
+    maps: Vec<Arc<Mapping>>,
+    /// `map` calls between placing/reusing the mark and registering.
+    pending: usize,
+}
+
+/// The process's fanotify group and what it guards.
+struct Guards {
+    pid: rustix::process::Pid,
+    group: Group,
+    devnull: OwnedFd,
+    inodes: Mutex<HashMap<(u64, u64), Inode>>,
+    /// Set (under `inodes`) once `shutdown` has snapshotted everything and
+    /// released the group: nothing may register any more.
+    dead: AtomicBool,
+    buf: Mutex<Vec<u64>>,
+}
+
+/// The live group of this process (served by its own thread).
+static CURRENT: Mutex<Option<Arc<Guards>>> = Mutex::new(None);
+/// Raw fds for the fork handler (which may not take locks).
+static GROUP_FD: AtomicI32 = AtomicI32::new(-1);
+static DEVNULL_FD: AtomicI32 = AtomicI32::new(-1);
+static AT_FORK: Once = Once::new();
+
+extern "C" fn child_after_fork() {
+    let g = GROUP_FD.load(Ordering::Relaxed);
+    let n = DEVNULL_FD.load(Ordering::Relaxed);
+    if g >= 0 && n >= 0 {
+        Group::detach_raw(g, n);
+    }
+}
+
+fn guards() -> Result<Arc<Guards>, Error> {
+    let mut cur = lock(&CURRENT);
+    let pid = rustix::process::getpid();
+    if let Some(g) = cur.as_ref() {
+        if g.pid == pid && !g.dead.load(Ordering::Acquire) {
+            return Ok(g.clone());
+        }
+    }
+    if let Some(old) = cur.take() {
+        if old.pid != pid {
+            // Inherited through fork: its fd is /dev/null here already and
+            // its mappings were not inherited; leave it alone.
+            std::mem::forget(old);
+        }
+    }
+    let group = Group::new(INIT_FLAGS, EVENT_F_FLAGS)
+        .map_err(|e| Error::unsupported(Strategy::Guard, group_error(e)))?;
+    let devnull = fanotify::open_raw(c"/dev/null", libc::O_RDONLY)
+        .map_err(|e| Error::io("opening /dev/null", e))?;
+    let g = Arc::new(Guards {
+        pid,
+        group,
+        devnull,
+        inodes: Mutex::new(HashMap::new()),
+        dead: AtomicBool::new(false),
+        buf: Mutex::new(vec![0u64; 4096 / 8 * 4]),
+    });
+    let served = g.clone();
+    std::thread::Builder::new()
+        .name("mapcopy-guard".into())
+        .spawn(move || serve_loop(served))
+        .map_err(|e| Error::io("starting the guard thread", e))?;
+    GROUP_FD.store(g.group.as_fd().as_raw_fd(), Ordering::Relaxed);
+    DEVNULL_FD.store(g.devnull.as_raw_fd(), Ordering::Relaxed);
+    let mut fork_err = None;
+    AT_FORK.call_once(|| fork_err = fanotify::at_fork_child(child_after_fork).err());
+    if let Some(e) = fork_err {
+        return Err(Error::io("registering the fork handler", e));
+    }
+    *cur = Some(g.clone());
+    Ok(g)
+}
+
+/// The guard thread: answers the group's events until the group dies.
+///
+/// It is not the shared watcher thread on purpose: that thread reads files
+/// for other strategies (`Lazy` fills pages with `pread`, `Lease` copies on
+/// a break), and a read of a guarded file raises an event that only this
+/// thread can answer; on one thread that read would wait for itself.
+/// Failure policy as the watcher's: on a panic or error, take every page
+/// ([`Guards::shutdown`]), release the group (the kernel then allows what
+/// is pending) and stop; if even that fails, abort.
+fn serve_loop(g: Arc<Guards>) {
+    use rustix::event::{PollFd, PollFlags, poll};
+    fanotify::block_async_signals();
+    let why = loop {
+        if g.dead.load(Ordering::Acquire) {
+            return;
+        }
+        let mut fds = [PollFd::new(&g.group, PollFlags::IN)];
+        match poll(&mut fds, None) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => break format!("poll on the fanotify group failed: {e}"),
+        }
+        if let Err(p) = catch_unwind(AssertUnwindSafe(|| g.ready())) {
+            break p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+        }
+    };
+    eprintln!(
+        "mapcopy: guard thread failing ({why}); copying every guarded page and letting writers go"
+    );
+    if catch_unwind(AssertUnwindSafe(|| g.shutdown())).is_err() {
+        eprintln!(
+            "mapcopy: guarded mappings could not be made safe without the guard thread; aborting"
+        );
+        std::process::abort();
+    }
+}
+
+impl Guards {
+    /// Answers every queued event.
+    fn ready(&self) {
+        let mut buf = lock(&self.buf);
+        loop {
+            let events = match self.group.read_events(&mut buf) {
+                Ok(ev) => ev,
+                // Panicking makes the guard thread call `shutdown`, which keeps
+                // every snapshot and lets the pending writers go.
+                Err(e) => panic!("reading fanotify events: {e}"),
+            };
+            if events.is_empty() {
+                return;
+            }
+            for ev in events {
+                self.serve(ev);
+            }
+        }
+    }
+
+    /// The guard thread is going away: take every page of every mapping
+    /// into anonymous memory, then release the group.
+    fn shutdown(&self) {
+        let mut inodes = lock(&self.inodes);
+        for inode in inodes.values() {
+            for m in &inode.maps {
+                if let Err(e) = m.detach(0, inode.fd.as_fd()) {
+                    // Cannot keep the snapshot without the guard thread: it
+                    // aborts the process on this panic.
+                    panic!("copying a guarded mapping before giving up the guard: {e}");
+                }
+            }
+        }
+        self.dead.store(true, Ordering::Release);
+        inodes.clear();
+        drop(inodes);
+        Group::detach_raw(self.group.as_fd().as_raw_fd(), self.devnull.as_raw_fd());
+    }
+
+    /// Classifies one event, copies what it needs, answers it.
+    fn serve(&self, ev: Event) {
+        let Some(fd) = ev.fd.as_ref() else {
+            // FAN_NOFD: a queue overflow notice (cannot happen with an
+            // unlimited queue; permission events are never dropped).
+            return;
+        };
+        // fstat only when the classification needs it (not for reads).
+        let st = std::cell::OnceCell::new();
+        let stat = || *st.get_or_init(|| rustix::fs::fstat(fd).ok());
+        let action = classify(&ev, &|| stat().map(|s| (s.st_ino, s.st_size as u64)), &Proc);
+        let response = match (&action, stat_if_needed(&action, stat)) {
+            (Action::Allow, _) => Response::Allow,
+            (_, Some(s)) => self.apply(Some((s.st_dev, s.st_ino)), &action),
+            // Cannot tell which file: protect every one.
+            (_, None) => self.apply(None, &Action::Detach(0)),
+        };
+        // An errno in a deny is only accepted for pre-content events.
+        let response = match response {
+            Response::Deny(_) if ev.mask & FAN_PRE_ACCESS == 0 => Response::Deny(0),
+            r => r,
+        };
+        match self.group.respond(fd.as_raw_fd(), response) {
+            // ENOENT: the task was killed while waiting; nothing to answer.
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            // Never leave a writer waiting: fall back to a plain answer.
+            Err(_) => {
+                if self
+                    .group
+                    .respond(fd.as_raw_fd(), Response::Deny(0))
+                    .is_err()
+                {
+                    let _ = self.group.respond(fd.as_raw_fd(), Response::Allow);
+                }
+            }
+        }
+    }
+
+    /// Copies the ranges of `action` in every mapping of `key` (or of every
+    /// inode with `None`).
+    fn apply(&self, key: Option<(u64, u64)>, action: &Action) -> Response {
+        let ranges: &[(u64, u64)] = match action {
+            Action::Allow => return Response::Allow,
+            Action::Copy(r) => r,
+            Action::Detach(_) => &[],
+        };
+        let inodes = lock(&self.inodes);
+        let mut result = Response::Allow;
+        let mut run = |inode: &Inode| {
+            for m in &inode.maps {
+                let mut r = Ok(());
+                for &(start, end) in ranges {
+                    r = r.and_then(|()| m.copy(start, end, inode.fd.as_fd()));
+                }
+                if let Action::Detach(from) = action {
+                    r = r.and_then(|()| m.detach(*from, inode.fd.as_fd()));
+                }
+                if let Err(e) = r {
+                    // The pages cannot be kept (out of memory): refuse the
+                    // access rather than let it change the snapshot.
+                    eprintln!(
+                        "mapcopy: guard could not copy pages before a modification ({e}); denying it"
+                    );
+                    result = Response::Deny(libc::EIO);
+                }
+            }
+        };
+        match key {
+            Some(k) => {
+                if let Some(i) = inodes.get(&k) {
+                    run(i)
+                }
+            }
+            None => inodes.values().for_each(run),
+        }
+        result
+    }
+}
+
+fn stat_if_needed(
+    action: &Action,
+    stat: impl FnOnce() -> Option<rustix::fs::Stat>,
+) -> Option<rustix::fs::Stat> {
+    match action {
+        Action::Allow => None,
+        _ => stat(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// classification
+
+/// What to do before allowing an event: nothing, copy these file ranges
+/// (`[start, end)`, `end` may be `u64::MAX` = to the end of every mapping),
+/// or (`Detach`) move everything from this offset on out of the file
+/// mapping: the file may get shorter (a truncation unmaps even private
+/// copies), or later stores will raise no events (a shared writable mmap).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Action {
+    Allow,
+    Copy(Vec<(u64, u64)>),
+    Detach(u64),
+}
+
+/// Where classification looks up the writer (a trait so tests can fake it).
+trait Lookup {
+    fn syscall(&self, tid: i32) -> Option<Syscall>;
+    fn is_io_worker(&self, tid: i32) -> Option<bool>;
+    fn fdinfo(&self, tid: i32, fd: u64) -> Option<FdInfo>;
+    fn read_u64(&self, tid: i32, addr: u64) -> Option<u64>;
+}
+
+/// The real thing: `/proc`.
+struct Proc;
+
+impl Lookup for Proc {
+    fn syscall(&self, tid: i32) -> Option<Syscall> {
+        proc_pid::syscall(tid)
+    }
+    fn is_io_worker(&self, tid: i32) -> Option<bool> {
+        proc_pid::is_io_worker(tid)
+    }
+    fn fdinfo(&self, tid: i32, fd: u64) -> Option<FdInfo> {
+        proc_pid::fdinfo(tid, fd)
+    }
+    fn read_u64(&self, tid: i32, addr: u64) -> Option<u64> {
+        proc_pid::read_u64(tid, addr)
+    }
+}
+
+/// Decides what event `ev` on inode `ino` (current size `size`) needs.
+/// `file` gives the inode number and current size of the file (`fstat` of
+/// the event's fd; `None` if that fails), asked only when needed.
+fn classify(ev: &Event, file: &dyn Fn() -> Option<(u64, u64)>, look: &dyn Lookup) -> Action {
+    // An io_uring worker shows the syscall its process was in when the
+    // worker was made, not the request it runs: trust no syscall there.
+    // (The worker check goes first: it does not need the task asleep, and
+    // by the time it is done the task usually is, so that reading its
+    // syscall does not have to wait.)
+    let sc = (look.is_io_worker(ev.pid) == Some(false))
+        .then(|| look.syscall(ev.pid))
+        .flatten();
+    if ev.mask & libc::FAN_OPEN_PERM != 0 {
+        return classify_open(ev.pid, sc, look);
+    }
+    if ev.mask & FAN_PRE_ACCESS == 0 {
+        // Not something we asked for; be safe.
+        return Action::Detach(0);
+    }
+    let (start, count) = ev.range.unwrap_or((0, u64::MAX));
+    let end = start.saturating_add(count);
+    // Unknown: covers a write at the range, an append (at or after the
+    // position) and a truncation to a size in the range.
+    let unknown = Action::Detach(start);
+    let Some(sc) = sc else { return unknown };
+    let a = sc.args;
+    let ours = |fd: u64| {
+        let theirs = look.fdinfo(ev.pid, fd).map(|i| i.ino);
+        match (theirs, file()) {
+            (Some(t), Some((ino, _))) => t == ino,
+            _ => true,
+        }
+    };
+    // The range, and the page holding the end of the file: an O_APPEND
+    // write (or pwrite on an O_APPEND fd, which appends too) lands there
+    // although the event names the file position. Copying that page always
+    // is cheaper than reading the fd's flags from /proc.
+    let write = || match file() {
+        Some((_, size)) => Action::Copy(vec![(start, end), (size.saturating_sub(1), size)]),
+        None => unknown.clone(),
+    };
+    match sc.nr {
+        libc::SYS_read
+        | libc::SYS_pread64
+        | libc::SYS_readv
+        | libc::SYS_preadv
+        | libc::SYS_preadv2
+        | libc::SYS_readahead
+        | libc::SYS_execve
+        | libc::SYS_execveat => Action::Allow,
+        // Data flows from in to out; only the out side writes.
+        libc::SYS_sendfile => copy_if(ours(a[0]), (start, end)),
+        libc::SYS_splice | libc::SYS_copy_file_range => copy_if(ours(a[2]), (start, end)),
+        libc::SYS_write
+        | libc::SYS_pwrite64
+        | libc::SYS_writev
+        | libc::SYS_pwritev
+        | libc::SYS_pwritev2 => write(),
+        libc::SYS_fallocate => {
+            let mode = a[1] as i32;
+            if mode & (libc::FALLOC_FL_COLLAPSE_RANGE | libc::FALLOC_FL_INSERT_RANGE) != 0 {
+                // Shifts everything after the offset.
+                Action::Detach(start.min(a[2]))
+            } else {
+                Action::Copy(vec![(start, end)])
+            }
+        }
+        libc::SYS_ftruncate | libc::SYS_truncate => Action::Detach(start.min(a[1])),
+        libc::SYS_mmap => {
+            let shared = a[3] as i32 & libc::MAP_SHARED != 0;
+            let writable = look.fdinfo(ev.pid, a[4]).is_none_or(|i| i.writable());
+            if shared && writable {
+                // Its stores will raise nothing: take everything now.
+                Action::Detach(0)
+            } else {
+                Action::Allow
+            }
+        }
+        libc::SYS_ioctl => {
+            let req = a[1] as u32;
+            if req == linux_raw_sys::ioctl::FICLONE || req == linux_raw_sys::ioctl::FICLONERANGE {
+                // The ioctl's fd is the destination.
+                if ours(a[0]) {
+                    Action::Detach(start)
+                } else {
+                    Action::Allow
+                }
+            } else if req == linux_raw_sys::ioctl::FIDEDUPERANGE {
+                Action::Copy(vec![(start, end)])
+            } else {
+                unknown
+            }
+        }
+        _ => unknown,
+    }
+}
+
+fn copy_if(cond: bool, range: (u64, u64)) -> Action {
+    if cond {
+        Action::Copy(vec![range])
+    } else {
+        Action::Allow
+    }
+}
+
+/// `FAN_OPEN_PERM`: only `O_TRUNC` changes data at open time; every later
+/// access through the new fd raises its own pre-content events.
+fn classify_open(tid: i32, sc: Option<Syscall>, look: &dyn Lookup) -> Action {
+    let Some(sc) = sc else {
+        return Action::Detach(0);
+    };
+    let flags: Option<u64> = match sc.nr {
+        #[cfg(target_arch = "x86_64")]
+        libc::SYS_open => Some(sc.args[1]),
+        #[cfg(target_arch = "x86_64")]
+        libc::SYS_creat => Some(libc::O_TRUNC as u64),
+        libc::SYS_openat => Some(sc.args[2]),
+        libc::SYS_open_by_handle_at => Some(sc.args[2]),
+        // struct open_how { __u64 flags; ... }
+        libc::SYS_openat2 => look.read_u64(tid, sc.args[2]),
+        libc::SYS_execve | libc::SYS_execveat => Some(0),
+        _ => None,
+    };
+    match flags {
+        Some(f) if f as i32 & libc::O_TRUNC == 0 => Action::Allow,
+        _ => Action::Detach(0),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// map
+
+pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
+    let unsupported = |why: String| Error::unsupported(Strategy::Guard, why);
+    // A refusal says what `check` (and so `probe`) says.
+    let explain = |e: Error| match check(Some(req)) {
+        Err(why) if e.kind() == crate::ErrorKind::Unsupported => unsupported(why),
+        _ => e,
+    };
+    kernel_ok().map_err(unsupported).map_err(explain)?;
+    if req.meta.writable {
+        return Err(unsupported(FD_WRITABLE.into()));
+    }
+    let g = guards().map_err(explain)?;
+    let key = (req.meta.dev, req.meta.ino);
+    let fd = arm(&g, req, key).map_err(explain)?;
+    let result = map_armed(&g, req, key, &fd);
+    {
+        let mut inodes = lock(&g.inodes);
+        if let Some(i) = inodes.get_mut(&key) {
+            i.pending -= 1;
+        }
+        release_if_unused(&g, &mut inodes, key);
+    }
+    result
+}
+
+/// Makes sure the inode carries the group's mark; returns our fd of it.
+/// Counts as a pending `map` until [`map`] decrements it.
+fn arm(g: &Arc<Guards>, req: &Request<'_>, key: (u64, u64)) -> Result<Arc<OwnedFd>, Error> {
+    if let Some(i) = lock(&g.inodes).get_mut(&key) {
+        i.pending += 1;
+        return Ok(i.fd.clone());
+    }
+    // Opened before the mark exists, so it is unarmed: mapping and leasing
+    // through it raise no events of our own.
+    let fd = reopen(req.file).map_err(|e| Error::io("re-opening the file read-only", e))?;
+    let mut inodes = lock(&g.inodes);
+    if g.dead.load(Ordering::Acquire) {
+        return Err(Error::unsupported(
+            Strategy::Guard,
+            "the guard thread failed; map again",
+        ));
+    }
+    if let Some(i) = inodes.get_mut(&key) {
+        i.pending += 1;
+        return Ok(i.fd.clone());
+    }
+    g.group.mark_inode(fd.as_fd(), MASK, false).map_err(|e| {
+        Error::unsupported(
+            Strategy::Guard,
+            format!(
+                "{} refuses pre-content fanotify marks ({e})",
+                file::fs_name(req.meta.fs_type)
+            ),
+        )
+    })?;
+    let fd = Arc::new(fd);
+    inodes.insert(
+        key,
+        Inode {
+            fd: fd.clone(),
+            maps: Vec::new(),
+            pending: 1,
+        },
+    );
+    Ok(fd)
+}
+
+/// Drops the inode's entry and mark when nothing uses them any more.
+fn release_if_unused(g: &Guards, inodes: &mut HashMap<(u64, u64), Inode>, key: (u64, u64)) {
+    let unused = inodes
+        .get(&key)
+        .is_some_and(|i| i.maps.is_empty() && i.pending == 0);
+    if unused {
+        let i = inodes.remove(&key).expect("present");
+        if !g.dead.load(Ordering::Acquire) {
+            let _ = g.group.mark_inode(i.fd.as_fd(), MASK, true);
+        }
+    }
+}
+
+fn map_armed(
+    g: &Arc<Guards>,
+    req: &Request<'_>,
+    key: (u64, u64),
+    fd: &Arc<OwnedFd>,
+) -> Result<Box<dyn Snapshot>, Error> {
+    let page = sys::page_size() as u64;
+    let map_len = req.map_len();
+    for _ in 0..MAP_RETRIES {
+        let size = rustix::fs::fstat(&**fd)
+            .map_err(|e| Error::io("inspecting the file (fstat)", e))?
+            .st_size as u64;
+        let file_len = file_part(req.offset, map_len, size, page);
+        let m = Arc::new(make_region(fd, req.offset, map_len, file_len)?);
+        {
+            let mut inodes = lock(&g.inodes);
+            if g.dead.load(Ordering::Acquire) {
+                return Err(Error::unsupported(
+                    Strategy::Guard,
+                    "the guard thread failed; map again",
+                ));
+            }
+            inodes
+                .get_mut(&key)
+                .expect("armed inode")
+                .maps
+                .push(m.clone());
+        }
+        let unregister = || {
+            let mut inodes = lock(&g.inodes);
+            if let Some(i) = inodes.get_mut(&key) {
+                i.maps.retain(|x| !Arc::ptr_eq(x, &m));
+            }
+        };
+        // From here every modification raises an event that copies into
+        // `m` first. Prove that none is already under way or possible
+        // unseen: any in-flight write, truncate or O_TRUNC open, and any
+        // fd opened for writing before the mark, holds write access.
+        match lease_probe(fd.as_fd()) {
+            Ok(LeaseProbe::NoWriter) => {}
+            Ok(LeaseProbe::WriterExists) => {
+                unregister();
+                return Err(Error::unsupported(Strategy::Guard, WRITER_OPEN));
+            }
+            Err(e) => {
+                unregister();
+                return Err(Error::unsupported(
+                    Strategy::Guard,
+                    format!("cannot prove that no writer holds the file open (read lease: {e})"),
+                ));
+            }
+        }
+        // A shrink that completed between the fstat and the lease would
+        // leave file pages of `m` past the end (SIGBUS): map again.
+        let now = rustix::fs::fstat(&**fd)
+            .map_err(|e| Error::io("inspecting the file (fstat)", e))?
+            .st_size as u64;
+        if file_part(req.offset, map_len, now, page) < file_len {
+            unregister();
+            continue;
+        }
+        if req.writable {
+            // The owner's stores would land in private pages of a file
+            // mapping, which a truncation by anybody throws away (even
+            // private copies are unmapped). So a writable mapping takes all
+            // of the file's data into anonymous memory now (holes cost
+            // nothing), while the guard still holds writers off, and then
+            // needs no guard.
+            let mut inodes = lock(&g.inodes);
+            let r = m.detach(0, fd.as_fd());
+            if let Some(i) = inodes.get_mut(&key) {
+                i.maps.retain(|x| !Arc::ptr_eq(x, &m));
+            }
+            drop(inodes);
+            r.map_err(|e| Error::io("copying the file into private memory", e))?;
+        } else if req.populate {
+            // Under the lock: the guard thread may be detaching this mapping.
+            let r = {
+                let _inodes = lock(&g.inodes);
+                m.copy_all(fd.as_fd())
+            };
+            if let Err(e) = r {
+                unregister();
+                return Err(Error::io("populating the mapping", e));
+            }
+        }
+        return Ok(Box::new(Guard {
+            guards: g.clone(),
+            key,
+            map: Some(m),
+            head: req.head,
+            len: req.len,
+        }));
+    }
+    Err(Error::unsupported(
+        Strategy::Guard,
+        "the file kept shrinking while it was being mapped",
     ))
 }
 
-pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
-    Err(Error::unsupported(
-        Strategy::Guard,
-        check(Some(req)).err().unwrap_or_default(),
-    ))
+/// Bytes of a `map_len` mapping at `offset` that lie inside a file of `size`
+/// bytes, rounded up to whole pages.
+fn file_part(offset: u64, map_len: usize, size: u64, page: u64) -> usize {
+    if size <= offset {
+        return 0;
+    }
+    let inside = (size - offset).div_ceil(page) * page;
+    inside.min(map_len as u64) as usize
+}
+
+/// Reserves `map_len` bytes of anonymous memory and maps the first
+/// `file_len` of them privately onto the file at `offset`.
+fn make_region(
+    fd: &OwnedFd,
+    offset: u64,
+    map_len: usize,
+    file_len: usize,
+) -> Result<Mapping, Error> {
+    let rw = ProtFlags::READ | ProtFlags::WRITE;
+    let region = Region::anonymous(map_len, rw, true, sys::page_size())
+        .map_err(|e| Error::io(format!("reserving {map_len} bytes of address space"), e))?;
+    if file_len > 0 {
+        // SAFETY: MAP_FIXED over the first `file_len` bytes of a region we
+        // own and nobody references yet; it replaces only that range.
+        let r = unsafe {
+            rustix::mm::mmap(
+                region.as_ptr().cast(),
+                file_len,
+                rw,
+                rustix::mm::MapFlags::PRIVATE
+                    | rustix::mm::MapFlags::FIXED
+                    | rustix::mm::MapFlags::NORESERVE,
+                fd,
+                offset,
+            )
+        };
+        r.map_err(|e| Error::io("mapping the file (mmap MAP_PRIVATE)", e))?;
+    }
+    // A child made by fork() would get file pages nobody guards for it.
+    region
+        .advise(0, region.len(), Advice::LinuxDontFork)
+        .map_err(|e| Error::io("madvise(MADV_DONTFORK)", e))?;
+    Ok(Mapping {
+        region,
+        offset,
+        file_len: AtomicUsize::new(file_len),
+        copied: Mutex::new(Vec::new()),
+    })
+}
+
+/// The snapshot handed to `MapCopy`.
+struct Guard {
+    guards: Arc<Guards>,
+    key: (u64, u64),
+    map: Option<Arc<Mapping>>,
+    head: usize,
+    len: usize,
+}
+
+impl fmt::Debug for Guard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Guard")
+            .field("map", &self.map)
+            .field("head", &self.head)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl Guard {
+    fn mapping(&self) -> &Mapping {
+        self.map.as_ref().expect("mapping present until drop")
+    }
+}
+
+impl Snapshot for Guard {
+    fn strategy(&self) -> Strategy {
+        Strategy::Guard
+    }
+
+    fn bytes(&self) -> &[u8] {
+        let m = self.mapping();
+        assert!(self.head + self.len <= m.region.len());
+        // SAFETY: in bounds of our live region. Stability: every page is
+        // either anonymous (private from the start), already a private copy,
+        // or the page cache's page of a file that nobody can modify without
+        // first raising a fanotify event that this process answers only
+        // after copying that page into this mapping (or, if the guard thread
+        // fails, after copying every page). No writer held the file open
+        // when the mapping was registered (read lease). Reads never fault
+        // fatally: before any truncation is allowed, the pages it could
+        // remove are detached into anonymous memory (`Mapping::detach`).
+        unsafe { std::slice::from_raw_parts(m.region.as_ptr().add(self.head), self.len) }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        let m = self.mapping();
+        assert!(self.head + self.len <= m.region.len());
+        // SAFETY: as in `bytes`, and only `map_mut` snapshots get here:
+        // their region is all anonymous, read-write memory, detached from
+        // the file and unregistered before `map` returned, so the guard thread never
+        // touches it; `&mut self` is the only way to it.
+        unsafe { std::slice::from_raw_parts_mut(m.region.as_ptr().add(self.head), self.len) }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let Some(m) = self.map.take() else { return };
+        if self.guards.pid != rustix::process::getpid() {
+            // A forked child: the memory was not inherited (MADV_DONTFORK)
+            // and its address may be reused; touch nothing.
+            std::mem::forget(m);
+            return;
+        }
+        let mut inodes = lock(&self.guards.inodes);
+        if let Some(i) = inodes.get_mut(&self.key) {
+            i.maps.retain(|x| !Arc::ptr_eq(x, &m));
+        }
+        release_if_unused(&self.guards, &mut inodes, self.key);
+        drop(inodes);
+        drop(m);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fake {
+        io_worker: bool,
+        sc: Option<Syscall>,
+        info: Option<FdInfo>,
+        mem: Option<u64>,
+    }
+
+    impl Lookup for Fake {
+        fn syscall(&self, _: i32) -> Option<Syscall> {
+            self.sc
+        }
+        fn is_io_worker(&self, _: i32) -> Option<bool> {
+            Some(self.io_worker)
+        }
+        fn fdinfo(&self, _: i32, _: u64) -> Option<FdInfo> {
+            self.info
+        }
+        fn read_u64(&self, _: i32, _: u64) -> Option<u64> {
+            self.mem
+        }
+    }
+
+    fn ev(mask: u64, range: Option<(u64, u64)>) -> Event {
+        Event {
+            mask,
+            fd: None,
+            pid: 1,
+            range,
+        }
+    }
+
+    fn fake(nr: i64, args: [u64; 6], flags: i32) -> Fake {
+        Fake {
+            io_worker: false,
+            sc: Some(Syscall { nr, args }),
+            info: Some(FdInfo { flags, ino: 7 }),
+            mem: None,
+        }
+    }
+
+    const PA: u64 = FAN_PRE_ACCESS;
+
+    /// The file: inode 7 of `size` bytes.
+    fn f(size: u64) -> impl Fn() -> Option<(u64, u64)> {
+        move || Some((7, size))
+    }
+
+    #[test]
+    fn reads_are_allowed_writes_copied() {
+        let e = ev(PA, Some((4096, 4096)));
+        let rd = fake(libc::SYS_pread64, [3, 0, 4096, 4096, 0, 0], libc::O_RDONLY);
+        assert_eq!(classify(&e, &f(100_000), &rd), Action::Allow);
+        // The same "syscall" shown by an io_uring worker is not trusted.
+        let mut worker = fake(libc::SYS_pread64, [3, 0, 4096, 4096, 0, 0], libc::O_RDONLY);
+        worker.io_worker = true;
+        assert_eq!(classify(&e, &f(100_000), &worker), Action::Detach(4096));
+        let wr = fake(libc::SYS_pwrite64, [3, 0, 4096, 4096, 0, 0], libc::O_RDWR);
+        assert_eq!(
+            classify(&e, &f(100_000), &wr),
+            Action::Copy(vec![(4096, 8192), (99_999, 100_000)])
+        );
+    }
+
+    #[test]
+    fn append_also_copies_the_end() {
+        let e = ev(PA, Some((0, 4096)));
+        let wr = fake(
+            libc::SYS_write,
+            [3, 0, 10, 0, 0, 0],
+            libc::O_WRONLY | libc::O_APPEND,
+        );
+        let Action::Copy(r) = classify(&e, &f(5000), &wr) else {
+            panic!("append not copied")
+        };
+        assert!(r.iter().any(|&(s, e)| s <= 4999 && e > 4999), "{r:?}");
+    }
+
+    #[test]
+    fn truncate_copies_to_the_end() {
+        let e = ev(PA, Some((8192, 4096)));
+        let t = fake(libc::SYS_ftruncate, [3, 10_000, 0, 0, 0, 0], libc::O_WRONLY);
+        assert_eq!(classify(&e, &f(100_000), &t), Action::Detach(8192));
+        let t = fake(libc::SYS_truncate, [0x1000, 0, 0, 0, 0, 0], 0);
+        assert_eq!(classify(&e, &f(100_000), &t), Action::Detach(0));
+    }
+
+    #[test]
+    fn mmap_shared_writable_copies_everything() {
+        let e = ev(PA, Some((0, 4096)));
+        let flags = libc::MAP_SHARED as u64;
+        let m = fake(libc::SYS_mmap, [0, 4096, 3, flags, 5, 0], libc::O_RDWR);
+        assert_eq!(classify(&e, &f(4096), &m), Action::Detach(0));
+        let ro = fake(libc::SYS_mmap, [0, 4096, 1, flags, 5, 0], libc::O_RDONLY);
+        assert_eq!(classify(&e, &f(4096), &ro), Action::Allow);
+        let private = libc::MAP_PRIVATE as u64;
+        let p = fake(libc::SYS_mmap, [0, 4096, 3, private, 5, 0], libc::O_RDWR);
+        assert_eq!(classify(&e, &f(4096), &p), Action::Allow);
+    }
+
+    #[test]
+    fn unknown_is_a_write_to_the_end() {
+        let e = ev(PA, Some((4096, 4096)));
+        let gone = Fake {
+            io_worker: false,
+            sc: None,
+            info: None,
+            mem: None,
+        };
+        assert_eq!(classify(&e, &f(100_000), &gone), Action::Detach(4096));
+        let uring = fake(libc::SYS_io_uring_enter, [0; 6], 0);
+        assert_eq!(classify(&e, &f(100_000), &uring), Action::Detach(4096));
+    }
+
+    #[test]
+    fn copy_file_range_copies_only_into_us() {
+        let e = ev(PA, Some((0, 4096)));
+        let mut c = fake(
+            libc::SYS_copy_file_range,
+            [3, 0, 4, 0, 4096, 0],
+            libc::O_RDWR,
+        );
+        assert_eq!(classify(&e, &f(4096), &c), Action::Copy(vec![(0, 4096)]));
+        c.info = Some(FdInfo {
+            flags: libc::O_RDWR,
+            ino: 8,
+        });
+        assert_eq!(classify(&e, &f(4096), &c), Action::Allow);
+    }
+
+    #[test]
+    fn open_with_o_trunc_copies_everything() {
+        let e = ev(libc::FAN_OPEN_PERM, None);
+        let t = fake(
+            libc::SYS_openat,
+            [0, 0, (libc::O_WRONLY | libc::O_TRUNC) as u64, 0, 0, 0],
+            0,
+        );
+        assert_eq!(classify(&e, &f(1), &t), Action::Detach(0));
+        let r = fake(libc::SYS_openat, [0, 0, libc::O_RDWR as u64, 0, 0, 0], 0);
+        assert_eq!(classify(&e, &f(1), &r), Action::Allow);
+        let mut o2 = fake(libc::SYS_openat2, [0, 0, 0x1000, 24, 0, 0], 0);
+        o2.mem = Some(libc::O_TRUNC as u64);
+        assert_eq!(classify(&e, &f(1), &o2), Action::Detach(0));
+        o2.mem = None;
+        assert_eq!(classify(&e, &f(1), &o2), Action::Detach(0));
+    }
+
+    /// The guard-thread failure path: `shutdown` takes every page, then releases
+    /// the group; a truncation afterwards raises no event (nobody waits for
+    /// an answer) and the mapping still reads the old bytes, no SIGBUS.
+    #[test]
+    fn shutdown_snapshots_everything_then_lets_writers_go() {
+        if let Err(why) = check(None) {
+            eprintln!("SKIPPED: guard not usable: {why}");
+            assert_ne!(std::env::var("MAPCOPY_REQUIRE_ALL").as_deref(), Ok("1"));
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..5 * 4096 + 7).map(|i| (i / 4096) as u8 + 1).collect();
+        std::fs::write(&path, &data).unwrap();
+        let f = std::fs::File::open(&path).unwrap();
+        let map = crate::MapOptions::new()
+            .strategy(Strategy::Guard)
+            .map(&f)
+            .unwrap();
+        let g = lock(&CURRENT).as_ref().unwrap().clone();
+        g.shutdown();
+        assert!(g.dead.load(Ordering::Acquire));
+        let st = std::process::Command::new("timeout")
+            .args(["20", "truncate", "-s", "0"])
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(st.success(), "truncate after shutdown: {st}");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+        assert!(map[..] == data[..]);
+        drop(map);
+        // A new mapping gets a new, live group.
+        std::fs::write(&path, b"again").unwrap();
+        let map = crate::MapOptions::new()
+            .strategy(Strategy::Guard)
+            .map(&std::fs::File::open(&path).unwrap())
+            .unwrap();
+        let g2 = lock(&CURRENT).as_ref().unwrap().clone();
+        assert!(!Arc::ptr_eq(&g, &g2));
+        std::fs::write(&path, b"AGAIN!").unwrap();
+        assert_eq!(&map[..], b"again");
+    }
+
+    #[test]
+    fn file_part_rounds_to_pages() {
+        assert_eq!(file_part(0, 8192, 5000, 4096), 8192);
+        assert_eq!(file_part(0, 16384, 5000, 4096), 8192);
+        assert_eq!(file_part(8192, 4096, 5000, 4096), 0);
+        assert_eq!(file_part(4096, 4096, 5000, 4096), 4096);
+    }
 }

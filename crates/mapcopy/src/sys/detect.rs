@@ -20,10 +20,7 @@ use rustix::mm::UserfaultfdFlags;
 
 use super::file::{Meta, fs_name};
 
-/// `FAN_PRE_ACCESS` from `include/uapi/linux/fanotify.h` (Linux 6.14+): a
-/// pre-content permission event, raised before a file's content is
-/// accessed. Not in the `libc` crate yet.
-pub(crate) const FAN_PRE_ACCESS: u64 = 0x0010_0000;
+pub(crate) use super::fanotify::FAN_PRE_ACCESS;
 
 /// `F_SETSIG` (`include/uapi/asm-generic/fcntl.h`); `libc` defines it only
 /// for some targets.

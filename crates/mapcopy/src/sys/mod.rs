@@ -7,9 +7,11 @@
 
 pub(crate) mod clone;
 pub(crate) mod detect;
+pub(crate) mod fanotify;
 pub(crate) mod file;
 pub(crate) mod lease;
 pub(crate) mod mmap;
+pub(crate) mod proc_pid;
 pub(crate) mod procfs;
 pub(crate) mod signal;
 pub(crate) mod uffd;

@@ -1,0 +1,358 @@
+//! fanotify pre-content groups and marks, and the read-lease probe the
+//! `Guard` strategy uses as its "no writer holds the file open" proof.
+//!
+//! `libc` has `fanotify_init`, `fanotify_mark` and the event/response
+//! structs; `rustix` has none of fanotify. What neither has yet (Linux 6.14
+//! additions) is defined here once, from `include/uapi/linux/fanotify.h`:
+//! [`FAN_PRE_ACCESS`], [`FAN_EVENT_INFO_TYPE_RANGE`] and
+//! [`FanotifyEventInfoRange`]. [`try_read_lease`] is the lease probe on
+//! top of [`super::lease`].
+#![allow(unsafe_code)]
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use super::cvt;
+
+/// `FAN_PRE_ACCESS` from `include/uapi/linux/fanotify.h` (Linux 6.14):
+/// "Pre-content access hook", raised before read, write, truncate, mmap
+/// and friends touch a range of a marked file.
+pub(crate) const FAN_PRE_ACCESS: u64 = 0x0010_0000;
+
+/// `FAN_EVENT_INFO_TYPE_RANGE` from `include/uapi/linux/fanotify.h`: the
+/// info record that carries the file range of a pre-content event.
+pub(crate) const FAN_EVENT_INFO_TYPE_RANGE: u8 = 6;
+
+/// `FAN_ERRNO_SHIFT` from `include/uapi/linux/fanotify.h`: a deny response
+/// may carry an errno in its top 8 bits (`FAN_DENY_ERRNO(err)`), allowed for
+/// pre-content events only.
+const FAN_ERRNO_SHIFT: u32 = 24;
+
+/// `struct fanotify_event_info_range` from `include/uapi/linux/fanotify.h`:
+///
+/// ```c
+/// struct fanotify_event_info_range {
+///     struct fanotify_event_info_header hdr;
+///     __u32 pad;
+///     __u64 offset;
+///     __u64 count;
+/// };
+/// ```
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FanotifyEventInfoRange {
+    pub(crate) hdr: libc::fanotify_event_info_header,
+    pub(crate) pad: u32,
+    pub(crate) offset: u64,
+    pub(crate) count: u64,
+}
+
+/// A fanotify group (the listener's fd).
+#[derive(Debug)]
+pub(crate) struct Group {
+    fd: OwnedFd,
+}
+
+/// One event read from a [`Group`].
+#[derive(Debug)]
+pub(crate) struct Event {
+    /// Event bits (`FAN_PRE_ACCESS`, `FAN_OPEN_PERM`, ...).
+    pub(crate) mask: u64,
+    /// A read-only fd of the file, opened without notification; `None` for
+    /// `FAN_NOFD` (queue overflow).
+    pub(crate) fd: Option<OwnedFd>,
+    /// Thread id (with `FAN_REPORT_TID`) of the task that caused it.
+    pub(crate) pid: i32,
+    /// The `(offset, count)` of a pre-content event's range record.
+    pub(crate) range: Option<(u64, u64)>,
+}
+
+/// How to answer a permission event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Response {
+    Allow,
+    /// Deny with this errno (pre-content events), or plain `EPERM`.
+    Deny(i32),
+}
+
+impl Group {
+    /// `fanotify_init(flags, event_f_flags)`.
+    pub(crate) fn new(flags: libc::c_uint, event_f_flags: libc::c_uint) -> io::Result<Group> {
+        // SAFETY: fanotify_init takes two integers and returns a new fd or -1;
+        // it touches no memory of ours.
+        let fd = cvt(unsafe { libc::fanotify_init(flags, event_f_flags) })?;
+        // SAFETY: `fd` was just returned by the kernel and is owned by nobody
+        // else.
+        Ok(Group {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// Adds (or with `remove`, removes) the inode mark `mask` on the inode
+    /// `file` refers to.
+    pub(crate) fn mark_inode(
+        &self,
+        file: BorrowedFd<'_>,
+        mask: u64,
+        remove: bool,
+    ) -> io::Result<()> {
+        let op = if remove {
+            libc::FAN_MARK_REMOVE
+        } else {
+            libc::FAN_MARK_ADD
+        };
+        // SAFETY: a null pathname with a valid dirfd marks the fd's own inode
+        // (fanotify_mark(2)); no memory is passed.
+        cvt(unsafe {
+            libc::fanotify_mark(
+                self.fd.as_raw_fd(),
+                op | libc::FAN_MARK_INODE,
+                mask,
+                file.as_raw_fd(),
+                std::ptr::null::<libc::c_char>(),
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Reads every queued event (the group is non-blocking: an empty queue
+    /// gives an empty vector). Event fds are owned by the returned events.
+    pub(crate) fn read_events(&self, buf: &mut [u64]) -> io::Result<Vec<Event>> {
+        let bytes = std::mem::size_of_val(buf);
+        // SAFETY: `buf` is a live, exclusively borrowed buffer of `bytes`
+        // bytes (u64 keeps it 8-aligned, as the metadata struct needs).
+        let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), bytes) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(Vec::new()),
+                _ => Err(e),
+            };
+        }
+        // SAFETY: the kernel wrote `n` bytes into `buf`; viewing the u64
+        // buffer as bytes is always valid.
+        let data = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n as usize) };
+        Ok(parse_events(data))
+    }
+
+    /// Answers the permission event whose fd is `fd`.
+    pub(crate) fn respond(&self, fd: RawFd, response: Response) -> io::Result<()> {
+        let response = match response {
+            Response::Allow => libc::FAN_ALLOW,
+            Response::Deny(0) => libc::FAN_DENY,
+            Response::Deny(errno) => libc::FAN_DENY | ((errno as u32 & 0xff) << FAN_ERRNO_SHIFT),
+        };
+        let r = libc::fanotify_response { fd, response };
+        // SAFETY: writes the fully initialised `r` (a plain C struct) from a
+        // live stack location of exactly that size.
+        let n = unsafe {
+            libc::write(
+                self.fd.as_raw_fd(),
+                (&r as *const libc::fanotify_response).cast(),
+                std::mem::size_of_val(&r),
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Replaces the group's fd number with `/dev/null` (so the number stays
+    /// valid for whoever still holds it) and thereby releases this process's
+    /// reference to the group: once no process holds it, the kernel allows
+    /// every pending event and drops the marks. Async-signal-safe (`dup3`
+    /// only), so it may run in a `pthread_atfork` child handler.
+    pub(crate) fn detach_raw(group_fd: RawFd, devnull: RawFd) {
+        // SAFETY: dup3 only changes this process's fd table; both numbers are
+        // plain integers, an invalid one just fails.
+        unsafe {
+            libc::dup3(devnull, group_fd, libc::O_CLOEXEC);
+        }
+    }
+}
+
+impl AsFd for Group {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// Splits a buffer of `struct fanotify_event_metadata` records (each
+/// followed by info records) into [`Event`]s, taking ownership of their fds.
+fn parse_events(data: &[u8]) -> Vec<Event> {
+    let meta_len = std::mem::size_of::<libc::fanotify_event_metadata>();
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off + meta_len <= data.len() {
+        // SAFETY: at least `meta_len` bytes remain; read_unaligned copies
+        // them into a plain-old-data struct whatever their alignment.
+        let m: libc::fanotify_event_metadata =
+            unsafe { std::ptr::read_unaligned(data[off..].as_ptr().cast()) };
+        let len = m.event_len as usize;
+        if len < meta_len || off + len > data.len() {
+            break;
+        }
+        let fd = (m.fd >= 0).then(|| {
+            // SAFETY: the kernel installed this fd in our table for this
+            // event and nobody else knows it; we take ownership once.
+            unsafe { OwnedFd::from_raw_fd(m.fd) }
+        });
+        let mut range = None;
+        let mut info = off + m.metadata_len as usize;
+        let hdr_len = std::mem::size_of::<libc::fanotify_event_info_header>();
+        while info + hdr_len <= off + len {
+            // SAFETY: `hdr_len` bytes remain inside this event.
+            let hdr: libc::fanotify_event_info_header =
+                unsafe { std::ptr::read_unaligned(data[info..].as_ptr().cast()) };
+            let ilen = hdr.len as usize;
+            if ilen < hdr_len || info + ilen > off + len {
+                break;
+            }
+            if hdr.info_type == FAN_EVENT_INFO_TYPE_RANGE
+                && ilen >= std::mem::size_of::<FanotifyEventInfoRange>()
+            {
+                // SAFETY: the record is at least as long as the struct.
+                let r: FanotifyEventInfoRange =
+                    unsafe { std::ptr::read_unaligned(data[info..].as_ptr().cast()) };
+                range = Some((r.offset, r.count));
+            }
+            info += ilen;
+        }
+        out.push(Event {
+            mask: m.mask,
+            fd,
+            pid: m.pid,
+            range,
+        });
+        off += len;
+    }
+    out
+}
+
+/// Outcome of [`try_read_lease`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LeaseProbe {
+    /// A read lease was granted (and released again): no writable fd of the
+    /// file existed at that instant.
+    NoWriter,
+    /// `EAGAIN`: some process holds the file open for writing (or maps it
+    /// shared and writable).
+    WriterExists,
+}
+
+/// Takes and immediately drops a read lease on `file` (`F_SETLEASE F_RDLCK`
+/// then `F_UNLCK`, through [`super::lease`]). The kernel refuses a read
+/// lease with `EAGAIN` while any writable fd of the file is open, which is
+/// the proof the `Guard` needs. `file` should be this crate's own
+/// read-only fd (a lease belongs to the open file description).
+pub(crate) fn try_read_lease(file: BorrowedFd<'_>) -> io::Result<LeaseProbe> {
+    use super::lease::{Lease, set_lease, set_signal};
+    // Should a writer open the file in the microseconds the lease is held,
+    // the kernel signals the holder; the default SIGIO would kill this
+    // process, SIGURG is ignored by default (as in `sys::detect`).
+    set_signal(file, libc::SIGURG)?;
+    match set_lease(file, Lease::Read) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => return Ok(LeaseProbe::WriterExists),
+        Err(e) => return Err(e),
+    }
+    set_lease(file, Lease::Unlock)?;
+    Ok(LeaseProbe::NoWriter)
+}
+
+/// Opens `path` (a C string) with `flags`; for `/dev/null` and
+/// `/proc/self/fd/N` re-opens.
+pub(crate) fn open_raw(path: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: `path` is a valid NUL-terminated string for the duration of
+    // the call; the returned fd is new and owned by nobody else.
+    let fd = cvt(unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC) })?;
+    // SAFETY: as above.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Registers fork handlers (`pthread_atfork`): `child` runs in the child
+/// right after `fork()`. It must be async-signal-safe.
+pub(crate) fn at_fork_child(child: extern "C" fn()) -> io::Result<()> {
+    // SAFETY: registering a handler with no prepare/parent parts; `child` is
+    // a plain `extern "C" fn` that lives for the whole program.
+    let r = unsafe { libc::pthread_atfork(None, None, Some(child)) };
+    if r != 0 {
+        return Err(io::Error::from_raw_os_error(r));
+    }
+    Ok(())
+}
+
+/// Blocks every asynchronous signal in the calling thread (all but the
+/// ones a fault raises: `SIGSEGV`, `SIGBUS`, `SIGFPE`, `SIGILL`, `SIGTRAP`,
+/// `SIGSYS`), so that process-directed signals meant for the application
+/// (or a lease-break `SIGIO`) are never taken by a helper thread of this
+/// crate, whose default action could kill the process.
+pub(crate) fn block_async_signals() {
+    // SAFETY: builds a sigset on the stack and changes only the calling
+    // thread's mask; no memory is shared.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        for s in [
+            libc::SIGSEGV,
+            libc::SIGBUS,
+            libc::SIGFPE,
+            libc::SIGILL,
+            libc::SIGTRAP,
+            libc::SIGSYS,
+        ] {
+            libc::sigdelset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_record_layout_matches_the_header() {
+        // 4-byte header + 4-byte pad + two u64 = 24 bytes, as in the UAPI.
+        assert_eq!(std::mem::size_of::<FanotifyEventInfoRange>(), 24);
+        assert_eq!(std::mem::offset_of!(FanotifyEventInfoRange, offset), 8);
+    }
+
+    #[test]
+    fn parses_an_event_with_a_range_record() {
+        let meta_len = std::mem::size_of::<libc::fanotify_event_metadata>();
+        let mut buf = vec![0u8; meta_len + 24];
+        let m = libc::fanotify_event_metadata {
+            event_len: (meta_len + 24) as u32,
+            vers: 3,
+            reserved: 0,
+            metadata_len: meta_len as u16,
+            mask: FAN_PRE_ACCESS,
+            fd: -1,
+            pid: 42,
+        };
+        let r = FanotifyEventInfoRange {
+            hdr: libc::fanotify_event_info_header {
+                info_type: FAN_EVENT_INFO_TYPE_RANGE,
+                pad: 0,
+                len: 24,
+            },
+            pad: 0,
+            offset: 8192,
+            count: 4096,
+        };
+        // SAFETY: both are plain structs written into a buffer large enough.
+        unsafe {
+            std::ptr::write_unaligned(buf.as_mut_ptr().cast(), m);
+            std::ptr::write_unaligned(buf[meta_len..].as_mut_ptr().cast(), r);
+        }
+        let ev = parse_events(&buf);
+        assert_eq!(ev.len(), 1);
+        assert_eq!(ev[0].mask, FAN_PRE_ACCESS);
+        assert_eq!(ev[0].pid, 42);
+        assert!(ev[0].fd.is_none());
+        assert_eq!(ev[0].range, Some((8192, 4096)));
+    }
+}
