@@ -31,8 +31,9 @@ use std::time::{Duration, Instant};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 mod common;
-use common::{LoopFs, skip, usable_for};
+use common::{skip, usable_for};
 use mapcopy::{ErrorKind, MapOptions, Strategy};
+use mapcopy_check::fixture::FsKind;
 
 const CHILD_ENV: &str = "FAULTS_CHILD";
 
@@ -56,14 +57,14 @@ fn evict(f: &File) {
 
 // ---------------------------------------------------------------- EIO
 
-fn eio(fstype: &str) -> Result<(), Failed> {
-    let fs = match LoopFs::new(fstype, if fstype == "xfs" { 320 } else { 64 }) {
+fn eio(fstype: FsKind) -> Result<(), Failed> {
+    let fs = match common::mount(fstype) {
         Ok(fs) => fs,
         Err(why) => return skip(&why),
     };
     // A filler first pushes the data file's blocks well past the metadata.
-    fs::write(fs.mnt().join("filler"), vec![1u8; 8 << 20])?;
-    let path = fs.mnt().join("data");
+    fs::write(fs.path().join("filler"), vec![1u8; 8 << 20])?;
+    let path = fs.path().join("data");
     let want = pattern(1 << 20, 7);
     fs::write(&path, &want)?;
     // Hold the file open so its inode stays cached: only data reads fail.
@@ -78,7 +79,7 @@ fn eio(fstype: &str) -> Result<(), Failed> {
     if strategies.is_empty() {
         return Err("no strategy is usable for the file (Eager always should be)".into());
     }
-    let at = LoopFs::physical_start(&path)?;
+    let at = common::physical_start(&path)?;
     if at < (4 << 20) {
         return Err(
             format!("data file starts at {at}, too close to the metadata to cut there").into(),
@@ -86,7 +87,7 @@ fn eio(fstype: &str) -> Result<(), Failed> {
     }
     // Cut inside the file: its first 256 KiB stay readable, the rest fails
     // (a strategy must not take the failure for the end of the file).
-    fs.fail_io_from(at + (256 << 10))?;
+    common::fail_io_from(&fs, at + (256 << 10))?;
     evict(&f);
     // Precondition: the data really comes from the failing device now.
     let mut probe = vec![0u8; 4096];
@@ -105,39 +106,46 @@ fn eio(fstype: &str) -> Result<(), Failed> {
     evict(&f);
     let mut failures = Vec::new();
     for s in strategies {
-        // The child maps the fd we hold (as its stdin): opening by name
-        // again may itself fail once the filesystem sees I/O errors.
-        let out = child("eio", &[path.to_str().unwrap(), s.name()])
-            .stdin(Stdio::from(f.try_clone()?))
-            .stderr(Stdio::piped())
-            .output()?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        eprintln!(
-            "{s}: status {}, stdout {stdout:?}, stderr {:?}",
-            out.status,
-            stderr.trim()
-        );
-        let line = stdout.lines().last().unwrap_or("");
-        let ok = match (s, line) {
-            // Eager reads everything at map time: the map call must fail.
-            (Strategy::Eager, l) => l == "MAPERR Io",
-            (_, "MAPERR Io") => true,
-            // Anything that maps first and reads later may abort loudly (a
-            // signal, with a message naming the I/O error) — never read
-            // zeros or garbage.
-            (_, l) if l.starts_with("READBAD") => false,
-            // The zero-copy strategies map the file (Lease, Guard) or a clone
-            // (Reflink): an unreadable page raises SIGBUS when touched, as in
-            // any file mapping (documented; `populate(true)` turns it into an
-            // Io error from map).
-            (Strategy::Lease | Strategy::Reflink | Strategy::Guard, _) => {
-                out.status.signal() == Some(libc::SIGBUS)
+        for populate in [false, true] {
+            // The child maps the fd we hold (as its stdin): opening by name
+            // again may itself fail once the filesystem sees I/O errors.
+            let how = if populate { "populate" } else { "lazy" };
+            let out = child("eio", &[path.to_str().unwrap(), s.name(), how])
+                .stdin(Stdio::from(f.try_clone()?))
+                .stderr(Stdio::piped())
+                .output()?;
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            eprintln!(
+                "{s} ({how}): status {}, stdout {stdout:?}, stderr {:?}",
+                out.status,
+                stderr.trim()
+            );
+            let line = stdout.lines().last().unwrap_or("");
+            let signal = out.status.signal();
+            let ok = match (s, line) {
+                (_, "MAPERR Io") => true,
+                // A refusal hands out no bytes either (Reflink cannot make
+                // its clone on a failing filesystem); only Eager must say Io.
+                (_, "MAPERR Unsupported") if s != Strategy::Eager => true,
+                // With populate(true) every strategy reads everything in
+                // the map call: the error must come back from it. Eager
+                // always reads at map time.
+                _ if populate || s == Strategy::Eager => false,
+                (_, l) if l.starts_with("READ") => false,
+                // Lazy's documented policy: abort with a message naming
+                // the error.
+                (Strategy::Lazy, _) => {
+                    signal == Some(libc::SIGABRT) && stderr.contains("Input/output error")
+                }
+                // The zero-copy strategies' documented policy (Lease, Guard
+                // map the file, Reflink a clone): the page cannot be read,
+                // SIGBUS, as with any mapping of the file.
+                (_, _) => signal == Some(libc::SIGBUS),
+            };
+            if !ok {
+                failures.push(format!("{s} ({how}): {line:?} (status {})", out.status));
             }
-            (_, _) => out.status.signal().is_some() && stderr.contains("Input/output error"),
-        };
-        if !ok {
-            failures.push(format!("{s}: {line:?} (status {})", out.status));
         }
     }
     if !failures.is_empty() {
@@ -148,9 +156,10 @@ fn eio(fstype: &str) -> Result<(), Failed> {
 
 fn child_eio(args: &[String]) -> i32 {
     let s = args[1].parse::<Strategy>().unwrap();
+    let populate = args[2] == "populate";
     let f = File::from(std::io::stdin().as_fd().try_clone_to_owned().unwrap());
     evict(&f);
-    match MapOptions::new().strategy(s).map(&f) {
+    match MapOptions::new().strategy(s).populate(populate).map(&f) {
         Err(e) => {
             eprintln!("{e}");
             println!("MAPERR {:?}", e.kind());
@@ -172,16 +181,16 @@ fn child_eio(args: &[String]) -> i32 {
 
 // ---------------------------------------------------------------- ENOSPC
 
-fn enospc(fstype: &str) -> Result<(), Failed> {
-    let fs = match LoopFs::new(fstype, if fstype == "xfs" { 320 } else { 32 }) {
+fn enospc(fstype: FsKind) -> Result<(), Failed> {
+    let fs = match common::mount(fstype) {
         Ok(fs) => fs,
         Err(why) => return skip(&why),
     };
-    let path = fs.mnt().join("data");
+    let path = fs.path().join("data");
     let want = pattern(4 << 20, 3);
     fs::write(&path, &want)?;
     // Fill the filesystem.
-    let mut filler = File::create(fs.mnt().join("filler"))?;
+    let mut filler = File::create(fs.path().join("filler"))?;
     let block = vec![0x55u8; 1 << 20];
     loop {
         match filler.write(&block) {
@@ -194,7 +203,7 @@ fn enospc(fstype: &str) -> Result<(), Failed> {
     let _ = filler.sync_all();
     // Small files too, until even inodes/blocks for them run out.
     for i in 0..10_000 {
-        if fs::write(fs.mnt().join(format!("f{i}")), b"x").is_err() {
+        if fs::write(fs.path().join(format!("f{i}")), b"x").is_err() {
             break;
         }
     }
@@ -490,10 +499,18 @@ fn main() {
     // Loop devices and dm names are global: one at a time.
     args.test_threads = Some(1);
     let trials = vec![
-        Trial::test("eio_from_device_is_an_error_not_zeros_ext4", || eio("ext4")),
-        Trial::test("eio_from_device_is_an_error_not_zeros_xfs", || eio("xfs")),
-        Trial::test("enospc_full_filesystem_ext4", || enospc("ext4")),
-        Trial::test("enospc_full_filesystem_xfs", || enospc("xfs")),
+        Trial::test("eio_from_device_is_an_error_not_zeros_ext4", || {
+            eio(FsKind::Ext4)
+        }),
+        Trial::test("eio_from_device_is_an_error_not_zeros_xfs", || {
+            eio(FsKind::Xfs)
+        }),
+        Trial::test("eio_from_device_is_an_error_not_zeros_btrfs", || {
+            eio(FsKind::Btrfs)
+        }),
+        Trial::test("enospc_full_filesystem_ext4", || enospc(FsKind::Ext4)),
+        Trial::test("enospc_full_filesystem_xfs", || enospc(FsKind::Xfs)),
+        Trial::test("enospc_full_filesystem_btrfs", || enospc(FsKind::Btrfs)),
         Trial::test("sigkilled_mapper_does_not_block_writer", sigkill_mapper),
         Trial::test("thousand_mappings_of_one_file", many_mappings_of_one_file),
         Trial::test("mappings_of_thousand_files", mappings_of_1000_files),

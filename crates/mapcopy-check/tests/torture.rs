@@ -10,6 +10,7 @@ use std::time::Duration;
 use libtest_mimic::{Arguments, Failed, Trial};
 
 mod common;
+use mapcopy_check::fixture::FsKind;
 use mapcopy_check::torture::{self, Config, Target};
 
 /// Total budget of the clean runs, split between the usable strategies.
@@ -76,7 +77,12 @@ fn control_private_without_shrinking_fails_s2() -> Result<(), Failed> {
     cfg.stop_on_violation = true;
     cfg.replay_out = Some(dir.path().join("replay.txt"));
     let (mask, _) = torture::supported_kinds(dir.path())?;
-    cfg.kinds = Some(mask & !(Kind::Truncate.bit() | Kind::OTrunc.bit() | Kind::Collapse.bit()));
+    cfg.kinds = Some(
+        mask & !(Kind::Truncate.bit()
+            | Kind::OTrunc.bit()
+            | Kind::RdOnlyTrunc.bit()
+            | Kind::Collapse.bit()),
+    );
     let stats = torture::run(&cfg, &mut |_| {})?;
     eprintln!(
         "control (no shrink): {} ops, {} pages, changed {} signals {} after {:?}",
@@ -119,8 +125,8 @@ fn control_stale_copy_fails_s1() -> Result<(), Failed> {
 }
 
 /// Runs `s` clean for `seconds`: in the temp dir if probe finds it usable
-/// for a file there, else on an xfs (reflink) loop image if it is usable
-/// there, else skips with the reason.
+/// for a file there, else on an xfs or btrfs loop image where it is usable,
+/// else skips with the reasons.
 fn clean_where_usable(s: mapcopy::Strategy, seconds: f64) -> Result<(), Failed> {
     let tmp = tempfile::tempdir()?;
     let probe_file = tmp.path().join("probe");
@@ -129,34 +135,31 @@ fn clean_where_usable(s: mapcopy::Strategy, seconds: f64) -> Result<(), Failed> 
     if yes.contains(&s) {
         return clean(Target::Strategy(s), seconds, tmp.path());
     }
-    let why_tmp = no
-        .iter()
-        .find(|x| x.0 == s)
-        .map(|x| x.1.clone())
-        .unwrap_or_default();
-    let xfs = match common::LoopFs::new("xfs", 320) {
-        Ok(fs) => fs,
-        Err(e) => {
-            return common::skip(&format!(
-                "{s}: not usable in the temp dir ({why_tmp}); no xfs image: {e}"
-            ));
-        }
+    let why = |no: &[(mapcopy::Strategy, String)]| {
+        no.iter()
+            .find(|x| x.0 == s)
+            .map(|x| x.1.clone())
+            .unwrap_or_default()
     };
-    let probe_file = xfs.mnt().join("probe");
-    std::fs::write(&probe_file, b"x")?;
-    let (yes, no) = common::usable_for(&probe_file);
-    if yes.contains(&s) {
-        eprintln!("{s}: running on an xfs loop image");
-        return clean(Target::Strategy(s), seconds, &xfs.mnt());
+    let mut whys = vec![format!("temp dir: {}", why(&no))];
+    for kind in [FsKind::Xfs, FsKind::Btrfs] {
+        let m = match common::mount(kind) {
+            Ok(m) => m,
+            Err(e) => {
+                whys.push(format!("{kind}: {e}"));
+                continue;
+            }
+        };
+        let probe_file = m.path().join("probe");
+        std::fs::write(&probe_file, b"x")?;
+        let (yes, no) = common::usable_for(&probe_file);
+        if yes.contains(&s) {
+            eprintln!("{s}: running on a {kind} loop image");
+            return clean(Target::Strategy(s), seconds, m.path());
+        }
+        whys.push(format!("{kind}: {}", why(&no)));
     }
-    let why_xfs = no
-        .iter()
-        .find(|x| x.0 == s)
-        .map(|x| x.1.clone())
-        .unwrap_or_default();
-    common::skip(&format!(
-        "{s} not usable here: temp dir: {why_tmp}; xfs: {why_xfs}"
-    ))
+    common::skip(&format!("{s} not usable here: {}", whys.join("; ")))
 }
 
 fn clean(target: Target, seconds: f64, dir: &std::path::Path) -> Result<(), Failed> {

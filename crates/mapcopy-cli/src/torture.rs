@@ -12,6 +12,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use mapcopy_check::torture::op::Kind;
 use mapcopy_check::torture::{self, Config, Progress, Stats, Target};
 
 /// Arguments of `mapcopy torture`.
@@ -43,6 +44,12 @@ pub struct Args {
     /// Directory on the filesystem to test (default: the temp dir).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Only these op kinds, comma-separated (write, pwrite, writev, append,
+    /// truncate, otrunc, rdtrunc, punch, zero, collapse, insert, copy,
+    /// clone, direct, uring, mmap). Default: every kind the filesystem
+    /// supports, minus those a strategy documents it does not survive.
+    #[arg(long, value_delimiter = ',')]
+    kinds: Option<Vec<String>>,
     /// Re-run the op log of a violation written by an earlier run.
     #[arg(long, value_name = "FILE")]
     replay: Option<PathBuf>,
@@ -76,6 +83,14 @@ fn run_inner(args: Args) -> Result<bool, String> {
         .seed
         .unwrap_or_else(|| torture::now() ^ u64::from(std::process::id()) << 32);
     let targets = select(&args.strategy, &dir)?;
+    let kinds = match &args.kinds {
+        None => None,
+        Some(names) => Some(names.iter().try_fold(0u32, |m, n| {
+            Kind::parse(n.trim())
+                .map(|k| m | k.bit())
+                .ok_or_else(|| format!("--kinds: unknown op kind {n:?}"))
+        })?),
+    };
     let per = match (args.seconds, args.ops) {
         (Some(s), _) => format!("{s} s per strategy"),
         (None, Some(n)) => format!("{n} ops per strategy"),
@@ -95,7 +110,13 @@ fn run_inner(args: Args) -> Result<bool, String> {
     }
     let mut results: Vec<(Target, Stats)> = Vec::new();
     for target in targets {
+        if kinds.is_none() {
+            for (k, why) in torture::documented_gaps(target) {
+                println!("op kind {} not used for {target}: {why}", k.name());
+            }
+        }
         let mut cfg = Config::new(target, &dir);
+        cfg.kinds = kinds;
         cfg.seed = seed;
         cfg.seconds = args.seconds;
         cfg.ops = args.ops;
@@ -145,6 +166,10 @@ fn run_inner(args: Args) -> Result<bool, String> {
             for (e, n) in &stats.op_errors {
                 println!("{target}: op error {e}: {n}");
             }
+            println!(
+                "{target}: {} pages seen mid-way through a MAP_SHARED store (legal)",
+                stats.mid_store
+            );
             for e in &stats.torn_examples {
                 println!("{target}: documented tear: {e}");
             }

@@ -122,7 +122,7 @@ impl Model {
             | Kind::MmapStore => self.write(o.off, done, o.version, emit),
             Kind::Append => self.write(l.size_before, done, o.version, emit),
             Kind::Truncate => self.truncate(o.len, emit),
-            Kind::OTrunc => {
+            Kind::OTrunc | Kind::RdOnlyTrunc => {
                 self.truncate(0, emit);
                 self.write(0, done, o.version, emit);
             }
@@ -220,6 +220,9 @@ struct Entry {
     start: u64,
     end: u64,
     content: Runs,
+    /// Made by stores through a `MAP_SHARED` mapping: while they ran, the
+    /// page held any chunk-wise mix of the previous content and this one.
+    store: bool,
 }
 
 /// What the checker concluded about one observed page.
@@ -227,6 +230,10 @@ struct Entry {
 pub enum Verdict {
     /// Equal to a content the page had in the window.
     Ok,
+    /// A chunk-wise mix of the contents before and after a store through a
+    /// `MAP_SHARED` mapping that ran in the window: the file itself held it
+    /// while the store ran (stores are not atomic), so it is legal.
+    MidStore,
     /// A mix, chunk by chunk, of contents the page had in the window.
     Torn,
     /// Content the page did not have at any instant of the window.
@@ -253,6 +260,7 @@ impl Timelines {
                     start: 0,
                     end: 0,
                     content: r.clone(),
+                    store: false,
                 }]
             })
             .collect();
@@ -262,6 +270,7 @@ impl Timelines {
                     start: l.start,
                     end: l.end,
                     content: r.clone(),
+                    store: l.op.kind == Kind::MmapStore,
                 })
             })?;
         }
@@ -271,17 +280,26 @@ impl Timelines {
     /// The contents page `p` possibly had at some instant of
     /// `[t_map, t_touch]`.
     pub fn candidates(&self, p: usize, t_map: u64, t_touch: u64) -> Vec<&Runs> {
+        self.window(p, t_map, t_touch)
+            .iter()
+            .map(|e| &e.content)
+            .collect()
+    }
+
+    /// The timeline entries of page `p` possible in `[t_map, t_touch]`, and
+    /// the one before the first of them (for mid-store mixes).
+    fn window(&self, p: usize, t_map: u64, t_touch: u64) -> &[Entry] {
         let Some(tl) = self.pages.get(p) else {
-            return vec![];
+            return &[];
         };
         // Entry i is possible during [tl[i].start, tl[i+1].end] (or forever
         // after its start if it is the last). Ends are non-decreasing.
         let first = tl[1..].partition_point(|e| e.end < t_map);
-        tl[first..]
+        let n = tl[first..]
             .iter()
             .take_while(|e| e.start <= t_touch)
-            .map(|e| &e.content)
-            .collect()
+            .count();
+        &tl[first..first + n]
     }
 
     /// Judges content `seen` (its first `seen.len()` chunks) observed at page
@@ -289,9 +307,25 @@ impl Timelines {
     /// `t_touch`.
     pub fn judge(&self, p: usize, t_map: u64, t_touch: u64, seen: &Runs) -> (Verdict, Vec<&Runs>) {
         let n = seen.len();
-        let cands = self.candidates(p, t_map, t_touch);
+        let win = self.window(p, t_map, t_touch);
+        let cands: Vec<&Runs> = win.iter().map(|e| &e.content).collect();
         if cands.iter().any(|c| c.prefix(n) == *seen) {
             return (Verdict::Ok, cands);
+        }
+        // A store through MAP_SHARED is not atomic for the file itself:
+        // while it ran, the page held a chunk-wise mix of before and after
+        // (and a chunk being copied): a real state of the file.
+        let mid_store = win.windows(2).any(|w| {
+            w[1].store
+                && (0..n).all(|c| {
+                    let cell = seen.cell(c);
+                    cell == Cell::Garbage
+                        || cell == w[0].content.cell(c)
+                        || cell == w[1].content.cell(c)
+                })
+        });
+        if mid_store {
+            return (Verdict::MidStore, cands);
         }
         let torn = (0..n).all(|c| {
             let cell = seen.cell(c);
@@ -360,6 +394,37 @@ mod tests {
         );
         assert_eq!(tl.judge(1, 150, 205, &torn).0, Verdict::Torn);
         assert_eq!(tl.judge(1, 250, 260, &torn).0, Verdict::Stale);
+    }
+
+    #[test]
+    fn a_page_mid_way_through_a_shared_store_is_legal_a_write_tear_is_not() {
+        let mut m = Model::new(2 * P, 8 * P, 1);
+        let ops = vec![
+            logged(Kind::MmapStore, 0, P, 0, 2, 2 * P, 100),
+            logged(Kind::Pwrite, P, P, 0, 3, 2 * P, 200),
+        ];
+        let tl = Timelines::build(&mut m, &ops).unwrap();
+        let mix0 = d(0, 1).with(
+            0,
+            20,
+            Cell::Data {
+                origin: 0,
+                version: 2,
+            },
+        );
+        assert_eq!(tl.judge(0, 90, 105, &mix0).0, Verdict::MidStore);
+        let mix1 = d(1, 1).with(
+            0,
+            20,
+            Cell::Data {
+                origin: 1,
+                version: 3,
+            },
+        );
+        assert_eq!(tl.judge(1, 190, 205, &mix1).0, Verdict::Torn);
+        // Outside the store's window the mix is no state the file had.
+        assert_eq!(tl.judge(0, 150, 160, &mix0).0, Verdict::Stale);
+        assert_eq!(tl.judge(0, 10, 20, &mix0).0, Verdict::Stale);
     }
 
     #[test]

@@ -26,6 +26,9 @@ pub enum Kind {
     Truncate,
     /// `open(O_TRUNC)`, then write the file anew from offset 0.
     OTrunc,
+    /// `open(O_RDONLY | O_TRUNC)` (Linux truncates on it, given write
+    /// permission), then a separate open writes the file anew.
+    RdOnlyTrunc,
     /// `fallocate(PUNCH_HOLE | KEEP_SIZE)`.
     Punch,
     /// `fallocate(ZERO_RANGE | KEEP_SIZE)`.
@@ -48,13 +51,14 @@ pub enum Kind {
 
 impl Kind {
     /// All kinds, in a fixed order.
-    pub const ALL: [Kind; 15] = [
+    pub const ALL: [Kind; 16] = [
         Kind::Write,
         Kind::Pwrite,
         Kind::Writev,
         Kind::Append,
         Kind::Truncate,
         Kind::OTrunc,
+        Kind::RdOnlyTrunc,
         Kind::Punch,
         Kind::ZeroRange,
         Kind::Collapse,
@@ -75,6 +79,7 @@ impl Kind {
             Kind::Append => "append",
             Kind::Truncate => "truncate",
             Kind::OTrunc => "otrunc",
+            Kind::RdOnlyTrunc => "rdtrunc",
             Kind::Punch => "punch",
             Kind::ZeroRange => "zero",
             Kind::Collapse => "collapse",
@@ -297,7 +302,7 @@ pub fn generate(rng: &mut Rng, mask: u32, size: u64, max: u64, version: u64) -> 
         Kind::Truncate => {
             op.len = rng.range(0, max / C) * C;
         }
-        Kind::OTrunc => {
+        Kind::OTrunc | Kind::RdOnlyTrunc => {
             op.len = rng.range(0, max / C) * C;
         }
         Kind::Punch | Kind::ZeroRange | Kind::MmapStore => {
@@ -351,7 +356,7 @@ pub fn generate(rng: &mut Rng, mask: u32, size: u64, max: u64, version: u64) -> 
             }
         }
     }
-    if op.len == 0 && !matches!(kind, Kind::Truncate | Kind::OTrunc) {
+    if op.len == 0 && !matches!(kind, Kind::Truncate | Kind::OTrunc | Kind::RdOnlyTrunc) {
         return None;
     }
     Some(op)
@@ -394,7 +399,7 @@ mod tests {
                 Kind::Direct => {
                     assert!(op.off % P == 0 && op.len % P == 0 && op.off + op.len <= max)
                 }
-                Kind::Truncate | Kind::OTrunc => assert!(op.len <= max),
+                Kind::Truncate | Kind::OTrunc | Kind::RdOnlyTrunc => assert!(op.len <= max),
                 _ => assert!(op.off + op.len <= max),
             }
             let l = Logged {

@@ -48,6 +48,9 @@ pub struct WriterConfig {
     pub max: u64,
     /// Replay: run the ops in this log, in order, instead of random ones.
     pub script: Option<PathBuf>,
+    /// After a quarter of the ops, pause up to this many microseconds with
+    /// the file closed.
+    pub idle_us: u64,
 }
 
 impl WriterConfig {
@@ -66,6 +69,7 @@ impl WriterConfig {
             format!("deadline={}", self.deadline),
             format!("kinds={}", self.kinds),
             format!("max={}", self.max),
+            format!("idle_us={}", self.idle_us),
         ];
         if let Some(s) = &self.script {
             v.push(format!("script={}", s.display()));
@@ -88,6 +92,7 @@ impl WriterConfig {
             kinds: a.num("kinds")? as u32,
             max: a.num("max")?,
             script: a.opt_path("script"),
+            idle_us: a.num("idle_us")?,
         })
     }
 }
@@ -161,6 +166,12 @@ fn run(cfg: &WriterConfig) -> io::Result<()> {
         if let Some(rec) = rec {
             writeln!(log, "{rec}")?;
             done += 1;
+        }
+        // Now and then leave the file closed for a moment: strategies that
+        // refuse to map while a writer holds the file open (Lease, Guard)
+        // get their chance, and their writers then have to wait on them.
+        if cfg.idle_us > 0 && rng.chance(1, 4) {
+            std::thread::sleep(std::time::Duration::from_micros(rng.below(cfg.idle_us)));
         }
     }
     log.flush()
@@ -288,6 +299,17 @@ impl Executor {
             }
             Kind::OTrunc => {
                 let mut f = self.open(op, w().truncate(true))?;
+                f.write_all(&data(0, op.len))?;
+                Ok(op.len)
+            }
+            Kind::RdOnlyTrunc => {
+                // std refuses .truncate(true) without write access; the flag
+                // itself is what this op is about.
+                drop(self.open(
+                    op,
+                    OpenOptions::new().read(true).custom_flags(libc::O_TRUNC),
+                )?);
+                let mut f = self.open(op, &mut w())?;
                 f.write_all(&data(0, op.len))?;
                 Ok(op.len)
             }
