@@ -59,8 +59,9 @@
 //!
 //! [`Strategy::Auto`] (the default) takes the first usable one in the order
 //! of [`Strategy::ALL`] — Guard, Lease, Reflink, Lazy, Eager — for
-//! [`MapOptions::map`]: Guard first because it keeps the whole contract and
-//! shares the page cache (a lease cannot see `open(O_RDONLY | O_TRUNC)`,
+//! [`MapOptions::map`]: Guard first because it sees every later writer and
+//! shares the page cache (a lease cannot see `open(O_RDONLY | O_TRUNC)`
+//! at all, a guard misses only one already under way when it is armed;
 //! below). For [`MapOptions::map_mut`] the order is Reflink, Lazy, Guard,
 //! Lease, Eager: Guard and Lease must snapshot a writable mapping at map
 //! time, which without a reflink clone means copying the whole range.
@@ -80,8 +81,12 @@
 //! * **`open(O_RDONLY | O_TRUNC)`** (Linux truncates on it, given write
 //!   permission) does not break a lease: under `Lease` such an open by
 //!   another process truncates the file under the mapping, whose pages past
-//!   the new end then fault (SIGBUS). `Reflink` and the copying strategies
-//!   are immune.
+//!   the new end then fault (SIGBUS). `Guard` sees such opens
+//!   (`FAN_OPEN_PERM`) and detaches first — except one already under way at
+//!   the instant the guard is armed for the file (its permission check done
+//!   before the mark existed; the torture run hits that window when it maps
+//!   and drops guarded mappings thousands of times a second while such opens
+//!   run). `Reflink` and the copying strategies are immune.
 //! * **Writers' `open`**: under `Lease`, a writer's `open` for writing (or
 //!   `truncate(2)`) waits until the snapshot is taken (milliseconds with
 //!   reflink, a copy of the range without); an `O_NONBLOCK` open fails with

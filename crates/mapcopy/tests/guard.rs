@@ -261,6 +261,19 @@ fn cp_over_the_file() {
 }
 
 #[test]
+fn open_rdonly_trunc_by_another_process() {
+    // Linux truncates on open(O_RDONLY|O_TRUNC) given write permission; no
+    // lease breaks for it, but a guard sees the open (FAN_OPEN_PERM).
+    holds("open_rdonly_trunc_by_another_process", 4, 10, |p| {
+        sh(&format!(
+            "python3 -c 'import os,sys; os.close(os.open(sys.argv[1], os.O_RDONLY | os.O_TRUNC))' {}",
+            q(p)
+        ));
+        assert_eq!(fs::metadata(p).unwrap().len(), 0, "the open truncated");
+    });
+}
+
+#[test]
 fn io_uring_write_by_a_child() {
     holds("io_uring_write_by_a_child", 4, 0, |p| {
         child("uring_write", p, "");

@@ -163,12 +163,14 @@ pub(crate) fn map(s: Strategy, req: &Request<'_>) -> Result<Box<dyn Snapshot>, E
 
 /// The order `Auto` tries strategies in for read-only maps (`map`).
 ///
-/// * `Guard` first: it keeps the whole contract and shares the page cache.
-///   `Lease` cannot: `open(O_RDONLY | O_TRUNC)` by a process with write
-///   permission truncates the file without breaking a read lease (the kernel
-///   breaks leases only for opens with a write access mode), and the private
-///   mapping then raises SIGBUS; a guard sees that open (`FAN_OPEN_PERM`)
-///   and detaches first. The guard's price is paid by other processes:
+/// * `Guard` first: it sees every writer that opens the file after it is
+///   armed and shares the page cache. `Lease` cannot: `open(O_RDONLY |
+///   O_TRUNC)` by a process with write permission truncates the file
+///   without breaking a read lease (the kernel breaks leases only for opens
+///   with a write access mode), and the private mapping then raises SIGBUS;
+///   a guard sees that open (`FAN_OPEN_PERM`) and detaches first (only such
+///   an open already under way when the guard is armed escapes it; the
+///   torture run found that window). The guard's price is paid by other processes:
 ///   measured on ext4 (`examples/guard_cost`, one run, loaded 2-core
 ///   machine) +25 µs per 4 KiB `pread`, +56 µs per `pwrite` (+78 µs with
 ///   the page copy), against a lease break that made a writer's `open` wait
