@@ -126,10 +126,37 @@ struct Probe {
     found: String,
 }
 
-/// Tries both routes once per process.
+/// Tries both routes once per process. A failure for lack of resources
+/// right now (too many open files, no memory) is reported as such and not
+/// remembered: it says nothing about privileges, and the next map may work.
 fn probe() -> Result<&'static Probe, String> {
     static PROBE: OnceLock<Result<Probe, String>> = OnceLock::new();
-    PROBE.get_or_init(run_probe).as_ref().map_err(Clone::clone)
+    if let Some(p) = PROBE.get() {
+        return p.as_ref().map_err(Clone::clone);
+    }
+    let first = run_probe();
+    if let Err(why) = &first
+        && let Some(e) = transient_failure()
+    {
+        return Err(format!(
+            "cannot create a userfaultfd right now ({e}); try again when the process has \
+             file descriptors and memory to spare (details: {why})"
+        ));
+    }
+    PROBE.get_or_init(|| first).as_ref().map_err(Clone::clone)
+}
+
+/// Whether creating a userfaultfd fails for a passing lack of resources
+/// (EMFILE, ENFILE, ENOMEM) rather than for privileges: the error if so.
+fn transient_failure() -> Option<std::io::Error> {
+    [Route::Syscall, Route::DevNode].into_iter().find_map(|r| {
+        uffd::available(r).err().filter(|e| {
+            matches!(
+                e.raw_os_error(),
+                Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM)
+            )
+        })
+    })
 }
 
 fn unprivileged_sysctl() -> Option<String> {
