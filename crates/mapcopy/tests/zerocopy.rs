@@ -626,6 +626,38 @@ fn auto_settled(
     Ok(got)
 }
 
+/// A child process holding a Lease mapping (entry point `lease-hold`),
+/// started from `cmd` once it has said it mapped.
+struct Holder {
+    child: std::process::Child,
+    out: BufReader<std::process::ChildStdout>,
+}
+
+impl Holder {
+    fn start(mut cmd: Command) -> Result<Holder, Failed> {
+        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line)?;
+        ensure(line.starts_with("mapped lease"), || {
+            format!("child said {line:?}")
+        })?;
+        Ok(Holder { child, out })
+    }
+
+    /// Tells the child to compare its mapping with what it read at first;
+    /// it must answer "intact".
+    fn check_intact(mut self) -> Result<(), Failed> {
+        writeln!(self.child.stdin.take().unwrap(), "check")?;
+        let mut line = String::new();
+        self.out.read_line(&mut line)?;
+        self.child.wait()?;
+        ensure(line.starts_with("intact"), || {
+            format!("child said {line:?}")
+        })
+    }
+}
+
 /// Each refusal says why, before mapping.
 fn lease_refusals(dir: &Path) -> Result<(), Failed> {
     let path = dir.join("refuse");
@@ -689,19 +721,10 @@ fn lease_refusals(dir: &Path) -> Result<(), Failed> {
 fn lease_rdonly_trunc_hole(dir: &Path) -> Result<(), Failed> {
     let path = dir.join("hole");
     make_file(&path, &pattern(64 << 10, 3))?;
-    let mut child = child_cmd("lease-hold", &[path.to_str().unwrap()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line)?;
-    ensure(line.starts_with("mapped lease"), || {
-        format!("child said {line:?}")
-    })?;
+    let mut holder = Holder::start(child_cmd("lease-hold", &[path.to_str().unwrap()]))?;
     let took = write_with(RDONLY_TRUNC.1, &path)?;
-    writeln!(child.stdin.take().unwrap(), "check")?;
-    let status = child.wait()?;
+    writeln!(holder.child.stdin.take().unwrap(), "check")?;
+    let status = holder.child.wait()?;
     use std::os::unix::process::ExitStatusExt;
     eprintln!(
         "  open(O_RDONLY|O_TRUNC) took {took:?} (no lease break), holder ended with {status}"
@@ -717,27 +740,13 @@ fn lease_rdonly_trunc_hole(dir: &Path) -> Result<(), Failed> {
 fn lease_handler_replaced(dir: &Path) -> Result<(), Failed> {
     let path = dir.join("hijack");
     make_file(&path, &pattern(1 << 20, 9))?;
-    let mut child = child_cmd("lease-hold", &[path.to_str().unwrap()])
-        .env("MAPCOPY_LEASE_SIGNAL", "RTMIN+9")
-        .env("ZC_HIJACK", "9")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line)?;
-    ensure(line.starts_with("mapped lease"), || {
-        format!("child said {line:?}")
-    })?;
+    let mut cmd = child_cmd("lease-hold", &[path.to_str().unwrap()]);
+    cmd.env("MAPCOPY_LEASE_SIGNAL", "RTMIN+9")
+        .env("ZC_HIJACK", "9");
+    let holder = Holder::start(cmd)?;
     let took = write_with(r#"printf new > "$1""#, &path)?;
     eprintln!("  writer with the break signal lost took {took:?}");
-    writeln!(child.stdin.take().unwrap(), "check")?;
-    line.clear();
-    out.read_line(&mut line)?;
-    child.wait()?;
-    ensure(line.starts_with("intact"), || {
-        format!("child said {line:?}")
-    })?;
+    holder.check_intact()?;
     ensure(took < HUNG, || format!("writer waited {took:?}"))
 }
 
@@ -746,17 +755,9 @@ fn lease_handler_replaced(dir: &Path) -> Result<(), Failed> {
 fn lease_sigkill(dir: &Path) -> Result<(), Failed> {
     let path = dir.join("killed");
     make_file(&path, &pattern(1 << 20, 7))?;
-    let mut child = child_cmd("lease-hold", &[path.to_str().unwrap()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
-    ensure(line.starts_with("mapped lease"), || {
-        format!("child said {line:?}")
-    })?;
-    child.kill()?;
-    child.wait()?;
+    let mut holder = Holder::start(child_cmd("lease-hold", &[path.to_str().unwrap()]))?;
+    holder.child.kill()?;
+    holder.child.wait()?;
     let took = write_with(r#"printf new > "$1""#, &path)?;
     eprintln!("  writer after the holder's SIGKILL took {took:?}");
     ensure(took < HUNG, || format!("writer waited {took:?}"))
@@ -794,30 +795,15 @@ fn lease_as_nobody(dir: &Path) -> Result<(), Failed> {
     make_file(&mine, &data)?;
     std::os::unix::fs::chown(&mine, Some(65534), Some(65534))?;
     let exe = std::env::current_exe()?;
-    let mut child = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(exe)
         .arg(&mine)
-        .env(CHILD_ENV, "lease-hold")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line)?;
-    ensure(line.starts_with("mapped lease"), || {
-        format!("child said {line:?}")
-    })?;
+        .env(CHILD_ENV, "lease-hold");
+    let holder = Holder::start(cmd)?;
     let took = write_with(r#"printf new > "$1""#, &mine)?;
     eprintln!("  root's writer broke nobody's lease in {took:?}");
-    writeln!(child.stdin.take().unwrap(), "check")?;
-    line.clear();
-    out.read_line(&mut line)?;
-    child.wait()?;
-    ensure(line.starts_with("intact"), || {
-        format!("child said {line:?}")
-    })?;
-    Ok(())
+    holder.check_intact()
 }
 
 /// The application owns the lease-break signal: Lease refuses, naming it.
