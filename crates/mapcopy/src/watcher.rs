@@ -17,12 +17,9 @@
 //! lease-break signal (`sys::signal`), so the application's process-directed
 //! signals go to its own threads.
 
-// Strategies start using this as they land.
-#![allow(dead_code)]
-
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -97,15 +94,6 @@ pub(crate) fn register(source: Arc<dyn Source>) -> io::Result<Registration> {
         return Err(e.into());
     }
     Ok(Registration { watcher, id })
-}
-
-/// Whether the calling thread is the watcher (strategies use this to avoid
-/// waiting on themselves).
-#[allow(dead_code)]
-pub(crate) fn on_watcher_thread() -> bool {
-    lock(&CURRENT)
-        .as_ref()
-        .is_some_and(|w| w.thread == thread::current().id())
 }
 
 fn current() -> io::Result<Arc<Watcher>> {
@@ -225,6 +213,5 @@ impl Drop for Registration {
             drop(lock(&self.watcher.serving));
         }
         let _ = rustix::io::write(&self.watcher.wake, &1u64.to_ne_bytes());
-        let _ = self.watcher.wake.as_fd();
     }
 }

@@ -112,7 +112,6 @@ pub(crate) struct Request<'a> {
     /// Hand out `&mut [u8]` (private stores, S4).
     pub(crate) writable: bool,
     /// Take every page's snapshot before returning.
-    #[allow(dead_code)] // read by the lazy strategies
     pub(crate) populate: bool,
 }
 

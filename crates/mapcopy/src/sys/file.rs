@@ -60,7 +60,7 @@ pub(crate) fn type_name(t: FileType) -> &'static str {
 
 /// The facts about an open file that decide how it can be mapped.
 #[derive(Clone, Debug)]
-#[allow(dead_code)] // the zero-copy strategies read the rest
+
 pub(crate) struct Meta {
     pub(crate) file_type: FileType,
     /// Size in bytes at the time of the check.

@@ -73,31 +73,6 @@ impl Region {
         })
     }
 
-    /// A private (copy-on-write) mapping of `len` bytes of `fd` at page-aligned
-    /// `offset`. Its contents follow the file until each page is written, so
-    /// only a strategy that controls the writers may hand it out.
-    #[allow(dead_code)]
-    pub(crate) fn file_private<Fd: AsFd>(
-        fd: Fd,
-        offset: u64,
-        len: usize,
-        prot: ProtFlags,
-        noreserve: bool,
-    ) -> io::Result<Region> {
-        let len = round_up(len.max(1), super::page_size()).ok_or_else(too_big)?;
-        let mut flags = MapFlags::PRIVATE;
-        if noreserve {
-            flags |= MapFlags::NORESERVE;
-        }
-        // SAFETY: a new mapping at an address of the kernel's choosing
-        // aliases nothing that exists.
-        let ptr = unsafe { mm::mmap(std::ptr::null_mut(), len, prot, flags, fd, offset)? };
-        Ok(Region {
-            ptr: NonNull::new(ptr.cast()).expect("mmap returned null"),
-            len,
-        })
-    }
-
     /// Maps `len` bytes of `fd` from page-aligned `file_off` privately
     /// (copy-on-write) over `[off, off + len)` of this region with
     /// `MAP_FIXED`, replacing what was there in one step: a concurrent access
@@ -110,7 +85,6 @@ impl Region {
     /// the range), and the new mapping must not fault fatally within `len`
     /// (the file is at least `file_off + len` bytes, rounded to a page, for
     /// as long as the mapping lives).
-    #[allow(dead_code)]
     pub(crate) unsafe fn overlay_file<Fd: AsFd>(
         &self,
         off: usize,
@@ -150,7 +124,6 @@ impl Region {
     /// # Safety
     /// As [`Region::overlay_file`]: every live borrow of `dst`'s range sees
     /// the same bytes in `self`.
-    #[allow(dead_code)]
     pub(crate) unsafe fn move_into(self, dst: &Region, off: usize) -> io::Result<()> {
         dst.check(off, self.len)?;
         // SAFETY: `self` is ours to give away and the target range lies
@@ -171,7 +144,6 @@ impl Region {
     }
 
     /// First byte of the region.
-    #[allow(dead_code)]
     pub(crate) fn as_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
     }

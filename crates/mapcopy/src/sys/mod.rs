@@ -26,7 +26,6 @@ pub(crate) fn page_size() -> usize {
 
 /// Turns a libc-style `-1 and errno` return into `io::Result`, like mio's
 /// `syscall!` macro does, for the few calls rustix lacks.
-#[allow(dead_code)]
 pub(crate) fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret == -1 {
         Err(io::Error::last_os_error())

@@ -33,8 +33,6 @@ const UNREGISTER: Opcode = linux_raw_sys::ioctl::UFFDIO_UNREGISTER as Opcode;
 const WAKE: Opcode = linux_raw_sys::ioctl::UFFDIO_WAKE as Opcode;
 /// `UFFDIO_COPY`.
 const COPY: Opcode = linux_raw_sys::ioctl::UFFDIO_COPY as Opcode;
-/// `UFFDIO_ZEROPAGE`.
-const ZEROPAGE: Opcode = linux_raw_sys::ioctl::UFFDIO_ZEROPAGE as Opcode;
 /// `UFFDIO_MOVE` = `_IOWR(UFFDIO, _UFFDIO_MOVE, struct uffdio_move)` (Linux 6.8).
 const MOVE: Opcode = opcode::read_write::<g::uffdio_move>(g::UFFDIO as u8, g::_UFFDIO_MOVE as u8);
 /// `USERFAULTFD_IOC_NEW` = `_IO(USERFAULTFD_IOC, 0x00)` on `/dev/userfaultfd` (Linux 6.1).
@@ -42,9 +40,6 @@ const IOC_NEW: Opcode = opcode::none(g::USERFAULTFD_IOC as u8, 0x00);
 
 /// `UFFDIO_MOVE_MODE_DONTWAKE` (not in linux-raw-sys 0.12).
 pub(crate) const MOVE_MODE_DONTWAKE: u64 = 1 << 0;
-/// `UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES` (not in linux-raw-sys 0.12).
-#[allow(dead_code)]
-pub(crate) const MOVE_MODE_ALLOW_SRC_HOLES: u64 = 1 << 1;
 
 /// Size of one `struct uffd_msg` as read from the fd.
 const MSG_SIZE: usize = 32;
@@ -111,12 +106,10 @@ unsafe impl Ioctl for NewFd {
 }
 
 /// Result of the `UFFDIO_API` handshake on a fresh fd: the features the
-/// kernel offers and the ioctls it allows.
+/// kernel offers.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Api {
     pub(crate) features: u64,
-    #[allow(dead_code)]
-    pub(crate) ioctls: u64,
 }
 
 /// An initialized userfaultfd.
@@ -156,7 +149,6 @@ fn handshake(fd: &OwnedFd, features: u64) -> io::Result<Api> {
     unsafe { ioctl::ioctl(fd, Updater::<API, _>::new(&mut api)) }?;
     Ok(Api {
         features: api.features,
-        ioctls: api.ioctls,
     })
 }
 
@@ -187,7 +179,7 @@ impl Uffd {
     /// The range (page-aligned) must be anonymous memory that the caller owns
     /// and whose faults it will serve for as long as it stays registered:
     /// any thread touching a missing page there blocks until a `copy`,
-    /// `move_pages`, `zeropage` or `wake` covers it.
+    /// `move_pages` or `wake` covers it.
     pub(crate) unsafe fn register_missing(&self, start: usize, len: usize) -> io::Result<()> {
         let mut reg = g::uffdio_register {
             range: g::uffdio_range {
@@ -251,28 +243,6 @@ impl Uffd {
         // replaces a present page.
         let res = unsafe { ioctl::ioctl(&self.fd, Updater::<COPY, _>::new(&mut arg)) };
         progress(res, arg.copy, len)
-    }
-
-    /// `UFFDIO_ZEROPAGE`: maps the zero page into missing pages of
-    /// `[dst, dst + len)` (a store later gets a private copy), waking
-    /// waiters. Stops like [`Uffd::copy`].
-    ///
-    /// # Safety
-    /// As [`Uffd::copy`], without `src`.
-    #[allow(dead_code)]
-    pub(crate) unsafe fn zeropage(&self, dst: usize, len: usize) -> Progress {
-        let mut arg = g::uffdio_zeropage {
-            range: g::uffdio_range {
-                start: dst as u64,
-                len: len as u64,
-            },
-            mode: 0,
-            zeropage: 0,
-        };
-        // SAFETY: UFFDIO_ZEROPAGE reads and writes one `uffdio_zeropage`;
-        // it only fills missing pages in a registered range.
-        let res = unsafe { ioctl::ioctl(&self.fd, Updater::<ZEROPAGE, _>::new(&mut arg)) };
-        progress(res, arg.zeropage, len)
     }
 
     /// `UFFDIO_MOVE` (needs `UFFD_FEATURE_MOVE`): moves the pages of
@@ -344,7 +314,7 @@ fn decode(m: &[u8]) -> Msg {
     }
 }
 
-/// Turns an ioctl result and its `copy`/`move`/`zeropage` out-field into a
+/// Turns an ioctl result and its `copy`/`move` out-field into a
 /// [`Progress`]: on error the field holds the bytes done, or `-errno` when
 /// nothing was.
 fn progress(res: rustix::io::Result<()>, field: i64, len: usize) -> Progress {
