@@ -303,8 +303,6 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
             .map_err(|e| Error::io("fstat", e))?
             .st_size as u64;
         let len = req.map_len();
-        let region = Region::anonymous(len, prot(req.writable), true, HUGE_PAGE)
-            .map_err(|e| Error::io(format!("reserving {len} bytes of address space"), e))?;
         let page = crate::sys::page_size();
         let in_file = size.saturating_sub(req.offset);
         let file_len = if in_file >= len as u64 {
@@ -312,16 +310,24 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
         } else {
             (in_file as usize).div_ceil(page) * page
         };
-        if file_len > 0 {
-            // SAFETY: nothing borrows the fresh region; the file holds bytes
-            // up to the last partial page of `file_len` (completed with zeros
-            // by the kernel) and cannot shrink while our lease is held; after
-            // the lease is gone this part is replaced (see `Entry::resolve`).
-            unsafe {
-                region.overlay_file(0, file_len, &file, req.offset, prot(req.writable), true)
+        // The file covers the whole range: map it directly (one mmap
+        // instead of a reservation, its trimming and an overlay) when the
+        // kernel places it as the reservation would (huge-page aligned, as
+        // ext4 and xfs do for large mappings), or when alignment cannot
+        // matter (less than a huge page). The file cannot shrink while our
+        // lease is held (same argument as the overlay below).
+        let direct = if file_len == len {
+            match Region::file_private(&file, req.offset, len, prot(req.writable), true) {
+                Ok(r) if len < HUGE_PAGE || (r.as_ptr() as usize) % HUGE_PAGE == 0 => Some(r),
+                _ => None,
             }
-            .map_err(|e| Error::io("mapping the file", e))?;
-        }
+        } else {
+            None
+        };
+        let region = match direct {
+            Some(r) => r,
+            None => overlaid(&file, req, len, file_len)?,
+        };
         // A child must not inherit a mapping only our lease keeps stable.
         region
             .advise(0, region.len(), Advice::LinuxDontFork)
@@ -529,6 +535,22 @@ impl Entry {
 }
 
 /// Protection of a mapping made for `map_mut` (`writable`) or `map`.
+/// A huge-page aligned reservation of `len` bytes whose first `file_len`
+/// map the file privately.
+fn overlaid(file: &File, req: &Request<'_>, len: usize, file_len: usize) -> Result<Region, Error> {
+    let region = Region::anonymous(len, prot(req.writable), true, HUGE_PAGE)
+        .map_err(|e| Error::io(format!("reserving {len} bytes of address space"), e))?;
+    if file_len > 0 {
+        // SAFETY: nothing borrows the fresh region; the file holds bytes
+        // up to the last partial page of `file_len` (completed with zeros
+        // by the kernel) and cannot shrink while our lease is held; after
+        // the lease is gone this part is replaced (see `Entry::resolve`).
+        unsafe { region.overlay_file(0, file_len, file, req.offset, prot(req.writable), true) }
+            .map_err(|e| Error::io("mapping the file", e))?;
+    }
+    Ok(region)
+}
+
 fn prot(writable: bool) -> ProtFlags {
     if writable {
         ProtFlags::READ | ProtFlags::WRITE

@@ -1,0 +1,70 @@
+//! Time of `map` + first byte for Guard and Lease against plain
+//! `MAP_PRIVATE` on one hot file, interleaved and with a fresh `open` per
+//! run like `mapcopy bench` does.
+//!
+//! ```text
+//! cargo run --release --example map_first_byte -- FILE [N]
+//! ```
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+use mapcopy::{MapOptions, Strategy};
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let path = args.next().expect("usage: map_first_byte FILE [N]");
+    let n: usize = args.next().map(|s| s.parse().expect("N")).unwrap_or(200);
+    let names = ["MAP_PRIVATE", "guard", "lease"];
+    let mut t: Vec<Vec<Duration>> = vec![Vec::new(); names.len()];
+    for _ in 0..n {
+        for (i, times) in t.iter_mut().enumerate() {
+            let file = File::open(&path).expect("open");
+            let len = file.metadata().expect("fstat").len() as usize;
+            let start = Instant::now();
+            let byte = match i {
+                0 => {
+                    // SAFETY: a fresh mapping of our own, unmapped below;
+                    // nothing writes the file while the example runs.
+                    let p = unsafe {
+                        rustix::mm::mmap(
+                            std::ptr::null_mut(),
+                            len,
+                            rustix::mm::ProtFlags::READ,
+                            rustix::mm::MapFlags::PRIVATE,
+                            file.as_fd(),
+                            0,
+                        )
+                    }
+                    .expect("mmap");
+                    // SAFETY: p maps `len` > 0 readable bytes.
+                    let b = unsafe { p.cast::<u8>().read_volatile() };
+                    times.push(start.elapsed());
+                    // SAFETY: unmapping exactly what was mapped above.
+                    unsafe { rustix::mm::munmap(p, len) }.expect("munmap");
+                    b
+                }
+                _ => {
+                    let s = if i == 1 {
+                        Strategy::Guard
+                    } else {
+                        Strategy::Lease
+                    };
+                    let m = MapOptions::new().strategy(s).map(&file).expect("map");
+                    let b = std::hint::black_box(m[0]);
+                    times.push(start.elapsed());
+                    b
+                }
+            };
+            std::hint::black_box(byte);
+            std::thread::sleep(Duration::from_micros(200));
+            if std::env::var_os("TRASH").is_some() {
+                std::hint::black_box(std::fs::read(&path).expect("read"));
+            }
+        }
+    }
+    for (name, times) in names.iter().zip(&mut t) {
+        times.sort();
+        println!("{name:12} median {:?} min {:?}", times[n / 2], times[0]);
+    }
+}
