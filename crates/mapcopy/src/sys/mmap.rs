@@ -73,6 +73,30 @@ impl Region {
         })
     }
 
+    /// A private (copy-on-write) mapping of `len` bytes of `fd` at page-aligned
+    /// `offset`. Its contents follow the file until each page is written, so
+    /// only a strategy that controls the writers may hand it out.
+    pub(crate) fn file_private<Fd: AsFd>(
+        fd: Fd,
+        offset: u64,
+        len: usize,
+        prot: ProtFlags,
+        noreserve: bool,
+    ) -> io::Result<Region> {
+        let len = round_up(len.max(1), super::page_size()).ok_or_else(too_big)?;
+        let mut flags = MapFlags::PRIVATE;
+        if noreserve {
+            flags |= MapFlags::NORESERVE;
+        }
+        // SAFETY: a new mapping at an address of the kernel's choosing
+        // aliases nothing that exists.
+        let ptr = unsafe { mm::mmap(std::ptr::null_mut(), len, prot, flags, fd, offset)? };
+        Ok(Region {
+            ptr: NonNull::new(ptr.cast()).expect("mmap returned null"),
+            len,
+        })
+    }
+
     /// Maps `len` bytes of `fd` from page-aligned `file_off` privately
     /// (copy-on-write) over `[off, off + len)` of this region with
     /// `MAP_FIXED`, replacing what was there in one step: a concurrent access
