@@ -142,7 +142,6 @@ impl CloneDir {
     }
 
     /// Where the clones go (for messages).
-    #[allow(dead_code)]
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }
