@@ -53,10 +53,17 @@ fn control_is_caught() -> Result<(), Failed> {
         return Err("control produced only torn pages, not an S1/S2/S3 violation".into());
     }
     // The replay file reproduces a violation.
+    replay_reproduces(&cfg, dir.path())
+}
+
+/// The replay file `cfg` wrote reproduces a violation within 20 attempts,
+/// and the model stays exact while it does.
+fn replay_reproduces(cfg: &Config, dir: &std::path::Path) -> Result<(), Failed> {
     let replay = torture::Replay::load(cfg.replay_out.as_ref().unwrap())?;
-    let (attempt, rs) = torture::replay(&replay, dir.path(), 20)?;
+    let (attempt, rs) = torture::replay(&replay, dir, 20)?;
     eprintln!(
-        "replay: violation in attempt {attempt}: {:?}",
+        "replay of {} ops: violation in attempt {attempt}: {:?}",
+        replay.ops.len(),
         rs.examples.first()
     );
     if rs.violations() == 0 || rs.model > 0 {
@@ -92,17 +99,7 @@ fn control_private_without_shrinking_fails_s2() -> Result<(), Failed> {
         return Err(format!("no S2 violation caught: {:?}", stats.examples).into());
     }
     // Its replay file (ops up to the changed re-read) reproduces it.
-    let replay = torture::Replay::load(cfg.replay_out.as_ref().unwrap())?;
-    let (attempt, rs) = torture::replay(&replay, dir.path(), 20)?;
-    eprintln!(
-        "replay of {} ops: violation in attempt {attempt}: {:?}",
-        replay.ops.len(),
-        rs.examples.first()
-    );
-    if rs.violations() == 0 || rs.model > 0 {
-        return Err(format!("replay did not reproduce: {:?}", rs.examples).into());
-    }
-    Ok(())
+    replay_reproduces(&cfg, dir.path())
 }
 
 /// A copy taken before `T_map` and handed out again must be caught by S1.
