@@ -484,7 +484,11 @@ fn child_nofile(args: &[String]) -> i32 {
     }
     // With descriptors to spare again, the strategy must work: a refusal
     // for lack of fds is not remembered as if it were a lack of privileges.
+    // Give back both the descriptors and the old limit: with the limit at
+    // "highest fd in use + 1" only the slots `hold` had are free, which may
+    // be a single one when the inherited fds are contiguous.
     drop(hold);
+    rustix::process::setrlimit(rustix::process::Resource::Nofile, lim).unwrap();
     match MapOptions::new().strategy(s).map(&f) {
         Ok(m) if m[..] == pattern(256 << 10, 11)[..] => println!("AFTER OK"),
         Ok(_) => println!("AFTER WRONG BYTES"),
