@@ -39,7 +39,9 @@ pub(crate) struct Syscall {
 }
 
 /// Reads `/proc/TID/syscall`. `None` if the task is gone, not in a syscall
-/// (`running`, or `-1 ...`), or the file cannot be read.
+/// (`running`, or `-1 ...`), has no user context whose syscall line could
+/// be trusted (a kernel thread or an io_uring worker), or the file cannot
+/// be read.
 pub(crate) fn syscall(tid: i32) -> Option<Syscall> {
     if tid <= 0 {
         return None;
@@ -63,6 +65,7 @@ pub(crate) fn syscall(tid: i32) -> Option<Syscall> {
 }
 
 fn parse_syscall(text: &str) -> Option<Syscall> {
+    let hex = |s: &str| u64::from_str_radix(s.strip_prefix("0x")?, 16).ok();
     let mut it = text.split_ascii_whitespace();
     let nr: i64 = it.next()?.parse().ok()?;
     if nr < 0 {
@@ -70,35 +73,20 @@ fn parse_syscall(text: &str) -> Option<Syscall> {
     }
     let mut args = [0u64; 6];
     for a in &mut args {
-        let s = it.next()?;
-        *a = u64::from_str_radix(s.strip_prefix("0x")?, 16).ok()?;
+        *a = hex(it.next()?)?;
     }
-    Some(Syscall { nr, args })
-}
-
-/// `PF_IO_WORKER` from `include/linux/sched.h`: the task is an io_uring
-/// worker (`iou-wrk-*`, `iou-sqp-*`).
-const PF_IO_WORKER: u64 = 0x0000_0010;
-
-/// Whether `tid` is an io_uring worker thread (from the `flags` field of
-/// `/proc/TID/stat`); `None` if that cannot be read. Such a thread runs
-/// requests of its process, while `/proc/TID/syscall` shows whatever
-/// syscall its process was in when the worker was made — not what the
-/// worker is doing.
-pub(crate) fn is_io_worker(tid: i32) -> Option<bool> {
-    if tid <= 0 {
+    // Then the user stack pointer and program counter. Both are 0 only for
+    // a task without user context of its own, whose syscall line is not
+    // what it is doing: a kernel thread shows `0` (read) with zero
+    // arguments, and an io_uring worker (`iou-wrk-*`, `iou-sqp-*`) shows
+    // the syscall its process was in when the worker was made, because
+    // `copy_thread()` copies the creator's registers and zeroes just these
+    // two. Neither may be trusted to be a read.
+    let (sp, pc) = (hex(it.next()?)?, hex(it.next()?)?);
+    if sp == 0 && pc == 0 {
         return None;
     }
-    let text = read_small(&format!("/proc/{tid}/stat"))?;
-    parse_stat_flags(&text).map(|f| f & PF_IO_WORKER != 0)
-}
-
-/// Field 9 (`flags`) of a `/proc/TID/stat` line; the command name (field
-/// 2, in parentheses) may contain spaces and parentheses, so count from the
-/// last `)`.
-fn parse_stat_flags(text: &str) -> Option<u64> {
-    let rest = &text[text.rfind(')')? + 1..];
-    rest.split_ascii_whitespace().nth(6)?.parse().ok()
+    Some(Syscall { nr, args })
 }
 
 /// The parts of `/proc/TID/fdinfo/FD` the guard needs.
@@ -168,14 +156,15 @@ mod tests {
     }
 
     #[test]
-    fn parses_stat_flags() {
-        let line = "42 (iou-wrk-41 (x)) S 1 41 41 0 -1 4194320 0 0 0 0\n";
-        assert_eq!(parse_stat_flags(line), Some(4194320));
-        assert_ne!(parse_stat_flags(line).unwrap() & PF_IO_WORKER, 0);
+    fn kernel_threads_and_io_workers_have_no_syscall() {
+        // kthreadd, and an io_uring worker made during io_uring_enter (426).
+        assert_eq!(parse_syscall("0 0x0 0x0 0x0 0x0 0x0 0x0 0x0 0x0\n"), None);
         assert_eq!(
-            is_io_worker(rustix::thread::gettid().as_raw_nonzero().get()),
-            Some(false)
+            parse_syscall("426 0x5 0x1 0x0 0x0 0x0 0x80 0x0 0x0\n"),
+            None
         );
+        // A live kernel thread: kthreadd is always pid 2.
+        assert_eq!(syscall(2), None);
     }
 
     #[test]
