@@ -87,6 +87,12 @@
 //!   before the mark existed; the torture run hits that window when it maps
 //!   and drops guarded mappings thousands of times a second while such opens
 //!   run). `Reflink` and the copying strategies are immune.
+//! * **Loop devices**: the loop driver writes its backing file with
+//!   `->write_iter` directly, raising no fanotify event, so writes through a
+//!   loop device attached to the file *after* a `Guard` mapping was made
+//!   change its pages unseen. (One attached before holds the file open for
+//!   writing, and `Guard` refuses to map.) `Lease` sees the attach (it opens
+//!   the file for writing); the other strategies are immune.
 //! * **Writers' `open`**: under `Lease`, a writer's `open` for writing (or
 //!   `truncate(2)`) waits until the snapshot is taken (milliseconds with
 //!   reflink, a copy of the range without); an `O_NONBLOCK` open fails with
