@@ -1,4 +1,4 @@
-//! Time of `map` + first byte for Guard and Lease against plain
+//! Time of `map` + first byte for Guard, Lease and Lazy against plain
 //! `MAP_PRIVATE` on one hot file, interleaved and with a fresh `open` per
 //! run like `mapcopy bench` does.
 //!
@@ -15,7 +15,7 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let path = args.next().expect("usage: map_first_byte FILE [N]");
     let n: usize = args.next().map(|s| s.parse().expect("N")).unwrap_or(200);
-    let names = ["MAP_PRIVATE", "guard", "lease"];
+    let names = ["MAP_PRIVATE", "guard", "lease", "lazy"];
     let mut t: Vec<Vec<Duration>> = vec![Vec::new(); names.len()];
     for _ in 0..n {
         for (i, times) in t.iter_mut().enumerate() {
@@ -45,11 +45,7 @@ fn main() {
                     b
                 }
                 _ => {
-                    let s = if i == 1 {
-                        Strategy::Guard
-                    } else {
-                        Strategy::Lease
-                    };
+                    let s = [Strategy::Guard, Strategy::Lease, Strategy::Lazy][i - 1];
                     let m = MapOptions::new().strategy(s).map(&file).expect("map");
                     let b = std::hint::black_box(m[0]);
                     times.push(start.elapsed());

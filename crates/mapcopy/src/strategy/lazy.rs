@@ -90,6 +90,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, Weak};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use linux_raw_sys::general as g;
 use rustix::io::Errno;
@@ -113,6 +114,16 @@ const GROWTH: usize = 4;
 const AHEAD: usize = 8;
 /// Streams tracked per mapping.
 const STREAMS: usize = 4;
+/// How long the handler polls the userfaultfd for the next fault after
+/// serving one, instead of sleeping. A reader's next fault usually comes
+/// within this (a random reader: a few µs after its wakeup), and waking a
+/// sleeping thread costs more than serving the fault: on the 2-vCPU VM this
+/// was measured on, an idle vCPU halts at once and takes 25–40 µs to wake,
+/// and a minimal C handler served a random 4 KiB fault in ~51 µs sleeping
+/// and ~17 µs polling.
+const SPIN: Duration = Duration::from_micros(60);
+/// The longest the handler keeps the watcher thread in one turn.
+const SPIN_TURN: Duration = Duration::from_millis(2);
 
 // ---------------------------------------------------------------------------
 // Process-level probe
@@ -347,7 +358,7 @@ impl Source for Server {
 
     fn ready(&self) {
         let _guard = AbortOnUnwind("fault handler");
-        self.serve_pending();
+        self.serve_spinning();
     }
 
     fn shutdown(&self) {
@@ -370,7 +381,7 @@ impl Source for Server {
                         Ok(_) | Err(Errno::INTR) => {}
                         Err(e) => fatal_msg(&format!("polling the userfaultfd failed: {e}")),
                     }
-                    me.serve_pending();
+                    me.serve_spinning();
                 }
             });
         if let Err(e) = spawned {
@@ -409,25 +420,45 @@ fn say(msg: &str) {
 }
 
 impl Server {
-    /// Reads and serves the pending fault messages.
-    fn serve_pending(&self) {
+    /// Serves faults as they come, polling for [`SPIN`] after the last one
+    /// before it lets the thread sleep, and for at most [`SPIN_TURN`] in
+    /// all, so that other sources on the watcher get their turn (the fd is
+    /// level-triggered and comes back if more is pending).
+    fn serve_spinning(&self) {
         let mut msgs = Vec::with_capacity(64);
-        // One batch per call, so that other sources on the watcher get their
-        // turn; the fd is level-triggered and comes back if more is pending.
-        for _ in 0..1 {
-            match self.uffd.read(&mut msgs, 64) {
-                Ok(0) => return,
-                Ok(_) => {}
-                Err(e) => fatal_msg(&format!("reading the userfaultfd failed: {e}")),
-            }
-            for m in &msgs {
-                if let Msg::PageFault { address, .. } = *m {
-                    self.fault(address as usize);
+        let start = Instant::now();
+        let mut last = start;
+        loop {
+            let now = if self.serve_pending(&mut msgs) > 0 {
+                last = Instant::now();
+                last
+            } else {
+                let now = Instant::now();
+                if now.duration_since(last) >= SPIN {
+                    return;
                 }
-            }
-            if msgs.len() < 64 {
+                std::hint::spin_loop();
+                now
+            };
+            if now.duration_since(start) >= SPIN_TURN {
                 return;
             }
+        }
+    }
+
+    /// Reads and serves one batch of pending fault messages; returns how
+    /// many were read.
+    fn serve_pending(&self, msgs: &mut Vec<Msg>) -> usize {
+        match self.uffd.read(msgs, 64) {
+            Ok(n) => {
+                for m in msgs.iter() {
+                    if let Msg::PageFault { address, .. } = *m {
+                        self.fault(address as usize);
+                    }
+                }
+                n
+            }
+            Err(e) => fatal_msg(&format!("reading the userfaultfd failed: {e}")),
         }
     }
 
