@@ -547,7 +547,9 @@ impl Guards {
             };
             if events.is_empty() {
                 if spin_until.is_some_and(|t| Instant::now() < t) {
-                    std::hint::spin_loop();
+                    // Yield, not spin: a thread waiting to run on this vCPU
+                    // (the writer we just let go, say) gets it at once.
+                    std::thread::yield_now();
                     continue;
                 }
                 return;

@@ -437,7 +437,8 @@ impl Server {
                 if now.duration_since(last) >= SPIN {
                     return;
                 }
-                std::hint::spin_loop();
+                // Yield, not spin: the thread we just woke may share this vCPU.
+                std::thread::yield_now();
                 now
             };
             if now.duration_since(start) >= SPIN_TURN {
