@@ -13,7 +13,12 @@
  *                UFFDIO_REGISTER, pread + UFFDIO_COPY of the first page,
  *                touch
  *
- *   cc -O2 -o map_syscalls map_syscalls.c && ./map_syscalls FILE [N]
+ *   cc -O2 -o map_syscalls map_syscalls.c && ./map_syscalls FILE [N] [CHURN]
+ *
+ * With CHURN=1, each measurement is preceded by reading 64 MiB into fresh
+ * memory and freeing it (what the bench's copying neighbours do): on this
+ * VM freed memory goes back to the host (free page reporting), and the
+ * next fresh page costs a trip through the hypervisor.
  *
  * Needs root (pre-content fanotify, userfaultfd of kernel faults).
  */
@@ -55,6 +60,7 @@ int main(int argc, char **argv) {
     if (argc < 2) { fprintf(stderr, "usage: %s FILE [N]\n", argv[0]); return 2; }
     const char *path = argv[1];
     int n = argc > 2 ? atoi(argv[2]) : 2000;
+    int churn = argc > 3 ? atoi(argv[3]) : 0;
     struct stat st;
     if (stat(path, &st)) { perror("stat"); return 1; }
     size_t len = st.st_size, slack = (2 << 20) - 4096;
@@ -69,6 +75,14 @@ int main(int argc, char **argv) {
     volatile char sink = 0;
     for (int i = 0; i < n; i++) {
         for (int k = 0; k < 4; k++) {
+            if (churn) {
+                size_t c = 64 << 20;
+                char *junk = mmap(NULL, c, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+                int jf = open(path, O_RDONLY);
+                for (size_t o = 0; o < c && o < len; o += 1 << 20) pread(jf, junk + o, 1 << 20, o);
+                close(jf);
+                munmap(junk, c);
+            }
             int fd = open(path, O_RDONLY | O_CLOEXEC), own = -1;
             char *p = NULL, *area = NULL;
             double t0 = now_us();
