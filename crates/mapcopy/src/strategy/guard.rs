@@ -428,9 +428,11 @@ struct Guards {
 /// one, instead of sleeping. A writer's next access usually comes within
 /// this (a `pwrite` loop: ~15 µs later), and waking a sleeping thread costs
 /// more than the access: on the 2-vCPU VM this was measured on, an idle
-/// vCPU takes 25–40 µs to wake, and spinning cut the writer's added cost
-/// per guarded 4 KiB `pread` from ~85 µs to ~43 µs. At most this much CPU
-/// is spent per burst of events.
+/// vCPU takes 25–40 µs to wake, and polling cut another process's added
+/// cost per guarded 4 KiB `pread` from ~85 µs to ~29 µs (`examples/
+/// guard_cost`; `tools/floors` has the bare fanotify round trip). The
+/// thread yields between polls; at most this much CPU is spent per burst
+/// of events.
 const SPIN: Duration = Duration::from_micros(60);
 
 /// The live group of this process (served by its own thread).
