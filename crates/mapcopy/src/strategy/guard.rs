@@ -59,7 +59,6 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Once, OnceLock, PoisonError};
-use std::time::{Duration, Instant};
 
 use rustix::mm::{Advice, ProtFlags};
 
@@ -69,6 +68,7 @@ use crate::sys::fanotify::{self, Event, FAN_PRE_ACCESS, Group, LeaseProbe, Respo
 use crate::sys::mmap::Region;
 use crate::sys::proc_pid::{self, FdInfo, Syscall};
 use crate::sys::{self, detect, file};
+use crate::watcher;
 
 /// Events the guard asks for on every guarded inode.
 const MASK: u64 = FAN_PRE_ACCESS | libc::FAN_OPEN_PERM;
@@ -424,17 +424,6 @@ struct Guards {
     buf: Mutex<Vec<u64>>,
 }
 
-/// How long the guard thread polls for the next event after answering
-/// one, instead of sleeping. A writer's next access usually comes within
-/// this (a `pwrite` loop: ~15 µs later), and waking a sleeping thread costs
-/// more than the access: on the 2-vCPU VM this was measured on, an idle
-/// vCPU takes 25–40 µs to wake, and polling cut another process's added
-/// cost per guarded 4 KiB `pread` from ~85 µs to ~29 µs (`examples/
-/// guard_cost`; `tools/floors` has the bare fanotify round trip). The
-/// thread yields between polls; at most this much CPU is spent per burst
-/// of events.
-const SPIN: Duration = Duration::from_micros(60);
-
 /// The live group of this process (served by its own thread).
 static CURRENT: Mutex<Option<Arc<Guards>>> = Mutex::new(None);
 /// Raw fds for the fork handler (which may not take locks).
@@ -535,32 +524,23 @@ fn serve_loop(g: Arc<Guards>) {
 }
 
 impl Guards {
-    /// Answers every queued event, then keeps polling for [`SPIN`] after
-    /// the last one before it lets the thread sleep.
+    /// Answers every queued event, then keeps polling for the next for
+    /// [`watcher::POLL_AFTER_EVENT`] before it lets the thread sleep.
     fn ready(&self) {
         let mut buf = lock(&self.buf);
-        let mut spin_until: Option<Instant> = None;
-        loop {
+        watcher::serve_polling(None, || {
             let events = match self.group.read_events(&mut buf) {
                 Ok(ev) => ev,
                 // Panicking makes the guard thread call `shutdown`, which keeps
                 // every snapshot and lets the pending writers go.
                 Err(e) => panic!("reading fanotify events: {e}"),
             };
-            if events.is_empty() {
-                if spin_until.is_some_and(|t| Instant::now() < t) {
-                    // Yield, not spin: a thread waiting to run on this vCPU
-                    // (the writer we just let go, say) gets it at once.
-                    std::thread::yield_now();
-                    continue;
-                }
-                return;
-            }
+            let n = events.len();
             for ev in events {
                 self.serve(ev);
             }
-            spin_until = Some(Instant::now() + SPIN);
-        }
+            n
+        });
     }
 
     /// The guard thread is going away: take every page of every mapping

@@ -90,7 +90,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, Weak};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use linux_raw_sys::general as g;
 use rustix::io::Errno;
@@ -114,18 +114,9 @@ const GROWTH: usize = 4;
 const AHEAD: usize = 8;
 /// Streams tracked per mapping.
 const STREAMS: usize = 4;
-/// How long the handler polls the userfaultfd for the next fault after
-/// serving one, instead of sleeping. A reader's next fault usually comes
-/// within this (a random reader: a few µs after its wakeup), and waking a
-/// sleeping thread costs more than serving the fault: on the 2-vCPU VM this
-/// was measured on, an idle vCPU halts at once and takes 25–40 µs to wake,
-/// and a minimal C handler (`tools/floors/uffd_fault.c`) served a random
-/// 4 KiB fault in ~51 µs sleeping and ~17 µs polling; this handler went
-/// from 63.6 µs to 19.5–23 µs (`examples/lazy_random`). It yields between
-/// polls.
-const SPIN: Duration = Duration::from_micros(60);
-/// The longest the handler keeps the watcher thread in one turn.
-const SPIN_TURN: Duration = Duration::from_millis(2);
+/// The longest the handler keeps the watcher thread in one turn of
+/// polling for faults, so that other sources on it get theirs.
+const POLL_TURN: Duration = Duration::from_millis(2);
 
 // ---------------------------------------------------------------------------
 // Process-level probe
@@ -360,7 +351,7 @@ impl Source for Server {
 
     fn ready(&self) {
         let _guard = AbortOnUnwind("fault handler");
-        self.serve_spinning();
+        self.serve_faults();
     }
 
     fn shutdown(&self) {
@@ -383,7 +374,7 @@ impl Source for Server {
                         Ok(_) | Err(Errno::INTR) => {}
                         Err(e) => fatal_msg(&format!("polling the userfaultfd failed: {e}")),
                     }
-                    me.serve_spinning();
+                    me.serve_faults();
                 }
             });
         if let Err(e) = spawned {
@@ -422,31 +413,14 @@ fn say(msg: &str) {
 }
 
 impl Server {
-    /// Serves faults as they come, polling for [`SPIN`] after the last one
-    /// before it lets the thread sleep, and for at most [`SPIN_TURN`] in
-    /// all, so that other sources on the watcher get their turn (the fd is
-    /// level-triggered and comes back if more is pending).
-    fn serve_spinning(&self) {
+    /// Serves faults as they come, polling for the next for
+    /// [`watcher::POLL_AFTER_EVENT`] before it lets the thread sleep, and for
+    /// at most [`POLL_TURN`] in all, so that other sources on the watcher get
+    /// their turn (the fd is level-triggered and comes back if more is
+    /// pending).
+    fn serve_faults(&self) {
         let mut msgs = Vec::with_capacity(64);
-        let start = Instant::now();
-        let mut last = start;
-        loop {
-            let now = if self.serve_pending(&mut msgs) > 0 {
-                last = Instant::now();
-                last
-            } else {
-                let now = Instant::now();
-                if now.duration_since(last) >= SPIN {
-                    return;
-                }
-                // Yield, not spin: the thread we just woke may share this vCPU.
-                std::thread::yield_now();
-                now
-            };
-            if now.duration_since(start) >= SPIN_TURN {
-                return;
-            }
-        }
+        watcher::serve_polling(Some(POLL_TURN), || self.serve_pending(&mut msgs));
     }
 
     /// Reads and serves one batch of pending fault messages; returns how
