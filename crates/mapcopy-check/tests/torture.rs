@@ -16,14 +16,21 @@ use mapcopy_check::torture::{self, Config, Target};
 /// Total budget of the clean runs, split between the usable strategies.
 const CLEAN_BUDGET_S: f64 = 60.0;
 
-fn control_is_caught() -> Result<(), Failed> {
-    let dir = tempfile::tempdir()?;
-    let mut cfg = Config::new(Target::Private, dir.path());
-    cfg.seed = 42;
+/// A control run: `seed`, at most 10 s in rounds of 0.5 s, stopping at
+/// the first violation and writing its replay file into `dir`.
+fn control_config(target: Target, seed: u64, dir: &std::path::Path) -> Config {
+    let mut cfg = Config::new(target, dir);
+    cfg.seed = seed;
     cfg.seconds = Some(10.0);
     cfg.round = Duration::from_millis(500);
     cfg.stop_on_violation = true;
-    cfg.replay_out = Some(dir.path().join("replay.txt"));
+    cfg.replay_out = Some(dir.join("replay.txt"));
+    cfg
+}
+
+fn control_is_caught() -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let cfg = control_config(Target::Private, 42, dir.path());
     let stats = torture::run(&cfg, &mut |_| {})?;
     eprintln!(
         "control: {} ops, {} pages, stale {} torn {} changed {} signals {} model {} after {:?}",
@@ -77,12 +84,7 @@ fn replay_reproduces(cfg: &Config, dir: &std::path::Path) -> Result<(), Failed> 
 fn control_private_without_shrinking_fails_s2() -> Result<(), Failed> {
     use mapcopy_check::torture::op::Kind;
     let dir = tempfile::tempdir()?;
-    let mut cfg = Config::new(Target::Private, dir.path());
-    cfg.seed = 43;
-    cfg.seconds = Some(10.0);
-    cfg.round = Duration::from_millis(500);
-    cfg.stop_on_violation = true;
-    cfg.replay_out = Some(dir.path().join("replay.txt"));
+    let mut cfg = control_config(Target::Private, 43, dir.path());
     let (mask, _) = torture::supported_kinds(dir.path())?;
     cfg.kinds = Some(
         mask & !(Kind::Truncate.bit()
@@ -105,11 +107,7 @@ fn control_private_without_shrinking_fails_s2() -> Result<(), Failed> {
 /// A copy taken before `T_map` and handed out again must be caught by S1.
 fn control_stale_copy_fails_s1() -> Result<(), Failed> {
     let dir = tempfile::tempdir()?;
-    let mut cfg = Config::new(Target::StaleCopy, dir.path());
-    cfg.seed = 44;
-    cfg.seconds = Some(10.0);
-    cfg.round = Duration::from_millis(500);
-    cfg.stop_on_violation = true;
+    let cfg = control_config(Target::StaleCopy, 44, dir.path());
     let stats = torture::run(&cfg, &mut |_| {})?;
     eprintln!(
         "control (stale copy): {} ops, {} pages, stale {} after {:?}",
