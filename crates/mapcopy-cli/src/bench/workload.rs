@@ -6,7 +6,7 @@ use std::hint::black_box;
 use std::path::Path;
 use std::time::Instant;
 
-use mapcopy::{MapOptions, Strategy};
+use mapcopy::{Consistency, MapOptions, Strategy};
 
 use super::raw::{self, Raw};
 
@@ -282,14 +282,25 @@ pub fn run_once(
         Method::Strategy(s) => timed(
             workload,
             || {
-                MapOptions::new()
-                    .strategy(s)
+                options(s)
                     .map(&file)
                     .map_err(|e| e.to_string())
             },
             |m| &m[..],
         ),
     }
+}
+
+/// How the bench maps with strategy `s`: the default consistency
+/// (point-in-time) where `s` keeps it, per-page for a strategy that keeps
+/// only that (Lazy), as a user of that strategy would have to.
+pub fn options(s: Strategy) -> MapOptions {
+    let mut o = MapOptions::new();
+    o.strategy(s);
+    if !s.keeps(Consistency::PointInTime) {
+        o.consistency(Consistency::PerPage);
+    }
+    o
 }
 
 fn timed<T>(
