@@ -10,6 +10,8 @@
 //!   the skip-or-fail rule (`MAPCOPY_REQUIRE_ALL=1`).
 //! * [`privilege`]: running a child or a command as an unprivileged user.
 //! * [`child`]: re-executing the current binary as a separate process.
+//! * [`rewrite`]: a process that replaces a file's contents with a new
+//!   version, optionally holding it open before the map.
 
 #![warn(missing_docs)]
 
@@ -22,4 +24,5 @@ pub mod modify;
 pub mod oracle;
 pub mod pattern;
 pub mod privilege;
+pub mod rewrite;
 pub mod torture;
