@@ -701,8 +701,7 @@ fn writer_once(
             Ok((cost, Some(m.page0() == before)))
         }
         Some(Method::Strategy(s)) => {
-            let m = mapcopy::MapOptions::new()
-                .strategy(s)
+            let m = mapcopy_check::options(s)
                 .map(&file)
                 .map_err(|e| e.to_string())?;
             let before = m[..4096.min(m.len())].to_vec();

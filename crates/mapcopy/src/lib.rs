@@ -128,7 +128,9 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+mod consistency;
 mod error;
+mod fds;
 mod map;
 mod options;
 mod probe;
@@ -136,6 +138,7 @@ mod strategy;
 mod sys;
 mod watcher;
 
+pub use consistency::Consistency;
 pub use error::{Error, ErrorKind};
 pub use map::{MapCopy, MapCopyMut};
 pub use options::MapOptions;

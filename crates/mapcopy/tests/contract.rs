@@ -271,8 +271,8 @@ fn map_with(
 ) -> Result<Mapped, Result<mapcopy::Error, String>> {
     match backend {
         Backend::Copy(s) => {
-            let mut o = MapOptions::new();
-            o.strategy(s).offset(off).populate(populate);
+            let mut o = mapcopy_check::options(s);
+            o.offset(off).populate(populate);
             if let Some(l) = len {
                 o.len(l);
             }
@@ -306,7 +306,7 @@ fn usable_in(s: Strategy, dir: &Path) -> Result<(), String> {
 fn offers_map_mut(s: Strategy, dir: &Path) -> Result<(), String> {
     let f = TestFile::new_in(dir, 3 * page() + 1, 0).map_err(|e| e.to_string())?;
     let file = f.open().map_err(|e| e.to_string())?;
-    match MapOptions::new().strategy(s).map_mut(&file) {
+    match mapcopy_check::options(s).map_mut(&file) {
         Err(e) if e.kind() == ErrorKind::Unsupported => Err(e.to_string()),
         _ => Ok(()),
     }
@@ -925,8 +925,8 @@ fn size_case(s: Strategy, dir: &Path, size: usize) -> Outcome {
         ranges.push((4097, Some(size - 4098)));
     }
     for (off, len) in ranges {
-        let mut o = MapOptions::new();
-        o.strategy(s).offset(off as u64);
+        let mut o = mapcopy_check::options(s);
+        o.offset(off as u64);
         if let Some(l) = len {
             o.len(l);
         }
@@ -984,10 +984,7 @@ fn many_mappings_case(s: Strategy, dir: &Path) -> Outcome {
     let mut maps = Vec::new();
     let mut content = tf.contents().map_err(io("read"))?;
     for g in 1..=3u32 {
-        let m = MapOptions::new()
-            .strategy(s)
-            .map(&file)
-            .map_err(io("map"))?;
+        let m = mapcopy_check::options(s).map(&file).map_err(io("map"))?;
         let mut c = Checker::new(p, 0, m.len(), content.clone());
         c.touch(&m, [(g as u64 - 1) % 4]).map_err(Failed::from)?;
         maps.push((m, c));
@@ -1029,8 +1026,7 @@ fn churn_case(s: Strategy, dir: &Path) -> Outcome {
     ];
     let steady_file = TestFile::new_in(dir, size, 9).map_err(io("test file"))?;
     let steady_content = steady_file.contents().map_err(io("read"))?;
-    let steady = MapOptions::new()
-        .strategy(s)
+    let steady = mapcopy_check::options(s)
         .map(&steady_file.open().map_err(io("open"))?)
         .map_err(io("map"))?;
     let stop = std::sync::atomic::AtomicBool::new(false);
@@ -1052,8 +1048,7 @@ fn churn_case(s: Strategy, dir: &Path) -> Outcome {
         let r = (|| -> Result<(), Failed> {
             for i in 0..60 {
                 let which = i % 2;
-                let m = MapOptions::new()
-                    .strategy(s)
+                let m = mapcopy_check::options(s)
                     .map(&opened[which])
                     .map_err(io("map"))?;
                 let mut c = Checker::new(p, 0, m.len(), contents[which].clone());
@@ -1102,8 +1097,7 @@ fn threads_case(s: Strategy, dir: &Path, multi: bool) -> Outcome {
     };
     let mut maps = Vec::new();
     for &off in offsets {
-        let m = MapOptions::new()
-            .strategy(s)
+        let m = mapcopy_check::options(s)
             .offset(off)
             .map(&file)
             .map_err(io("map"))?;
@@ -1209,10 +1203,7 @@ fn fork_case(s: Strategy, dir: &Path) -> Outcome {
     let tf = TestFile::new_in(dir, size, 0).map_err(io("test file"))?;
     let old = tf.contents().map_err(io("read"))?;
     let file = tf.open().map_err(io("open"))?;
-    let map = MapOptions::new()
-        .strategy(s)
-        .map(&file)
-        .map_err(io("map"))?;
+    let map = mapcopy_check::options(s).map(&file).map_err(io("map"))?;
     // Touch page 0 in the parent first.
     let mut first = vec![0u8; p];
     Source::read(&map, 0, &mut first).map_err(Failed::from)?;
@@ -1307,10 +1298,7 @@ fn kernel_access_case(s: Strategy, dir: &Path) -> Outcome {
     let file = tf.open().map_err(io("open"))?;
     // 1. Straight from a fresh mapping into a file (write(2) reads it in
     //    kernel mode).
-    let map = MapOptions::new()
-        .strategy(s)
-        .map(&file)
-        .map_err(io("map"))?;
+    let map = mapcopy_check::options(s).map(&file).map_err(io("map"))?;
     let out_path = tf.dir().join("out");
     let mut out = File::create(&out_path).map_err(io("create"))?;
     out.write_all(&map)
@@ -1322,10 +1310,7 @@ fn kernel_access_case(s: Strategy, dir: &Path) -> Outcome {
         "file written from the mapping",
     )?;
     // 2. A new mapping, the file modified, then write(2) into a pipe.
-    let map = MapOptions::new()
-        .strategy(s)
-        .map(&file)
-        .map_err(io("map"))?;
+    let map = mapcopy_check::options(s).map(&file).map_err(io("map"))?;
     let mut checker = Checker::new(p, 0, map.len(), old);
     let new = Modification::new(Kind::Pwrite, 0, 4 * p as u64, 1)
         .apply_checked(tf.path(), checker.current())
@@ -1391,8 +1376,7 @@ fn map_mut_large_case(s: Strategy, dir: &Path) -> Outcome {
     let tf = TestFile::new_in(dir, size, 0).map_err(io("test file"))?;
     let old = tf.contents().map_err(io("read"))?;
     let file = tf.open().map_err(io("open"))?;
-    let mut map = MapOptions::new()
-        .strategy(s)
+    let mut map = mapcopy_check::options(s)
         .map_mut(&file)
         .map_err(io("map_mut"))?;
     let mut c = Checker::new(p, 0, map.len(), old.clone());
@@ -1476,7 +1460,7 @@ fn huge_sparse_case(s: Strategy, dir: &Path) -> Outcome {
     }
     let file = tf.open().map_err(io("open"))?;
     let rss0 = vm_rss();
-    let map = match MapOptions::new().strategy(s).map(&file) {
+    let map = match mapcopy_check::options(s).map(&file) {
         Ok(m) => m,
         Err(e) if matches!(e.kind(), ErrorKind::Unsupported | ErrorKind::Io) => {
             eprintln!("{s} refuses a 64 GiB file ({:?}): {e}", e.kind());
@@ -1643,7 +1627,7 @@ fn read_error_case(name: &str, s: Strategy, populate: bool) -> Outcome {
         let path = std::env::var(FILE_ENV).map_err(io("file to map"))?;
         let want = pattern::bytes(0, 0, size);
         let file = File::open(&path).map_err(io("open"))?;
-        match MapOptions::new().strategy(s).populate(populate).map(&file) {
+        match mapcopy_check::options(s).populate(populate).map(&file) {
             Err(e) => println!("MAP-ERR {:?}: {e}", e.kind()),
             Ok(m) => {
                 for i in 0..size / p {
@@ -1747,8 +1731,7 @@ fn map_mut_case(s: Strategy, dir: &Path) -> Outcome {
     let tf = TestFile::new_in(dir, size, 0).map_err(io("test file"))?;
     let old = tf.contents().map_err(io("read"))?;
     let file = tf.open().map_err(io("open"))?;
-    let mut map = MapOptions::new()
-        .strategy(s)
+    let mut map = mapcopy_check::options(s)
         .map_mut(&file)
         .map_err(io("map_mut"))?;
     if map.strategy() != s {
@@ -1875,8 +1858,7 @@ fn bad_input_case(s: Strategy, b: Bad) -> Outcome {
     let p = page();
     let tf = TestFile::new(3 * p + 1).map_err(io("test file"))?;
     let content = tf.contents().map_err(io("read"))?;
-    let mut o = MapOptions::new();
-    o.strategy(s);
+    let mut o = mapcopy_check::options(s);
     let mut want = content.clone();
     let file: File = match b {
         Bad::Directory => File::open(tf.dir()).map_err(io("open dir"))?,

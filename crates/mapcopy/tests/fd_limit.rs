@@ -18,7 +18,9 @@ const CHILD_ENV: &str = "MAPCOPY_FD_LIMIT_CHILD";
 
 fn contents(i: usize) -> Vec<u8> {
     let len = 1 + (i * 7919) % 20_000;
-    (0..len).map(|k| (k as u8) ^ (i as u8) ^ (i >> 8) as u8).collect()
+    (0..len)
+        .map(|k| (k as u8) ^ (i as u8) ^ (i >> 8) as u8)
+        .collect()
 }
 
 fn main() {
@@ -71,7 +73,10 @@ fn child(dir: &Path) -> Result<(), String> {
     }
     for (i, m) in maps.iter().enumerate() {
         if m[..] != contents(i)[..] {
-            return Err(format!("mapping {i} ({}) holds the wrong bytes", m.strategy()));
+            return Err(format!(
+                "mapping {i} ({}) holds the wrong bytes",
+                m.strategy()
+            ));
         }
     }
     println!("{FILES} live Auto mappings under a soft RLIMIT_NOFILE of {SOFT}: {picked:?}");
@@ -82,20 +87,29 @@ fn child(dir: &Path) -> Result<(), String> {
         .map_err(|e| format!("opening files with the mappings live: {e}"))?;
     drop(extra);
 
-    // Use up the fds, then ask the strategies that keep one per mapping.
+    // Use up the fds (on /dev/null: opening a guarded file would make the
+    // guard thread need an fd for the event), then ask the strategies that
+    // keep one per mapping to map a file that Auto mapped with Eager (so no
+    // fd of it is kept yet).
     let probe = mapcopy::probe(None);
+    let last = FILES - 1;
+    let probe_file = File::open(dir.join(format!("{last:05}"))).map_err(|e| e.to_string())?;
+    if maps[last].strategy() == Strategy::Guard {
+        return Err("the last file was guarded: the fd fallback never happened".into());
+    }
     let mut hog = Vec::new();
-    let probe_file = File::open(dir.join("00000")).map_err(|e| e.to_string())?;
-    while let Ok(f) = File::open(dir.join("00001")) {
+    while let Ok(f) = File::open("/dev/null") {
         hog.push(f);
     }
     for s in [Strategy::Guard, Strategy::Lease, Strategy::Lazy] {
-        let usable = probe.strategies.iter().any(|e| e.strategy == s && e.usable.is_ok());
+        let usable = probe
+            .strategies
+            .iter()
+            .any(|e| e.strategy == s && e.usable.is_ok());
         if !usable {
             continue;
         }
-        match MapOptions::new()
-            .strategy(s)
+        match mapcopy_check::options(s)
             .consistency(Consistency::PerPage)
             .map(&probe_file)
         {
@@ -115,7 +129,7 @@ fn child(dir: &Path) -> Result<(), String> {
     let m = MapOptions::new()
         .map(&probe_file)
         .map_err(|e| format!("Auto with no fd left: {e}"))?;
-    if m[..] != contents(0)[..] {
+    if m[..] != contents(last)[..] {
         return Err("Auto with no fd left: wrong bytes".into());
     }
     drop(hog);

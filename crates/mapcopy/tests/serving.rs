@@ -89,8 +89,7 @@ fn lazy_faults_are_not_held_up_by_a_lease_break_copy() {
     };
     assert_eq!(leased[0], 1, "the leased file's first byte");
     let lazy_file = File::open(&lazy_path).unwrap();
-    let lazy = MapOptions::new()
-        .strategy(Strategy::Lazy)
+    let lazy = mapcopy_check::options(Strategy::Lazy)
         .consistency(Consistency::PerPage)
         .map(&lazy_file)
         .unwrap();

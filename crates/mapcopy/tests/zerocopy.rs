@@ -311,7 +311,7 @@ fn writers(s: Strategy, dir: &Path) -> Result<(), Failed> {
         let data = pattern(len, i as u8);
         make_file(&path, &data)?;
         let file = File::open(&path)?;
-        let map = MapOptions::new().strategy(s).map(&file)?;
+        let map = mapcopy_check::options(s).map(&file)?;
         ensure(map.strategy() == s, || {
             format!("mapped with {}", map.strategy())
         })?;
@@ -340,7 +340,7 @@ fn map_mut_private(s: Strategy, dir: &Path) -> Result<(), Failed> {
     let data = pattern(300_000, 9);
     make_file(&path, &data)?;
     let file = File::open(&path)?;
-    let mut map = MapOptions::new().strategy(s).map_mut(&file)?;
+    let mut map = mapcopy_check::options(s).map_mut(&file)?;
     map[..5].copy_from_slice(b"MINE!");
     write_with(
         r#"dd if=/dev/zero of="$1" bs=4096 count=80 conv=notrunc status=none"#,
@@ -362,7 +362,7 @@ fn past_eof(s: Strategy, dir: &Path) -> Result<(), Failed> {
     let path = dir.join("short");
     make_file(&path, b"short file")?;
     let file = File::open(&path)?;
-    let map = MapOptions::new().strategy(s).len(3 * 4096 + 7).map(&file)?;
+    let map = mapcopy_check::options(s).len(3 * 4096 + 7).map(&file)?;
     write_with(r#"MAPCOPY_ZC_CHILD=truncate "$ZC_EXE" "$1" 0"#, &path)?;
     ensure(&map[..10] == b"short file", || "head changed".into())?;
     ensure(map[10..].iter().all(|&b| b == 0), || "tail not zero".into())?;
@@ -879,7 +879,7 @@ fn child_main(name: &str, args: &[String]) -> i32 {
             eprintln!("open: {e}");
             std::process::exit(3)
         })?;
-        MapOptions::new().strategy(s).map(&file)
+        mapcopy_check::options(s).map(&file)
     };
     match name {
         // Maps with Reflink, touches every page, says so, waits to be killed.

@@ -103,9 +103,7 @@ pub fn run_once(method: Method, files: &Files) -> Result<Run, String> {
                         )
                     }
                     Method::Strategy(s) => {
-                        let m = workload::options(s)
-                            .map(&file)
-                            .map_err(|e| e.to_string())?;
+                        let m = workload::options(s).map(&file).map_err(|e| e.to_string())?;
                         if s == Strategy::Auto {
                             *picked.entry(m.strategy()).or_insert(0) += 1;
                         }

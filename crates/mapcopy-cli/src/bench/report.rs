@@ -236,7 +236,9 @@ fn many_goals(r: &Results) -> Vec<Goal> {
     let vs_private = r.many.ratio(AUTO, Method::MapPrivate);
     let mut g = vec![Goal {
         name: "many files: auto within 2× MAP_PRIVATE's time (ratio ≥ 0.50)".into(),
-        met: vs_private.map(|x| x >= 0.5).or(auto_err.as_ref().map(|_| false)),
+        met: vs_private
+            .map(|x| x >= 0.5)
+            .or(auto_err.as_ref().map(|_| false)),
         detail: match (&auto_err, vs_private) {
             (Some(e), _) => format!("auto failed: {e}"),
             (None, Some(x)) => format!("MAP_PRIVATE's median / auto's median = {}", fmt(Some(x))),

@@ -6,7 +6,7 @@ use std::hint::black_box;
 use std::path::Path;
 use std::time::Instant;
 
-use mapcopy::{Consistency, MapOptions, Strategy};
+use mapcopy::{MapOptions, Strategy};
 
 use super::raw::{self, Raw};
 
@@ -281,11 +281,7 @@ pub fn run_once(
         ),
         Method::Strategy(s) => timed(
             workload,
-            || {
-                options(s)
-                    .map(&file)
-                    .map_err(|e| e.to_string())
-            },
+            || options(s).map(&file).map_err(|e| e.to_string()),
             |m| &m[..],
         ),
     }
@@ -295,12 +291,7 @@ pub fn run_once(
 /// (point-in-time) where `s` keeps it, per-page for a strategy that keeps
 /// only that (Lazy), as a user of that strategy would have to.
 pub fn options(s: Strategy) -> MapOptions {
-    let mut o = MapOptions::new();
-    o.strategy(s);
-    if !s.keeps(Consistency::PointInTime) {
-        o.consistency(Consistency::PerPage);
-    }
-    o
+    mapcopy_check::options(s)
 }
 
 fn timed<T>(
