@@ -116,7 +116,7 @@ impl MapOptions {
     ///
     /// ```
     /// use mapcopy::{Consistency, MapOptions};
-    /// # let file = tempfile::tempfile()?;
+    /// # let file = tempfile::tempfile().unwrap();
     /// let map = MapOptions::new().consistency(Consistency::PerPage).map(&file)?;
     /// # drop(map);
     /// # Ok::<(), mapcopy::Error>(())

@@ -59,7 +59,7 @@ fn lazy_faults_are_not_held_up_by_a_lease_break_copy() {
     for s in [Strategy::Lazy, Strategy::Lease] {
         let e = probe.strategies.iter().find(|e| e.strategy == s).unwrap();
         if let Err(why) = &e.usable {
-            fixture::skip_or_fail(&format!("{s} is not usable here: {why}")).unwrap();
+            fixture::skip_or_fail(format!("{s} is not usable here: {why}")).unwrap();
             return;
         }
     }
@@ -83,7 +83,7 @@ fn lazy_faults_are_not_held_up_by_a_lease_break_copy() {
     let leased = match MapOptions::new().strategy(Strategy::Lease).map(&big_file) {
         Ok(m) => m,
         Err(e) => {
-            fixture::skip_or_fail(&format!("lease mapping of 1 GiB: {e}")).unwrap();
+            fixture::skip_or_fail(format!("lease mapping of 1 GiB: {e}")).unwrap();
             return;
         }
     };

@@ -583,8 +583,14 @@ fn auto_order(fs: Kind, dir: &Path) -> Result<(), Failed> {
         None if usable(Strategy::Lazy) => Strategy::Lazy,
         None => first,
     };
+    // Per-page: under the default point-in-time Lazy is not considered.
+    let per_page = || {
+        let mut o = MapOptions::new();
+        o.consistency(mapcopy::Consistency::PerPage);
+        o
+    };
     let mm = auto_settled(first_mut, || {
-        let mut mm = MapOptions::new().map_mut(&file)?;
+        let mut mm = per_page().map_mut(&file)?;
         mm[0] ^= 0xff;
         Ok(mm.strategy())
     })?;
@@ -593,7 +599,7 @@ fn auto_order(fs: Kind, dir: &Path) -> Result<(), Failed> {
         format!("auto map_mut picked {mm}, expected {first_mut}")
     })?;
     let writer = File::options().append(true).open(&path)?;
-    let mm = MapOptions::new().map_mut(&file)?;
+    let mm = per_page().map_mut(&file)?;
     eprintln!(
         "  {fs}: auto for map_mut with a writer open: {}",
         mm.strategy()

@@ -262,6 +262,15 @@ fn many_goals(r: &Results) -> Vec<Goal> {
     g
 }
 
+/// A table row for a method that failed: its label, FAILED, the error.
+fn failed_row<const N: usize>(m: Method, err: &Option<String>) -> [String; N] {
+    let mut row: [String; N] = std::array::from_fn(|_| String::new());
+    row[0] = m.label().to_string();
+    row[1] = "FAILED".into();
+    row[2] = err.clone().unwrap_or_else(|| "no measurement".into());
+    row
+}
+
 /// Rows of the many-files table.
 fn many_rows(r: &Results) -> Vec<[String; 7]> {
     r.many
@@ -281,15 +290,7 @@ fn many_rows(r: &Results) -> Vec<[String; 7]> {
                     .collect::<Vec<_>>()
                     .join(", "),
             ],
-            (err, _) => [
-                row.method.label().to_string(),
-                "FAILED".into(),
-                err.clone().unwrap_or_else(|| "no measurement".into()),
-                String::new(),
-                String::new(),
-                String::new(),
-                String::new(),
-            ],
+            (err, _) => failed_row(row.method, err),
         })
         .collect()
 }
@@ -407,16 +408,11 @@ fn table_rows(r: &Results, w: Workload, size: u64) -> Vec<[String; 8]> {
                 mib(c.anon),
                 c.secs.len().to_string(),
             ],
-            (err, _) => [
-                c.method.label().to_string(),
-                "FAILED".into(),
-                err.clone().unwrap_or_else(|| "no measurement".into()),
-                String::new(),
-                String::new(),
-                String::new(),
-                String::new(),
-                c.secs.len().to_string(),
-            ],
+            (err, _) => {
+                let mut row = failed_row(c.method, err);
+                row[7] = c.secs.len().to_string();
+                row
+            }
         })
         .collect()
 }
@@ -1040,7 +1036,7 @@ mod tests {
         ];
         let r = results(cells, writer);
         let g = goals(&r);
-        assert_eq!(g.len(), 13);
+        assert_eq!(g.len(), 16);
         assert_eq!(goal(&g, "guard: full scan").met, Some(false));
         assert_eq!(goal(&g, "eager: full scan").met, Some(true));
         assert_eq!(goal(&g, "guard: map + first byte").met, Some(true));

@@ -164,7 +164,7 @@ pub(crate) fn map(s: Strategy, req: &Request<'_>) -> Result<Box<dyn Snapshot>, E
         return auto::map(req);
     }
     auto::keeps(s, req.consistency).map_err(|why| Error::unsupported(s, why))?;
-    map_named(s, req).map_err(|e| auto::out_of_fds_hint(e))
+    map_named(s, req).map_err(auto::out_of_fds_hint)
 }
 
 /// Maps with a concrete strategy, no consistency check.
