@@ -8,9 +8,8 @@
 //!   that no writer holds the file open. The fanotify group is one per
 //!   process.
 //! * `Lease`: one fd per mapping: a lease belongs to an open file
-//!   description and ends when it is closed; where the filesystem clones,
-//!   also the `O_PATH` fd of the directory a break clones into (not
-//!   counted by [`Kept`]: the budget below is a half, not an exact fit).
+//!   description and ends when it is closed. (The directory a break
+//!   clones into is looked up again at the break, not held open.)
 //! * `Lazy`: one fd per mapping, which the fault handler reads pages from
 //!   (the caller may close theirs); the userfaultfd is one per process.
 //! * `Reflink`, `Eager`: none (a clone lives on in its mapping alone).

@@ -361,7 +361,7 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
             _kept: crate::fds::Kept::new(),
             state: Mutex::new(State {
                 file: None,
-                plan: None,
+                clones: false,
             }),
         })
     })();
@@ -377,7 +377,7 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
     {
         let mut st = lock(&entry.state);
         st.file = Some(file);
-        st.plan = plan;
+        st.clones = plan.is_some();
     }
     let entry = Arc::new(entry);
     let poll = table.as_mut().map(|t| {
@@ -440,8 +440,10 @@ struct Entry {
 struct State {
     /// Our open file holding the lease; `None` once released.
     file: Option<File>,
-    /// Where to clone on a break (`None`: copy).
-    plan: Option<CloneDir>,
+    /// Clone on a break (else copy). The clone directory is looked up
+    /// again then (remembered per mount, so a reopen): holding its `O_PATH`
+    /// fd here would keep a second fd per mapping.
+    clones: bool,
 }
 
 impl Entry {
@@ -464,7 +466,7 @@ impl Entry {
         if let Some(file) = st.file.take() {
             let _ = lease::set_lease(&file, Lease::Unlock);
         }
-        st.plan = None;
+        st.clones = false;
     }
 
     /// As `resolve`, but a failed snapshot is returned (the lease is then
@@ -478,7 +480,7 @@ impl Entry {
             return Ok(());
         }
         if !self.abandoned.load(Ordering::Acquire) {
-            self.snapshot(file, st.plan.as_ref())?;
+            self.snapshot(file, st.clones)?;
         }
         // The new pages (clone or copy) came without MADV_DONTFORK; keep the
         // whole mapping's fork behaviour one thing.
@@ -487,18 +489,26 @@ impl Entry {
             .advise(0, self.region.len(), Advice::LinuxDontFork);
         let _ = lease::set_lease(file, Lease::Unlock);
         st.file = None;
-        st.plan = None;
+        st.clones = false;
         Ok(())
     }
 
     /// Replaces `[0, file_len)` with a private snapshot of the same bytes.
     /// Called with the lease held.
-    fn snapshot(&self, file: &File, plan: Option<&CloneDir>) -> Result<(), String> {
+    fn snapshot(&self, file: &File, clones: bool) -> Result<(), String> {
         if self.file_len == 0 {
             return Ok(());
         }
         let mut note = String::new();
-        if let Some(dir) = plan {
+        let dir = match clones.then(|| CloneDir::find(file, self.fs_type)) {
+            Some(Ok(dir)) => Some(dir),
+            Some(Err(why)) => {
+                note = format!("no clone directory: {why}; ");
+                None
+            }
+            None => None,
+        };
+        if let Some(dir) = dir {
             match dir.clone_file(file, self.fs_type) {
                 Ok(clone) => {
                     let size = rustix::fs::fstat(&clone).map(|s| s.st_size as u64);
@@ -648,7 +658,7 @@ impl Drop for LeaseMap {
             if let Some(file) = st.file.take() {
                 let _ = lease::set_lease(&file, Lease::Unlock);
             }
-            st.plan = None;
+            st.clones = false;
         }
         // The region goes with the last reference (ours, or the watcher's
         // if it is looking at it right now).
