@@ -10,6 +10,8 @@
 //!   the skip-or-fail rule (`MAPCOPY_REQUIRE_ALL=1`).
 //! * [`privilege`]: running a child or a command as an unprivileged user.
 //! * [`child`]: re-executing the current binary as a separate process.
+//! * [`rewrite`]: a process that replaces a file's contents with a new
+//!   version, optionally holding it open before the map.
 
 #![warn(missing_docs)]
 
@@ -22,4 +24,26 @@ pub mod modify;
 pub mod oracle;
 pub mod pattern;
 pub mod privilege;
+pub mod rewrite;
 pub mod torture;
+
+/// `MapOptions` for strategy `s` as a user of it maps: the default
+/// consistency (point-in-time) where `s` keeps it, per-page for a strategy
+/// that keeps only that (`Lazy`), so that every strategy's contract cases
+/// run.
+///
+/// ```
+/// use mapcopy::{Consistency, Strategy};
+/// # let file = tempfile::tempfile().unwrap();
+/// let map = mapcopy_check::options(Strategy::Eager).map(&file).unwrap();
+/// # drop(map);
+/// ```
+pub fn options(s: mapcopy::Strategy) -> mapcopy::MapOptions {
+    use mapcopy::Consistency;
+    let mut o = mapcopy::MapOptions::new();
+    o.strategy(s);
+    if !s.keeps(Consistency::PointInTime) {
+        o.consistency(Consistency::PerPage);
+    }
+    o
+}

@@ -32,7 +32,7 @@ use libtest_mimic::{Arguments, Failed, Trial};
 
 mod common;
 use common::{skip, usable_for};
-use mapcopy::{ErrorKind, MapOptions, Strategy};
+use mapcopy::{ErrorKind, Strategy};
 use mapcopy_check::fixture::FsKind;
 
 const CHILD_ENV: &str = "FAULTS_CHILD";
@@ -159,7 +159,7 @@ fn child_eio(args: &[String]) -> i32 {
     let populate = args[2] == "populate";
     let f = File::from(std::io::stdin().as_fd().try_clone_to_owned().unwrap());
     evict(&f);
-    match MapOptions::new().strategy(s).populate(populate).map(&f) {
+    match mapcopy_check::options(s).populate(populate).map(&f) {
         Err(e) => {
             eprintln!("{e}");
             println!("MAPERR {:?}", e.kind());
@@ -214,7 +214,7 @@ fn enospc(fstype: FsKind) -> Result<(), Failed> {
     }
     let mut failures = Vec::new();
     for s in strategies {
-        match MapOptions::new().strategy(s).map(&f) {
+        match mapcopy_check::options(s).map(&f) {
             Ok(m) => {
                 eprintln!("{s}: mapped on a full filesystem");
                 if m[..] != want[..] {
@@ -310,7 +310,7 @@ fn sigkill_mapper() -> Result<(), Failed> {
 fn child_hold(args: &[String]) -> i32 {
     let (path, s) = (&args[0], args[1].parse::<Strategy>().unwrap());
     let f = File::open(path).unwrap();
-    let m = match MapOptions::new().strategy(s).map(&f) {
+    let m = match mapcopy_check::options(s).map(&f) {
         Ok(m) => m,
         Err(e) => {
             println!("ERROR {e}");
@@ -342,7 +342,7 @@ fn many_mappings_of_one_file() -> Result<(), Failed> {
         let f = File::open(&path)?;
         let mut maps = Vec::with_capacity(1000);
         for i in 0..1000 {
-            match MapOptions::new().strategy(s).map(&f) {
+            match mapcopy_check::options(s).map(&f) {
                 Ok(m) => maps.push(m),
                 Err(e) => return Err(format!("{s}: mapping #{i} of one file failed: {e}").into()),
             }
@@ -378,7 +378,7 @@ fn mappings_of_1000_files() -> Result<(), Failed> {
         let mut errors = Vec::new();
         for i in 0..1000 {
             let f = File::open(dir.path().join(format!("f{i}")))?;
-            match MapOptions::new().strategy(s).map(&f) {
+            match mapcopy_check::options(s).map(&f) {
                 Ok(m) => maps.push((i, m)),
                 Err(e) if matches!(e.kind(), ErrorKind::Io | ErrorKind::Unsupported) => {
                     errors.push(e.to_string())
@@ -472,7 +472,7 @@ fn child_nofile(args: &[String]) -> i32 {
         hold.push(f);
     }
     assert!(File::open(path).is_err(), "the limit should forbid new fds");
-    match MapOptions::new().strategy(s).map(&f) {
+    match mapcopy_check::options(s).map(&f) {
         Ok(m) => {
             if m[..] != pattern(256 << 10, 11)[..] {
                 println!("WRONG BYTES");
@@ -489,7 +489,7 @@ fn child_nofile(args: &[String]) -> i32 {
     // be a single one when the inherited fds are contiguous.
     drop(hold);
     rustix::process::setrlimit(rustix::process::Resource::Nofile, lim).unwrap();
-    match MapOptions::new().strategy(s).map(&f) {
+    match mapcopy_check::options(s).map(&f) {
         Ok(m) if m[..] == pattern(256 << 10, 11)[..] => println!("AFTER OK"),
         Ok(_) => println!("AFTER WRONG BYTES"),
         Err(e) => println!("AFTER ERR {:?} {e}", e.kind()),

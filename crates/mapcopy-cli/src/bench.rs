@@ -9,6 +9,7 @@
 //! the methods so that a noisy neighbour hurts them alike.
 
 mod json;
+mod many;
 mod raw;
 mod report;
 mod svg;
@@ -62,6 +63,9 @@ pub struct Args {
     /// 4 KiB writes per writer-cost run.
     #[arg(long, hide = true)]
     pub writes: Option<usize>,
+    /// Files of the many-files workload [default: 2000; 500 with --quick].
+    #[arg(long, hide = true)]
+    pub many_files: Option<usize>,
 }
 
 /// `12`, `4K`, `64M`, `1G`: bytes.
@@ -96,6 +100,8 @@ pub struct Plan {
     /// Stop repeating a method in one cell once its runs took this long.
     pub budget_secs: f64,
     pub only: Vec<Strategy>,
+    /// Files of the many-files workload.
+    pub many_files: usize,
 }
 
 impl Plan {
@@ -124,6 +130,7 @@ impl Plan {
             writes: a.writes.unwrap_or(if a.quick { 1024 } else { 4096 }),
             budget_secs: if a.quick { 3.0 } else { 30.0 },
             only: a.strategy.clone(),
+            many_files: a.many_files.unwrap_or(if a.quick { 500 } else { 2000 }),
         }
     }
 
@@ -247,7 +254,49 @@ pub struct Results {
     pub skipped: Vec<(Strategy, String)>,
     pub cells: Vec<Cell>,
     pub writer: Vec<WriterRow>,
+    pub many: Many,
+    /// What `probe` says Auto picks for the bench's files.
+    pub auto_pick: Option<Strategy>,
     pub elapsed_secs: f64,
+}
+
+/// The many-files workload: every method over the same set of small files.
+#[derive(Clone, Debug, Default)]
+pub struct Many {
+    pub files: usize,
+    pub bytes: u64,
+    pub rows: Vec<ManyRow>,
+}
+
+/// One method in the many-files workload.
+#[derive(Clone, Debug)]
+pub struct ManyRow {
+    pub method: Method,
+    pub secs: Vec<f64>,
+    /// Open fds per live mapping (largest seen over the repetitions).
+    pub fds_per_map: f64,
+    /// For `auto`: files per picked strategy (last repetition).
+    pub picked: Vec<(Strategy, usize)>,
+    pub error: Option<String>,
+}
+
+impl Many {
+    /// The row of `m`.
+    pub fn row(&self, m: Method) -> Option<&ManyRow> {
+        self.rows.iter().find(|r| r.method == m)
+    }
+
+    /// Median of `baseline` / median of `m`.
+    pub fn ratio(&self, m: Method, baseline: Method) -> Option<f64> {
+        let med = |m| {
+            self.row(m)
+                .filter(|r| r.error.is_none())
+                .and_then(|r| stats(&r.secs))
+                .map(|s| s.median)
+        };
+        let (t, b) = (med(m)?, med(baseline)?);
+        (t > 0.0).then(|| b / t)
+    }
 }
 
 impl Results {
@@ -365,6 +414,9 @@ fn bench(args: Args) -> Result<(), String> {
             Err(why) => skipped.push((sp.strategy, why.clone())),
         }
     }
+    if plan.only.is_empty() || plan.only.contains(&Strategy::Auto) {
+        methods.push(Method::Strategy(Strategy::Auto));
+    }
     let filesystem = match &probe.filesystem {
         Some(Ok(fs)) => fs.clone(),
         Some(Err(e)) => format!("unknown ({e})"),
@@ -389,7 +441,8 @@ fn bench(args: Args) -> Result<(), String> {
         .iter()
         .map(|&w| plan.sizes_of(w).len() * methods.len() * plan.reps)
         .sum::<usize>()
-        + writer_rows * plan.reps;
+        + writer_rows * plan.reps
+        + (methods.len() - 1) * plan.reps;
     progress.total = total;
 
     let loadavg_start = loadavg();
@@ -468,6 +521,7 @@ fn bench(args: Args) -> Result<(), String> {
     }
 
     let writer = writer_cost(&plan, &methods, &writer_path, &mut progress);
+    let many = many_files(&plan, &methods, &tmp.path().join("many"), &mut progress)?;
     progress.finish();
 
     let results = Results {
@@ -486,6 +540,8 @@ fn bench(args: Args) -> Result<(), String> {
         skipped,
         cells,
         writer,
+        many,
+        auto_pick: probe.auto.as_ref().ok().copied(),
         elapsed_secs: started.elapsed().as_secs_f64(),
         plan,
     };
@@ -498,6 +554,74 @@ fn bench(args: Args) -> Result<(), String> {
     }
     drop(tmp);
     Ok(())
+}
+
+/// The many-files workload for every method but the THP copy limit (a
+/// baseline for one big file), repetitions interleaved as in the others.
+fn many_files(
+    plan: &Plan,
+    methods: &[Method],
+    dir: &Path,
+    progress: &mut Progress,
+) -> Result<Many, String> {
+    progress.note(&format!(
+        "creating {} files of {}–{}",
+        plan.many_files,
+        fmt_size(many::MIN_FILE),
+        fmt_size(many::MAX_FILE)
+    ));
+    let files = many::create(dir, plan.many_files)
+        .map_err(|e| format!("creating the many-files set in {}: {e}", dir.display()))?;
+    // Just written: hot in the page cache (and dropped per run with --cold).
+    let reference = many::run_once(Method::MapPrivate, &files)?.checksum;
+    let mut rows: Vec<ManyRow> = methods
+        .iter()
+        .filter(|&&m| m != Method::ThpCopy)
+        .map(|&method| ManyRow {
+            method,
+            secs: Vec::new(),
+            fds_per_map: 0.0,
+            picked: Vec::new(),
+            error: None,
+        })
+        .collect();
+    for rep in 0..plan.reps {
+        let n = rows.len();
+        for k in 0..n {
+            let row = &mut rows[(rep + k) % n];
+            progress.step(&format!(
+                "many files · {} · rep {}/{}",
+                row.method.label(),
+                rep + 1,
+                plan.reps
+            ));
+            if row.error.is_some() {
+                continue;
+            }
+            if plan.cold {
+                drop_caches().map_err(|e| format!("dropping the page cache: {e}"))?;
+            }
+            match many::run_once(row.method, &files) {
+                Ok(run) if run.checksum != reference => {
+                    row.error = Some(format!(
+                        "wrong bytes: checksum {:#x}, MAP_PRIVATE gives {reference:#x}",
+                        run.checksum
+                    ))
+                }
+                Ok(run) => {
+                    row.secs.push(run.secs);
+                    row.fds_per_map = row.fds_per_map.max(run.fds_per_map);
+                    row.picked = run.picked.into_iter().collect();
+                }
+                Err(e) => row.error = Some(e),
+            }
+        }
+    }
+    Ok(Many {
+        files: files.paths.len(),
+        bytes: files.bytes,
+        rows,
+    })
 }
 
 /// Writer cost: a 4 KiB `pwrite` loop in another process, with no mapping,
@@ -577,8 +701,7 @@ fn writer_once(
             Ok((cost, Some(m.page0() == before)))
         }
         Some(Method::Strategy(s)) => {
-            let m = mapcopy::MapOptions::new()
-                .strategy(s)
+            let m = mapcopy_check::options(s)
                 .map(&file)
                 .map_err(|e| e.to_string())?;
             let before = m[..4096.min(m.len())].to_vec();

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use mapcopy::{MapCopy, MapOptions};
+use mapcopy::MapCopy;
 use mapcopy_check::control::{PageRead, PrivateMap};
 use mapcopy_check::demo::{self as model, Modification};
 
@@ -317,8 +317,7 @@ fn demo(args: &Args) -> Result<bool, String> {
                     PrivateMap::new(&file, len).map_err(|e| format!("mmap MAP_PRIVATE: {e}"))?,
                 ),
                 Some(&s) => Mapping::Copy(
-                    MapOptions::new()
-                        .strategy(s)
+                    mapcopy_check::options(s)
                         .map(&file)
                         .map_err(|e| format!("mapping with {s}: {e}"))?,
                 ),

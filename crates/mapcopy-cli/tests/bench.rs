@@ -216,7 +216,7 @@ fn bench_quick_writes_a_complete_report() {
     }
 
     let goals = json["goals"].as_array().expect("goals");
-    assert_eq!(goals.len(), 13);
+    assert_eq!(goals.len(), 16);
     for g in goals {
         assert!(g["met"].is_boolean() || g["met"].is_null());
         assert!(!g["detail"].as_str().expect("detail").is_empty());

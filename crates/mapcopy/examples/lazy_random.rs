@@ -10,7 +10,7 @@ use std::fs::File;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use mapcopy::{MapOptions, Strategy};
+use mapcopy::Strategy;
 
 fn touch(bytes: &[u8], pages: usize) -> (u64, usize) {
     let mut x: u64 = 0x6d61_7063_6f70_7921;
@@ -38,8 +38,7 @@ fn main() {
     let mut faults = 0;
     for _ in 0..rounds {
         let t = Instant::now();
-        let m = MapOptions::new()
-            .strategy(Strategy::Lazy)
+        let m = mapcopy_check::options(Strategy::Lazy)
             .map(&file)
             .expect("lazy map");
         let (s, n) = touch(&m, pages);

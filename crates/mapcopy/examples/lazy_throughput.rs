@@ -92,7 +92,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let check = move |got: u64, what: &str| assert_eq!(got, expect, "{what}: wrong contents");
     let pages = (size / 4096) as usize;
     let picks = pages / 100;
-    let lazy = || MapOptions::new().strategy(Strategy::Lazy).clone();
+    let lazy = || mapcopy_check::options(Strategy::Lazy).clone();
     let random = move |m: &mut dyn FnMut(usize)| {
         let mut x: u64 = 0x2545_f491_4f6c_dd1d;
         for _ in 0..picks {

@@ -9,7 +9,7 @@ use std::fs::File;
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
-use mapcopy::{MapOptions, Strategy};
+use mapcopy::Strategy;
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -46,7 +46,7 @@ fn main() {
                 }
                 _ => {
                     let s = [Strategy::Guard, Strategy::Lease, Strategy::Lazy][i - 1];
-                    let m = MapOptions::new().strategy(s).map(&file).expect("map");
+                    let m = mapcopy_check::options(s).map(&file).expect("map");
                     let b = std::hint::black_box(m[0]);
                     times.push(start.elapsed());
                     b

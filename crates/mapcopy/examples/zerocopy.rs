@@ -228,7 +228,7 @@ fn scans(path: &Path) {
     for s in [Strategy::Lease, Strategy::Reflink, Strategy::Eager] {
         let m0 = private_kib();
         let t = Instant::now();
-        let map = match MapOptions::new().strategy(s).map(&file) {
+        let map = match mapcopy_check::options(s).map(&file) {
             Ok(m) => m,
             Err(e) => {
                 println!("{:<14} {e}", s.to_string());

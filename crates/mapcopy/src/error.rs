@@ -56,6 +56,17 @@ impl Error {
         self.kind
     }
 
+    /// The errno behind an `Io` error, if any.
+    pub(crate) fn raw_os_error(&self) -> Option<i32> {
+        self.source.as_ref().and_then(io::Error::raw_os_error)
+    }
+
+    /// The same error with `hint` appended to its message.
+    pub(crate) fn with_hint(mut self, hint: &str) -> Error {
+        self.message = format!("{}; {hint}", self.message);
+        self
+    }
+
     pub(crate) fn unsupported(strategy: Strategy, reason: impl fmt::Display) -> Error {
         Error {
             kind: ErrorKind::Unsupported,

@@ -43,6 +43,15 @@
 //! * **S5 safety** — because of S1–S3 the mapping is handed out as `&[u8]`.
 //!   Nothing in this API is `unsafe` to call.
 //!
+//! **Consistency** ([`MapOptions::consistency`]): S1 lets each page have
+//! its own instant. Under [`Consistency::PointInTime`] — the default — all
+//! pages share one: every page holds the file as of one instant `T` with
+//! `T_map_start <= T <= T_map_return`, so a structured file (a header that
+//! points at data: safetensors, ELF, DWARF, Arrow IPC, SQLite, fonts) is
+//! always one version. [`Consistency::PerPage`] is S1 alone, what lets
+//! `Lazy` serve huge files sparsely. Per-page atomicity caveats against a
+//! concurrent `write()` (below) stay as listed.
+//!
 //! A strategy that cannot keep the contract in some situation says so before
 //! mapping, with [`ErrorKind::Unsupported`] and the reason; it never maps and
 //! silently breaks it.
@@ -57,6 +66,13 @@
 //! | [`Strategy::Lease`] | `F_SETLEASE` read lease over a private mapping; on a lease break, a reflink clone (or a copy) replaces the range before the writer's `open` returns | at map time | nothing until a writer opens; then none with reflink, else the range | owner of the file or `CAP_LEASE`; no writer at map time; the lease-break signal (`MAPCOPY_LEASE_SIGNAL`, default `SIGRTMIN+11`) not taken by the application; read-only mappings |
 //! | [`Strategy::Reflink`] | `FICLONE` into an unlinked `O_TMPFILE` on the same mount, private mapping of the clone | at map time, atomically | none (filesystem CoW) | a filesystem with reflink (xfs `-m reflink=1`, btrfs, bcachefs) and a directory on the file's mount where an `O_TMPFILE` can be made (`MAPCOPY_TMPDIR` names one) |
 //!
+//! Consistency kept: `Guard`, `Lease` and `Reflink` snapshot at map time
+//! (point-in-time); `Eager` copies at map time and, under point-in-time,
+//! validates the copy (the file's size and ctime unchanged across it, else
+//! copied again; see below for what a writer already holding the file open
+//! can still do); `Lazy` keeps only per-page and refuses point-in-time.
+//! [`Strategy::keeps`] is the table; [`probe`] reports it per strategy.
+//!
 //! [`Strategy::Auto`] (the default) takes the first usable one in the order
 //! of [`Strategy::ALL`] — Guard, Lease, Reflink, Lazy, Eager — for
 //! [`MapOptions::map`]: Guard first because it sees every later writer and
@@ -66,9 +82,23 @@
 //! Lease, Eager: Guard and Lease must snapshot a writable mapping at map
 //! time, which without a reflink clone means copying the whole range.
 //! [`probe`] tells which strategy Auto picks and why each other one cannot.
+//! Auto considers only strategies that keep the requested consistency; it
+//! learns what holds for the process and for each filesystem once, so a
+//! call costs what its pick's `map` costs; and it passes over the
+//! strategies that keep an fd per mapping (Guard per file, Lease, Lazy)
+//! once those fds reach half the soft `RLIMIT_NOFILE` or the kernel has no
+//! fd to give, so thousands of live mappings never exhaust the process's
+//! fds.
 //!
 //! Properties some strategies lack:
 //!
+//! * **Point-in-time against a writer already holding the file open**
+//!   (`Eager`): every modifying syscall and a shared mapping's first store
+//!   into a clean page move the file's ctime, which `Eager` checks around
+//!   its copy; a `write()` already under way when the copy starts (it moved
+//!   ctime before) and stores into already-dirty pages of a shared writable
+//!   mapping do not, and can be seen in part. They need a writer that holds
+//!   the file open when `map` starts (Guard and Lease refuse to map then).
 //! * **Per-page atomicity against a concurrent `write()`**: `Lazy` and
 //!   `Eager` read with `pread`, which the kernel does not make atomic against
 //!   a `write()` running at the same moment on the same page; such a page
@@ -128,7 +158,9 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+mod consistency;
 mod error;
+mod fds;
 mod map;
 mod options;
 mod probe;
@@ -136,6 +168,7 @@ mod strategy;
 mod sys;
 mod watcher;
 
+pub use consistency::Consistency;
 pub use error::{Error, ErrorKind};
 pub use map::{MapCopy, MapCopyMut};
 pub use options::MapOptions;

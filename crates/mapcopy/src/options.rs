@@ -6,7 +6,7 @@ use rustix::fs::FileType;
 
 use crate::strategy::{self, Request};
 use crate::sys::{self, file::Meta};
-use crate::{Error, MapCopy, MapCopyMut, Strategy};
+use crate::{Consistency, Error, MapCopy, MapCopyMut, Strategy};
 
 /// How to map: which strategy, which range, whether to snapshot every page
 /// now. Like `memmap2::MmapOptions`, but `map` is safe.
@@ -29,10 +29,12 @@ pub struct MapOptions {
     offset: u64,
     len: Option<usize>,
     populate: bool,
+    consistency: Consistency,
 }
 
 impl MapOptions {
-    /// Whole file, [`Strategy::Auto`], snapshots taken lazily.
+    /// Whole file, [`Strategy::Auto`], [`Consistency::PointInTime`],
+    /// snapshots taken lazily where the strategy can.
     ///
     /// ```
     /// let opts = mapcopy::MapOptions::new();
@@ -101,6 +103,26 @@ impl MapOptions {
     /// ```
     pub fn populate(&mut self, yes: bool) -> &mut Self {
         self.populate = yes;
+        self
+    }
+
+    /// Which instants the mapping's pages may show the file at. Default
+    /// [`Consistency::PointInTime`]: the whole mapping is the file as of one
+    /// instant during the `map` call. [`Consistency::PerPage`] lets each
+    /// page be read at its first access (what lets [`Strategy::Lazy`] map
+    /// huge files sparsely). [`Strategy::Auto`] considers only strategies
+    /// that keep the consistency asked for; a named strategy that cannot
+    /// keep it refuses with [`crate::ErrorKind::Unsupported`].
+    ///
+    /// ```
+    /// use mapcopy::{Consistency, MapOptions};
+    /// # let file = tempfile::tempfile().unwrap();
+    /// let map = MapOptions::new().consistency(Consistency::PerPage).map(&file)?;
+    /// # drop(map);
+    /// # Ok::<(), mapcopy::Error>(())
+    /// ```
+    pub fn consistency(&mut self, c: Consistency) -> &mut Self {
+        self.consistency = c;
         self
     }
 
@@ -193,6 +215,8 @@ impl MapOptions {
             len,
             writable,
             populate: self.populate,
+            consistency: self.consistency,
+            for_auto: false,
         })
     }
 }

@@ -6,7 +6,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use crate::strategy::{self, Strategy};
-use crate::{MapOptions, sys};
+use crate::{Consistency, MapOptions, sys};
 
 /// What [`probe`] found: for each strategy, usable or the reason not, and
 /// which one [`Strategy::Auto`] picks.
@@ -68,24 +68,39 @@ pub struct StrategyProbe {
     /// `Ok` with what makes it usable if it can keep the contract here, else
     /// `Err` with the reason it cannot.
     pub usable: Result<String, String>,
+    /// The strongest [`Consistency`] it keeps: [`Consistency::PointInTime`]
+    /// (the whole mapping is the file at one instant during `map`) or only
+    /// [`Consistency::PerPage`]. `usable` is about the contract under
+    /// per-page; under point-in-time a strategy that keeps only per-page
+    /// refuses.
+    pub consistency: Consistency,
     /// Properties beyond the contract that this strategy does not give
     /// (DESIGN §1: "properties a strategy may lack"), worded for a user.
     pub lacks: Vec<&'static str>,
+}
+
+/// The strongest consistency `s` keeps (the table of
+/// [`Strategy::keeps`]).
+fn strongest(s: Strategy) -> Consistency {
+    Consistency::ALL
+        .into_iter()
+        .find(|&c| s.keeps(c))
+        .unwrap_or(Consistency::PerPage)
 }
 
 /// What `s` does not give beyond the contract. Each strategy's owner keeps
 /// its entry in step with the crate docs.
 fn lacks(s: Strategy) -> Vec<&'static str> {
     match s {
-        Strategy::Eager | Strategy::Lazy => {
-            let mut v = vec![
-                "per-page atomicity against a concurrent write(): a page read while a write() runs may hold part of it (it never changes afterwards)",
-            ];
-            if s == Strategy::Lazy {
-                v.push("fork(): the mapping is MADV_DONTFORK; a forked child does not inherit it (touching it there faults)");
-            }
-            v
-        }
+        Strategy::Eager => vec![
+            "point-in-time against a writer that already holds the file open when map starts: the copy is retaken until the file's size and ctime are the same before and after it, which every later writer's syscalls (and its first store to a clean shared-mapped page) change; a write() already under way, or stores into already-dirty pages of a shared writable mapping, can still be seen in part",
+            "per-page atomicity against a concurrent write() under Consistency::PerPage (no validation then): a page read while a write() runs may hold part of it (it never changes afterwards)",
+        ],
+        Strategy::Lazy => vec![
+            "point-in-time consistency: each page is read at its first access, so pages of one mapping can be of different versions (a header of one version, data of another); it maps only with Consistency::PerPage",
+            "per-page atomicity against a concurrent write(): a page read while a write() runs may hold part of it (it never changes afterwards)",
+            "fork(): the mapping is MADV_DONTFORK; a forked child does not inherit it (touching it there faults)",
+        ],
         Strategy::Guard => vec![
             "open(O_RDONLY|O_TRUNC) already under way when the guard is armed (the file's first guarded mapping in this process): an open that passed its permission check before the mark existed truncates without an event and without breaking the lease that proves there is no writer; the mapping's pages past the new end then fault (SIGBUS). Later such opens are seen (FAN_OPEN_PERM) and handled",
             "writes through a loop device attached to the file after the map: the loop driver writes with ->write_iter directly and raises no fanotify event, so those pages change under the mapping (a loop device attached before the map holds the file open for writing, and the map is refused)",
@@ -126,7 +141,10 @@ pub fn probe(path: Option<&Path>) -> Probe {
         .into_owned();
     let mut filesystem = None;
     let file = path.map(|p| File::open(p).map_err(|e| format!("cannot open {}: {e}", p.display())));
-    let opts = MapOptions::new();
+    // Usability is about the contract (per-page); what each strategy keeps
+    // beyond it is `consistency`, and Auto's pick is for the default.
+    let mut opts = MapOptions::new();
+    opts.consistency(Consistency::PerPage);
     let req = match &file {
         Some(Ok(f)) => match opts.request(f, false) {
             Ok(r) => {
@@ -146,6 +164,7 @@ pub fn probe(path: Option<&Path>) -> Probe {
                 .map(|&s| StrategyProbe {
                     strategy: s,
                     usable: Err(e.clone()),
+                    consistency: strongest(s),
                     lacks: lacks(s),
                 })
                 .collect();
@@ -158,10 +177,15 @@ pub fn probe(path: Option<&Path>) -> Probe {
                 .map(|&s| StrategyProbe {
                     strategy: s,
                     usable: strategy::check(s, r),
+                    consistency: strongest(s),
                     lacks: lacks(s),
                 })
                 .collect();
-            let auto = strategy::choose(r)
+            let pit = r.map(|r| strategy::Request {
+                consistency: Consistency::default(),
+                ..r.clone()
+            });
+            let auto = strategy::choose(pit.as_ref().or(r))
                 .0
                 .ok_or_else(|| "no strategy can map this file".to_string());
             (entries, auto)
@@ -260,12 +284,17 @@ impl fmt::Display for Probe {
         }
         for s in &self.strategies {
             match &s.usable {
-                Ok(how) => writeln!(f, "  {:<8} usable: {how}", s.strategy.name())?,
+                Ok(how) => writeln!(
+                    f,
+                    "  {:<8} usable ({}): {how}",
+                    s.strategy.name(),
+                    s.consistency
+                )?,
                 Err(why) => writeln!(f, "  {:<8} no: {why}", s.strategy.name())?,
             }
         }
         match &self.auto {
-            Ok(s) => write!(f, "auto picks: {s}"),
+            Ok(s) => write!(f, "auto picks: {s} (for {})", Consistency::default()),
             Err(e) => write!(f, "auto picks nothing: {e}"),
         }
     }

@@ -36,6 +36,13 @@
 //!   (per strategy's documented behaviour), `kernel-access` (`write(2)`
 //!   from untouched pages), `map-mut*` (S4), `many-mappings`, `churn`,
 //!   `huge-sparse` (64 GiB);
+//! * `point-in-time/safetensors/*`, `per-page/safetensors/*`: a
+//!   safetensors file rewritten by another process (holding it open before
+//!   the map, or opening it after) with other tensors and another layout,
+//!   after the header page was read and before any tensor page was: every
+//!   strategy that keeps point-in-time yields the version-1 tensors exactly
+//!   (or refuses, where documented); Lazy under per-page and the control
+//!   show the mixture;
 //! * `bad-input/*` (DESIGN §4), `auto/probe`, and their `nobody/` twins;
 //! * `fixture/*`: loop mounts, and that writers report "unsupported on this
 //!   filesystem" apart from failures.
@@ -55,10 +62,11 @@ use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
-use mapcopy::{ErrorKind, MapCopy, MapOptions, Strategy};
+use mapcopy::{Consistency, ErrorKind, MapCopy, MapOptions, Strategy};
 use mapcopy_check::fixture::{self, FsKind, LoopMount, TestFile};
 use mapcopy_check::modify::{ApplyError, Kind, Modification, Writer};
 use mapcopy_check::oracle::{Checker, FollowsFile, Source, Violation};
+use mapcopy_check::rewrite::Rewriter;
 use mapcopy_check::{pattern, privilege};
 
 type Outcome = Result<Completion, Failed>;
@@ -271,8 +279,8 @@ fn map_with(
 ) -> Result<Mapped, Result<mapcopy::Error, String>> {
     match backend {
         Backend::Copy(s) => {
-            let mut o = MapOptions::new();
-            o.strategy(s).offset(off).populate(populate);
+            let mut o = mapcopy_check::options(s);
+            o.offset(off).populate(populate);
             if let Some(l) = len {
                 o.len(l);
             }
@@ -306,7 +314,7 @@ fn usable_in(s: Strategy, dir: &Path) -> Result<(), String> {
 fn offers_map_mut(s: Strategy, dir: &Path) -> Result<(), String> {
     let f = TestFile::new_in(dir, 3 * page() + 1, 0).map_err(|e| e.to_string())?;
     let file = f.open().map_err(|e| e.to_string())?;
-    match MapOptions::new().strategy(s).map_mut(&file) {
+    match mapcopy_check::options(s).map_mut(&file) {
         Err(e) if e.kind() == ErrorKind::Unsupported => Err(e.to_string()),
         _ => Ok(()),
     }
@@ -925,8 +933,8 @@ fn size_case(s: Strategy, dir: &Path, size: usize) -> Outcome {
         ranges.push((4097, Some(size - 4098)));
     }
     for (off, len) in ranges {
-        let mut o = MapOptions::new();
-        o.strategy(s).offset(off as u64);
+        let mut o = mapcopy_check::options(s);
+        o.offset(off as u64);
         if let Some(l) = len {
             o.len(l);
         }
@@ -984,10 +992,7 @@ fn many_mappings_case(s: Strategy, dir: &Path) -> Outcome {
     let mut maps = Vec::new();
     let mut content = tf.contents().map_err(io("read"))?;
     for g in 1..=3u32 {
-        let m = MapOptions::new()
-            .strategy(s)
-            .map(&file)
-            .map_err(io("map"))?;
+        let m = mapcopy_check::options(s).map(&file).map_err(io("map"))?;
         let mut c = Checker::new(p, 0, m.len(), content.clone());
         c.touch(&m, [(g as u64 - 1) % 4]).map_err(Failed::from)?;
         maps.push((m, c));
@@ -1029,8 +1034,7 @@ fn churn_case(s: Strategy, dir: &Path) -> Outcome {
     ];
     let steady_file = TestFile::new_in(dir, size, 9).map_err(io("test file"))?;
     let steady_content = steady_file.contents().map_err(io("read"))?;
-    let steady = MapOptions::new()
-        .strategy(s)
+    let steady = mapcopy_check::options(s)
         .map(&steady_file.open().map_err(io("open"))?)
         .map_err(io("map"))?;
     let stop = std::sync::atomic::AtomicBool::new(false);
@@ -1052,8 +1056,7 @@ fn churn_case(s: Strategy, dir: &Path) -> Outcome {
         let r = (|| -> Result<(), Failed> {
             for i in 0..60 {
                 let which = i % 2;
-                let m = MapOptions::new()
-                    .strategy(s)
+                let m = mapcopy_check::options(s)
                     .map(&opened[which])
                     .map_err(io("map"))?;
                 let mut c = Checker::new(p, 0, m.len(), contents[which].clone());
@@ -1102,8 +1105,7 @@ fn threads_case(s: Strategy, dir: &Path, multi: bool) -> Outcome {
     };
     let mut maps = Vec::new();
     for &off in offsets {
-        let m = MapOptions::new()
-            .strategy(s)
+        let m = mapcopy_check::options(s)
             .offset(off)
             .map(&file)
             .map_err(io("map"))?;
@@ -1209,10 +1211,7 @@ fn fork_case(s: Strategy, dir: &Path) -> Outcome {
     let tf = TestFile::new_in(dir, size, 0).map_err(io("test file"))?;
     let old = tf.contents().map_err(io("read"))?;
     let file = tf.open().map_err(io("open"))?;
-    let map = MapOptions::new()
-        .strategy(s)
-        .map(&file)
-        .map_err(io("map"))?;
+    let map = mapcopy_check::options(s).map(&file).map_err(io("map"))?;
     // Touch page 0 in the parent first.
     let mut first = vec![0u8; p];
     Source::read(&map, 0, &mut first).map_err(Failed::from)?;
@@ -1307,10 +1306,7 @@ fn kernel_access_case(s: Strategy, dir: &Path) -> Outcome {
     let file = tf.open().map_err(io("open"))?;
     // 1. Straight from a fresh mapping into a file (write(2) reads it in
     //    kernel mode).
-    let map = MapOptions::new()
-        .strategy(s)
-        .map(&file)
-        .map_err(io("map"))?;
+    let map = mapcopy_check::options(s).map(&file).map_err(io("map"))?;
     let out_path = tf.dir().join("out");
     let mut out = File::create(&out_path).map_err(io("create"))?;
     out.write_all(&map)
@@ -1322,10 +1318,7 @@ fn kernel_access_case(s: Strategy, dir: &Path) -> Outcome {
         "file written from the mapping",
     )?;
     // 2. A new mapping, the file modified, then write(2) into a pipe.
-    let map = MapOptions::new()
-        .strategy(s)
-        .map(&file)
-        .map_err(io("map"))?;
+    let map = mapcopy_check::options(s).map(&file).map_err(io("map"))?;
     let mut checker = Checker::new(p, 0, map.len(), old);
     let new = Modification::new(Kind::Pwrite, 0, 4 * p as u64, 1)
         .apply_checked(tf.path(), checker.current())
@@ -1391,8 +1384,7 @@ fn map_mut_large_case(s: Strategy, dir: &Path) -> Outcome {
     let tf = TestFile::new_in(dir, size, 0).map_err(io("test file"))?;
     let old = tf.contents().map_err(io("read"))?;
     let file = tf.open().map_err(io("open"))?;
-    let mut map = MapOptions::new()
-        .strategy(s)
+    let mut map = mapcopy_check::options(s)
         .map_mut(&file)
         .map_err(io("map_mut"))?;
     let mut c = Checker::new(p, 0, map.len(), old.clone());
@@ -1476,7 +1468,7 @@ fn huge_sparse_case(s: Strategy, dir: &Path) -> Outcome {
     }
     let file = tf.open().map_err(io("open"))?;
     let rss0 = vm_rss();
-    let map = match MapOptions::new().strategy(s).map(&file) {
+    let map = match mapcopy_check::options(s).map(&file) {
         Ok(m) => m,
         Err(e) if matches!(e.kind(), ErrorKind::Unsupported | ErrorKind::Io) => {
             eprintln!("{s} refuses a 64 GiB file ({:?}): {e}", e.kind());
@@ -1571,8 +1563,7 @@ fn mixed_case(name: &str, dir: &Path) -> Outcome {
         // Each user opens the file itself, after the others have mapped it
         // (a file opened after a fanotify mark exists raises its events).
         let file = tf.open().map_err(io("open"))?;
-        let m = MapOptions::new()
-            .strategy(e.strategy)
+        let m = mapcopy_check::options(e.strategy)
             .map(&file)
             .map_err(io(e.strategy.name()))?;
         let mut c = Checker::new(p, 0, m.len(), old.clone());
@@ -1643,7 +1634,7 @@ fn read_error_case(name: &str, s: Strategy, populate: bool) -> Outcome {
         let path = std::env::var(FILE_ENV).map_err(io("file to map"))?;
         let want = pattern::bytes(0, 0, size);
         let file = File::open(&path).map_err(io("open"))?;
-        match MapOptions::new().strategy(s).populate(populate).map(&file) {
+        match mapcopy_check::options(s).populate(populate).map(&file) {
             Err(e) => println!("MAP-ERR {:?}: {e}", e.kind()),
             Ok(m) => {
                 for i in 0..size / p {
@@ -1747,8 +1738,7 @@ fn map_mut_case(s: Strategy, dir: &Path) -> Outcome {
     let tf = TestFile::new_in(dir, size, 0).map_err(io("test file"))?;
     let old = tf.contents().map_err(io("read"))?;
     let file = tf.open().map_err(io("open"))?;
-    let mut map = MapOptions::new()
-        .strategy(s)
+    let mut map = mapcopy_check::options(s)
         .map_mut(&file)
         .map_err(io("map_mut"))?;
     if map.strategy() != s {
@@ -1875,8 +1865,7 @@ fn bad_input_case(s: Strategy, b: Bad) -> Outcome {
     let p = page();
     let tf = TestFile::new(3 * p + 1).map_err(io("test file"))?;
     let content = tf.contents().map_err(io("read"))?;
-    let mut o = MapOptions::new();
-    o.strategy(s);
+    let mut o = mapcopy_check::options(s);
     let mut want = content.clone();
     let file: File = match b {
         Bad::Directory => File::open(tf.dir()).map_err(io("open dir"))?,
@@ -2094,7 +2083,7 @@ fn auto_probe_case() -> Outcome {
     // Named strategies: usable ones map, the others refuse with the reason.
     let file = tf.open().map_err(io("open"))?;
     for e in &pr.strategies {
-        let r = MapOptions::new().strategy(e.strategy).map(&file);
+        let r = mapcopy_check::options(e.strategy).map(&file);
         match (&e.usable, r) {
             (Ok(_), Ok(m)) if m.strategy() == e.strategy => {
                 check_bytes(&m, &content, e.strategy.name())?
@@ -2114,6 +2103,33 @@ fn auto_probe_case() -> Outcome {
                     e.strategy,
                     r.map(|m| m.strategy())
                 ));
+            }
+        }
+    }
+    // A strategy that keeps only per-page refuses the default
+    // (point-in-time), saying so; probe's consistency is the one it keeps.
+    for e in &pr.strategies {
+        if e.consistency != Consistency::PointInTime && e.strategy.keeps(Consistency::PointInTime)
+            || e.consistency == Consistency::PointInTime
+                && !e.strategy.keeps(Consistency::PointInTime)
+        {
+            return fail(format!(
+                "{}: probe says it keeps {}",
+                e.strategy, e.consistency
+            ));
+        }
+        if e.consistency == Consistency::PerPage && e.usable.is_ok() {
+            match MapOptions::new().strategy(e.strategy).map(&file) {
+                Err(err)
+                    if err.kind() == ErrorKind::Unsupported
+                        && err.to_string().contains("PerPage") => {}
+                r => {
+                    return fail(format!(
+                        "{} under point-in-time: {:?}, not a refusal naming Consistency::PerPage",
+                        e.strategy,
+                        r.map(|m| m.strategy())
+                    ));
+                }
             }
         }
     }
@@ -2160,6 +2176,198 @@ fn nobody_trial(inner: &str) -> Outcome {
 
 // ---------------------------------------------------------------------------
 // The trial list
+
+// ---------------------------------------------------------------------------
+// Consistency: a structured file (safetensors) rewritten with another layout
+
+/// The tensors of a safetensors buffer, as (name, dtype, shape, data).
+type Tensors = Vec<(String, String, Vec<usize>, Vec<u8>)>;
+
+fn tensor_bytes(n: usize, seed: u64) -> Vec<u8> {
+    (0..n as u64)
+        .map(|i| (i.wrapping_mul(0x9e37_79b9).wrapping_add(seed) >> 7) as u8)
+        .collect()
+}
+
+/// Serializes tensors `(name, dtype, shape)` filled with seeded bytes.
+fn safetensors_file(spec: &[(&str, safetensors::Dtype, &[usize])], seed: u64) -> Vec<u8> {
+    let data: Vec<(String, Vec<u8>, safetensors::Dtype, Vec<usize>)> = spec
+        .iter()
+        .enumerate()
+        .map(|(k, &(name, dtype, shape))| {
+            let n = shape.iter().product::<usize>() * dtype.bitsize() / 8;
+            (
+                name.to_string(),
+                tensor_bytes(n, seed + k as u64),
+                dtype,
+                shape.to_vec(),
+            )
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = data
+        .iter()
+        .map(|(name, bytes, dtype, shape)| {
+            let v = safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes)
+                .expect("valid tensor");
+            (name.clone(), v)
+        })
+        .collect();
+    safetensors::serialize(views, None).expect("serialize")
+}
+
+/// Version 1: three tensors, header on page 0, data over many pages.
+fn safetensors_v1() -> Vec<u8> {
+    use safetensors::Dtype::*;
+    safetensors_file(
+        &[
+            ("embed", F32, &[256, 256]),
+            ("bias", I64, &[4096]),
+            ("mask", U8, &[3 * 4096 + 17]),
+        ],
+        1,
+    )
+}
+
+/// Version 2: other tensors, another layout, larger than version 1 (so the
+/// control's pages never fall past the end: it must fail on bytes, not on
+/// SIGBUS).
+fn safetensors_v2() -> Vec<u8> {
+    use safetensors::Dtype::*;
+    safetensors_file(
+        &[
+            ("mask", U8, &[1000]),
+            ("proj", F64, &[160, 256]),
+            ("embed", F32, &[64]),
+            ("extra", I32, &[20_000]),
+        ],
+        99,
+    )
+}
+
+/// Deserializes `bytes`, or says why it cannot.
+fn tensors_of(bytes: &[u8]) -> Result<Tensors, String> {
+    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| e.to_string())?;
+    let mut out: Tensors = st
+        .tensors()
+        .into_iter()
+        .map(|(name, t)| {
+            (
+                name,
+                format!("{:?}", t.dtype()),
+                t.shape().to_vec(),
+                t.data().to_vec(),
+            )
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// How a mapping of a safetensors file fared when another process rewrote
+/// the file after the header page was read and before any tensor page was.
+enum Fared {
+    /// The map call refused (`Unsupported`), with the message.
+    Refused(String),
+    /// Deserialized to exactly the version-1 tensors.
+    V1,
+    /// Anything else: the mixture (or error) seen.
+    Mixed(String),
+}
+
+fn safetensors_run(
+    b: Backend,
+    dir: &Path,
+    c: Consistency,
+    open_before: bool,
+) -> Result<Fared, Failed> {
+    let v1 = safetensors_v1();
+    let v2 = safetensors_v2();
+    let want = tensors_of(&v1).map_err(|e| Failed::from(format!("v1 does not parse: {e}")))?;
+    let tmp = tempfile::Builder::new()
+        .prefix("mapcopy-pit-")
+        .tempdir_in(dir)
+        .map_err(io("temp dir"))?;
+    let path = tmp.path().join("model.safetensors");
+    let next = tmp.path().join("v2.safetensors");
+    std::fs::write(&path, &v1).map_err(io("writing v1"))?;
+    std::fs::write(&next, &v2).map_err(io("writing v2"))?;
+    let writer = Rewriter::spawn(&path, &next, open_before).map_err(Failed::from)?;
+    let file = File::open(&path).map_err(io("open"))?;
+    let mapped = match b {
+        Backend::Copy(s) => match MapOptions::new().strategy(s).consistency(c).map(&file) {
+            Ok(m) => Mapped::Copy(m),
+            Err(e) if e.kind() == ErrorKind::Unsupported => {
+                return Ok(Fared::Refused(e.to_string()));
+            }
+            Err(e) => return fail(format!("map: {e}")),
+        },
+        Backend::Control => Mapped::Control(Control::new(&file, 0, v1.len()).map_err(io("mmap"))?),
+    };
+    let src = mapped.source();
+    // Read the header (page 0) only, as a reader of the format does first.
+    let mut head = vec![0u8; page().min(v1.len())];
+    src.read(0, &mut head).map_err(Failed::from)?;
+    writer.rewrite().map_err(Failed::from)?;
+    let mut all = vec![0u8; src.len()];
+    src.read(0, &mut all).map_err(Failed::from)?;
+    Ok(match tensors_of(&all) {
+        Ok(got) if got == want => Fared::V1,
+        Ok(got) => {
+            let intact = got.iter().filter(|t| want.contains(t)).count();
+            Fared::Mixed(format!(
+                "{intact} of {} version-1 tensors intact",
+                want.len()
+            ))
+        }
+        Err(e) => Fared::Mixed(format!("does not deserialize: {e}")),
+    })
+}
+
+/// `point-in-time/safetensors/*` and `per-page/safetensors/*`: a writer that
+/// holds the file open before the map (`open_before`) or opens it after,
+/// and rewrites it with other tensors and another layout after the header
+/// page was read and before any tensor page was. A strategy that keeps `c`
+/// = point-in-time yields the version-1 tensors exactly or refuses (Lazy
+/// always; Guard and Lease when a writer holds the file open, as
+/// documented). Lazy under per-page and the control show the mixture.
+fn safetensors_case(b: Backend, dir: &Path, c: Consistency, open_before: bool) -> Outcome {
+    if let Backend::Copy(s) = b
+        && let Err(why) = usable_in(s, dir)
+    {
+        return skip(format!("{s} is not usable here: {why}"));
+    }
+    let fared = safetensors_run(b, dir, c, open_before)?;
+    let keeps = match b {
+        Backend::Copy(s) => s.keeps(c) && c == Consistency::PointInTime,
+        Backend::Control => false,
+    };
+    match (b, fared) {
+        (_, Fared::V1) if keeps => Ok(Completion::Completed),
+        (Backend::Copy(s), Fared::Refused(why)) => {
+            let documented =
+                !s.keeps(c) || (open_before && matches!(s, Strategy::Guard | Strategy::Lease));
+            if documented {
+                Ok(Completion::Completed)
+            } else {
+                fail(format!(
+                    "{s} refused under {c} (writer open before: {open_before}): {why}"
+                ))
+            }
+        }
+        (_, Fared::Mixed(what)) if keeps => fail(format!(
+            "{} claims {c} but mixed versions: {what}",
+            b.name()
+        )),
+        // Per-page (Lazy) and the control: the header page is version 1,
+        // the tensor pages version 2 — the mixture must show.
+        (_, Fared::Mixed(_)) => Ok(Completion::Completed),
+        (_, Fared::V1) => fail(format!(
+            "{} under {c} read the version-1 tensors although the tensor pages were first touched after the rewrite: the case did not exercise mixing",
+            b.name()
+        )),
+        (Backend::Control, Fared::Refused(_)) => unreachable!("the control never refuses"),
+    }
+}
 
 fn trials(dirs: &[FsDir], missing: &[(FsKind, String)]) -> Vec<Trial> {
     let mut t = Vec::new();
@@ -2269,6 +2477,26 @@ fn trials(dirs: &[FsDir], missing: &[(FsKind, String)]) -> Vec<Trial> {
                     script,
                     mounts.clone(),
                 ));
+            }
+            // A structured file rewritten with another layout: one version
+            // under point-in-time, the mixture under per-page (Lazy) and in
+            // the control.
+            let mut cons = vec![Consistency::PointInTime];
+            if let Backend::Copy(s) = b
+                && !s.keeps(Consistency::PointInTime)
+            {
+                cons.push(Consistency::PerPage);
+            }
+            for c in cons {
+                for (when, open_before) in
+                    [("writer-open-before", true), ("writer-opens-after", false)]
+                {
+                    let dir = d.path.clone();
+                    t.push(watched(
+                        format!("{bname}/{}/{c}/safetensors/{when}", d.name),
+                        move || safetensors_case(b, &dir, c, open_before),
+                    ));
+                }
             }
             let Backend::Copy(s) = b else { continue };
             let dir = d.path.clone();

@@ -768,8 +768,16 @@ fn auto_prefers_guard_for_reads_and_not_for_map_mut() {
         // map_mut: Guard would copy the whole range at map time; without a
         // reflink clone Auto prefers a strategy that copies only touched
         // pages (Lazy, as root) or at worst copies everything (Eager).
+        // (Per-page: Lazy keeps only that; under the default point-in-time
+        // it is not considered.)
         let file = File::open(p).unwrap();
-        let m = MapOptions::new().map_mut(&file).unwrap();
+        let pit = MapOptions::new().map_mut(&file).unwrap();
+        assert_ne!(pit.strategy(), Strategy::Lazy, "Lazy under point-in-time");
+        drop(pit);
+        let m = MapOptions::new()
+            .consistency(mapcopy::Consistency::PerPage)
+            .map_mut(&file)
+            .unwrap();
         if fs_has_reflink(p) {
             assert_eq!(m.strategy(), Strategy::Reflink);
         } else {

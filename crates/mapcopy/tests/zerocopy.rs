@@ -311,7 +311,7 @@ fn writers(s: Strategy, dir: &Path) -> Result<(), Failed> {
         let data = pattern(len, i as u8);
         make_file(&path, &data)?;
         let file = File::open(&path)?;
-        let map = MapOptions::new().strategy(s).map(&file)?;
+        let map = mapcopy_check::options(s).map(&file)?;
         ensure(map.strategy() == s, || {
             format!("mapped with {}", map.strategy())
         })?;
@@ -340,7 +340,7 @@ fn map_mut_private(s: Strategy, dir: &Path) -> Result<(), Failed> {
     let data = pattern(300_000, 9);
     make_file(&path, &data)?;
     let file = File::open(&path)?;
-    let mut map = MapOptions::new().strategy(s).map_mut(&file)?;
+    let mut map = mapcopy_check::options(s).map_mut(&file)?;
     map[..5].copy_from_slice(b"MINE!");
     write_with(
         r#"dd if=/dev/zero of="$1" bs=4096 count=80 conv=notrunc status=none"#,
@@ -362,7 +362,7 @@ fn past_eof(s: Strategy, dir: &Path) -> Result<(), Failed> {
     let path = dir.join("short");
     make_file(&path, b"short file")?;
     let file = File::open(&path)?;
-    let map = MapOptions::new().strategy(s).len(3 * 4096 + 7).map(&file)?;
+    let map = mapcopy_check::options(s).len(3 * 4096 + 7).map(&file)?;
     write_with(r#"MAPCOPY_ZC_CHILD=truncate "$ZC_EXE" "$1" 0"#, &path)?;
     ensure(&map[..10] == b"short file", || "head changed".into())?;
     ensure(map[10..].iter().all(|&b| b == 0), || "tail not zero".into())?;
@@ -583,8 +583,14 @@ fn auto_order(fs: Kind, dir: &Path) -> Result<(), Failed> {
         None if usable(Strategy::Lazy) => Strategy::Lazy,
         None => first,
     };
+    // Per-page: under the default point-in-time Lazy is not considered.
+    let per_page = || {
+        let mut o = MapOptions::new();
+        o.consistency(mapcopy::Consistency::PerPage);
+        o
+    };
     let mm = auto_settled(first_mut, || {
-        let mut mm = MapOptions::new().map_mut(&file)?;
+        let mut mm = per_page().map_mut(&file)?;
         mm[0] ^= 0xff;
         Ok(mm.strategy())
     })?;
@@ -593,7 +599,7 @@ fn auto_order(fs: Kind, dir: &Path) -> Result<(), Failed> {
         format!("auto map_mut picked {mm}, expected {first_mut}")
     })?;
     let writer = File::options().append(true).open(&path)?;
-    let mm = MapOptions::new().map_mut(&file)?;
+    let mm = per_page().map_mut(&file)?;
     eprintln!(
         "  {fs}: auto for map_mut with a writer open: {}",
         mm.strategy()
@@ -879,7 +885,7 @@ fn child_main(name: &str, args: &[String]) -> i32 {
             eprintln!("open: {e}");
             std::process::exit(3)
         })?;
-        MapOptions::new().strategy(s).map(&file)
+        mapcopy_check::options(s).map(&file)
     };
     match name {
         // Maps with Reflink, touches every page, says so, waits to be killed.

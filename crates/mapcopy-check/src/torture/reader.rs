@@ -217,8 +217,8 @@ fn map(
             .map(|p| Box::new(p) as Box<dyn View>)
             .map_err(|e| ("io".to_string(), e.to_string())),
         Target::Strategy(s) => {
-            let mut o = mapcopy::MapOptions::new();
-            o.strategy(*s).offset(shape.offset).populate(shape.populate);
+            let mut o = crate::options(*s);
+            o.offset(shape.offset).populate(shape.populate);
             if let Some(len) = shape.len {
                 o.len(len);
             }

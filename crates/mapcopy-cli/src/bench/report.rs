@@ -173,7 +173,146 @@ pub fn goals(r: &Results) -> Vec<Goal> {
         ));
     }
     g.push(guard_writer_goal(r));
+    g.push(auto_pick_goal(r));
+    g.extend(many_goals(r));
     g
+}
+
+const AUTO: Method = Method::Strategy(Strategy::Auto);
+
+/// Auto's time against the time of the strategy it picked, in every
+/// workload × size (the pick as `probe` names it for the bench's files).
+fn auto_pick_goal(r: &Results) -> Goal {
+    let name = "auto: within 1.2× of its pick's time in every workload and size (ratio ≥ 0.83)"
+        .to_string();
+    let Some(pick) = r.auto_pick else {
+        return Goal {
+            name,
+            met: None,
+            detail: "not measured (probe names no pick)".into(),
+        };
+    };
+    if !r.methods.contains(&AUTO) || !r.methods.contains(&Method::Strategy(pick)) {
+        return Goal {
+            name,
+            met: None,
+            detail: format!("not measured (auto or its pick {pick} not selected)"),
+        };
+    }
+    let mut worst: Option<(f64, String)> = None;
+    let mut parts = Vec::new();
+    for w in Workload::ALL {
+        for size in r.plan.sizes_of(w) {
+            let x = r.ratio(AUTO, Method::Strategy(pick), w, size);
+            parts.push(format!("{} {}: {}", w.key(), fmt_size(size), ratio_str(x)));
+            let x = x.unwrap_or(0.0);
+            if worst.as_ref().is_none_or(|(v, _)| x < *v) {
+                worst = Some((x, format!("{} {}", w.key(), fmt_size(size))));
+            }
+        }
+    }
+    let (v, at) = worst.unwrap_or((0.0, "nowhere".into()));
+    Goal {
+        name,
+        met: Some(v >= 1.0 / 1.2),
+        detail: format!(
+            "auto picks {pick} here; {pick}'s median / auto's median: {} (worst {} at {at})",
+            parts.join(", "),
+            ratio_str(Some(v))
+        ),
+    }
+}
+
+/// The strategy Auto picked for most files of the many-files workload.
+fn many_pick(r: &Results) -> Option<Strategy> {
+    let row = r.many.row(AUTO)?;
+    row.picked.iter().max_by_key(|(_, n)| *n).map(|(s, _)| *s)
+}
+
+/// Many files: Auto within 2× MAP_PRIVATE and within 1.2× of its pick.
+fn many_goals(r: &Results) -> Vec<Goal> {
+    let fmt = |x: Option<f64>| ratio_str(x);
+    let auto_err = r.many.row(AUTO).and_then(|row| row.error.clone());
+    let vs_private = r.many.ratio(AUTO, Method::MapPrivate);
+    let mut g = vec![Goal {
+        name: "many files: auto within 2× MAP_PRIVATE's time (ratio ≥ 0.50)".into(),
+        met: vs_private
+            .map(|x| x >= 0.5)
+            .or(auto_err.as_ref().map(|_| false)),
+        detail: match (&auto_err, vs_private) {
+            (Some(e), _) => format!("auto failed: {e}"),
+            (None, Some(x)) => format!("MAP_PRIVATE's median / auto's median = {}", fmt(Some(x))),
+            (None, None) => "not measured".into(),
+        },
+    }];
+    let pick = many_pick(r);
+    let vs_pick = pick.and_then(|p| r.many.ratio(AUTO, Method::Strategy(p)));
+    g.push(Goal {
+        name: "many files: auto within 1.2× of its pick's time (ratio ≥ 0.83)".into(),
+        met: vs_pick.map(|x| x >= 1.0 / 1.2),
+        detail: match (pick, vs_pick) {
+            (Some(p), Some(x)) => format!(
+                "auto picked {p} for most files; {p}'s median / auto's median = {}",
+                fmt(Some(x))
+            ),
+            (Some(p), None) => format!("auto picked {p}, which was not measured alone"),
+            _ => "not measured".into(),
+        },
+    });
+    g
+}
+
+/// A table row for a method that failed: its label, FAILED, the error.
+fn failed_row<const N: usize>(m: Method, err: &Option<String>) -> [String; N] {
+    let mut row: [String; N] = std::array::from_fn(|_| String::new());
+    row[0] = m.label().to_string();
+    row[1] = "FAILED".into();
+    row[2] = err.clone().unwrap_or_else(|| "no measurement".into());
+    row
+}
+
+/// Rows of the many-files table.
+fn many_rows(r: &Results) -> Vec<[String; 7]> {
+    r.many
+        .rows
+        .iter()
+        .map(|row| match (&row.error, stats(&row.secs)) {
+            (None, Some(s)) => [
+                row.method.label().to_string(),
+                fmt_secs(s.median),
+                format!("{} … {}", fmt_secs(s.min), fmt_secs(s.max)),
+                ratio_str(r.many.ratio(row.method, Method::MapPrivate)),
+                ratio_str(r.many.ratio(row.method, Method::FsRead)),
+                format!("{:.2}", row.fds_per_map),
+                row.picked
+                    .iter()
+                    .map(|(s, n)| format!("{s} {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ],
+            (err, _) => failed_row(row.method, err),
+        })
+        .collect()
+}
+
+const MANY_HEADERS: [&str; 7] = [
+    "method",
+    "median",
+    "min … max",
+    "vs MAP_PRIVATE",
+    "vs fs::read",
+    "fds per live map",
+    "auto picked",
+];
+
+fn many_title(r: &Results) -> String {
+    format!(
+        "many files: {} files of {}–{} ({} in all), each opened, mapped (or read) and read once, all kept live",
+        r.many.files,
+        fmt_size(super::many::MIN_FILE),
+        fmt_size(super::many::MAX_FILE),
+        fmt_size(r.many.bytes)
+    )
 }
 
 fn writer_row(r: &Results, m: Option<Method>) -> Option<&WriterRow> {
@@ -269,16 +408,11 @@ fn table_rows(r: &Results, w: Workload, size: u64) -> Vec<[String; 8]> {
                 mib(c.anon),
                 c.secs.len().to_string(),
             ],
-            (err, _) => [
-                c.method.label().to_string(),
-                "FAILED".into(),
-                err.clone().unwrap_or_else(|| "no measurement".into()),
-                String::new(),
-                String::new(),
-                String::new(),
-                String::new(),
-                c.secs.len().to_string(),
-            ],
+            (err, _) => {
+                let mut row = failed_row(c.method, err);
+                row[7] = c.secs.len().to_string();
+                row
+            }
         })
         .collect()
 }
@@ -443,6 +577,8 @@ pub fn text(r: &Results, goals: &[Goal]) -> String {
         fmt_size(r.plan.writer_size)
     );
     plain_table(&mut out, WRITER_HEADERS, &writer_rows(r));
+    let _ = writeln!(out, "\n{}:", many_title(r));
+    plain_table(&mut out, MANY_HEADERS, &many_rows(r));
     let _ = writeln!(out, "\ngoals:");
     for g in goals {
         let _ = writeln!(out, "  [{}] {}\n      {}", g.verdict(), g.name, g.detail);
@@ -474,6 +610,12 @@ fn markdown(r: &Results, goals: &[Goal]) -> String {
         fmt_size(r.plan.writer_size)
     );
     md_table(&mut out, WRITER_HEADERS, &writer_rows(r));
+    let _ = writeln!(
+        out,
+        "\n## Many files\n\n{}. \"fds per live map\": file descriptors the process holds per live mapping (`/proc/self/fd`, all mappings live).\n",
+        many_title(r)
+    );
+    md_table(&mut out, MANY_HEADERS, &many_rows(r));
     out
 }
 
@@ -613,6 +755,57 @@ fn results_json(r: &Results, goals: &[Goal]) -> Json {
         ),
         ("records", Json::Arr(records)),
         ("writer_cost", Json::Arr(writer)),
+        ("auto_pick", Json::opt_str(r.auto_pick.map(Strategy::name))),
+        (
+            "many_files",
+            Json::obj([
+                ("files", Json::Int(r.many.files as i64)),
+                ("bytes", Json::Int(r.many.bytes as i64)),
+                (
+                    "records",
+                    Json::Arr(
+                        r.many
+                            .rows
+                            .iter()
+                            .map(|row| {
+                                let s = stats(&row.secs);
+                                Json::obj([
+                                    ("strategy", Json::Str(row.method.key().into())),
+                                    ("median_s", Json::num(s.map(|s| s.median))),
+                                    ("min_s", Json::num(s.map(|s| s.min))),
+                                    ("max_s", Json::num(s.map(|s| s.max))),
+                                    (
+                                        "ratio_to_map_private",
+                                        Json::num(r.many.ratio(row.method, Method::MapPrivate)),
+                                    ),
+                                    (
+                                        "ratio_to_fs_read",
+                                        Json::num(r.many.ratio(row.method, Method::FsRead)),
+                                    ),
+                                    ("fds_per_live_map", Json::Num(row.fds_per_map)),
+                                    (
+                                        "picked",
+                                        Json::Obj(
+                                            row.picked
+                                                .iter()
+                                                .map(|(s, n)| {
+                                                    (s.name().to_string(), Json::Int(*n as i64))
+                                                })
+                                                .collect(),
+                                        ),
+                                    ),
+                                    (
+                                        "samples_s",
+                                        Json::Arr(row.secs.iter().map(|&x| Json::Num(x)).collect()),
+                                    ),
+                                    ("error", Json::opt_str(row.error.as_deref())),
+                                ])
+                            })
+                            .collect(),
+                    ),
+                ),
+            ]),
+        ),
         (
             "goals",
             Json::Arr(
@@ -758,6 +951,7 @@ mod tests {
             writes: 1,
             budget_secs: 1.0,
             only: vec![],
+            many_files: 0,
         };
         Results {
             plan,
@@ -792,6 +986,8 @@ mod tests {
                 })
                 .collect(),
             writer,
+            many: Default::default(),
+            auto_pick: None,
             elapsed_secs: 1.0,
         }
     }
@@ -840,7 +1036,7 @@ mod tests {
         ];
         let r = results(cells, writer);
         let g = goals(&r);
-        assert_eq!(g.len(), 13);
+        assert_eq!(g.len(), 16);
         assert_eq!(goal(&g, "guard: full scan").met, Some(false));
         assert_eq!(goal(&g, "eager: full scan").met, Some(true));
         assert_eq!(goal(&g, "guard: map + first byte").met, Some(true));

@@ -281,15 +281,17 @@ pub fn run_once(
         ),
         Method::Strategy(s) => timed(
             workload,
-            || {
-                MapOptions::new()
-                    .strategy(s)
-                    .map(&file)
-                    .map_err(|e| e.to_string())
-            },
+            || options(s).map(&file).map_err(|e| e.to_string()),
             |m| &m[..],
         ),
     }
+}
+
+/// How the bench maps with strategy `s`: the default consistency
+/// (point-in-time) where `s` keeps it, per-page for a strategy that keeps
+/// only that (Lazy), as a user of that strategy would have to.
+pub fn options(s: Strategy) -> MapOptions {
+    mapcopy_check::options(s)
 }
 
 fn timed<T>(

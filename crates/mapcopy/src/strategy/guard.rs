@@ -113,7 +113,7 @@ pub(crate) fn check(req: Option<&Request<'_>>) -> Result<String, String> {
     }
     let fd = reopen(req.file)
         .map_err(|e| format!("cannot open a second read-only fd of the file: {e}"))?;
-    match lease_probe(fd.as_fd()) {
+    match lease_probe(fd.as_fd(), true) {
         Ok(LeaseProbe::NoWriter) => Ok(format!(
             "{found}; no writer holds the file open (read lease granted)"
         )),
@@ -123,6 +123,35 @@ pub(crate) fn check(req: Option<&Request<'_>>) -> Result<String, String> {
         )),
     }
 }
+
+/// `Auto`'s pre-check: what holds for the process (kernel, capability,
+/// whether a group could be made) and the filesystem (whether it took a
+/// mark), as found by earlier `map` calls, and whether the fd passed in is
+/// writable. No kernel object is made; the writer check is `map`'s.
+pub(crate) fn pre_check(req: &Request<'_>) -> Result<(), String> {
+    kernel_ok()?;
+    if !super::auto::caps().sys_admin {
+        return Err("needs CAP_SYS_ADMIN for fanotify pre-content events".into());
+    }
+    if let Some(why) = GROUP_REFUSED.get() {
+        return Err(why.clone());
+    }
+    if let Some(why) = lock(&FS_REFUSED)
+        .as_ref()
+        .and_then(|m| m.get(&req.meta.dev))
+    {
+        return Err(why.clone());
+    }
+    if req.meta.writable {
+        return Err(FD_WRITABLE.into());
+    }
+    Ok(())
+}
+
+/// Why this process cannot have a pre-content group, once it was refused.
+static GROUP_REFUSED: OnceLock<String> = OnceLock::new();
+/// Filesystems (by `st_dev`) that refused a pre-content mark, and why.
+static FS_REFUSED: Mutex<Option<HashMap<u64, String>>> = Mutex::new(None);
 
 const FD_WRITABLE: &str = "the file descriptor passed in is open for writing: writes through an fd opened before the guard armed raise no events; pass a read-only File";
 
@@ -139,7 +168,10 @@ const WRITER_OPEN: &str = "file is open for writing by another process (a read l
 /// writable fd can exist for a moment without a writer (a child between
 /// `fork` and `exec` holds copies of its parent's fds until `O_CLOEXEC`
 /// closes them).
-fn lease_probe(fd: BorrowedFd<'_>) -> io::Result<LeaseProbe> {
+fn lease_probe(fd: BorrowedFd<'_>, patient: bool) -> io::Result<LeaseProbe> {
+    if !patient {
+        return fanotify::try_read_lease(fd);
+    }
     for _ in 0..5 {
         match fanotify::try_read_lease(fd)? {
             LeaseProbe::NoWriter => return Ok(LeaseProbe::NoWriter),
@@ -407,6 +439,8 @@ struct Inode {
     /// Our own read-only fd of the file, opened before the mark: the mark is
     /// removed through it and the lease probe runs on it.
     fd: Arc<OwnedFd>,
+    /// Counts `fd` among the fds live mappings keep.
+    _kept: crate::fds::Kept,
     maps: Vec<Arc<Mapping>>,
     /// `map` calls between placing/reusing the mark and registering.
     pending: usize,
@@ -454,8 +488,16 @@ fn guards() -> Result<Arc<Guards>, Error> {
             std::mem::forget(old);
         }
     }
-    let group = Group::new(INIT_FLAGS, EVENT_F_FLAGS)
-        .map_err(|e| Error::unsupported(Strategy::Guard, group_error(e)))?;
+    let group = Group::new(INIT_FLAGS, EVENT_F_FLAGS).map_err(|e| {
+        let fds_out = e.raw_os_error().is_some_and(crate::fds::is_exhausted);
+        let why = group_error(e);
+        if !fds_out {
+            // A lasting refusal (no capability, no kernel support): Auto
+            // need not ask again in this process.
+            let _ = GROUP_REFUSED.set(why.clone());
+        }
+        Error::unsupported(Strategy::Guard, why)
+    })?;
     let devnull = fanotify::open_raw(c"/dev/null", libc::O_RDONLY)
         .map_err(|e| Error::io("opening /dev/null", e))?;
     let g = Arc::new(Guards {
@@ -819,9 +861,15 @@ fn classify_open(tid: i32, sc: Option<Syscall>, look: &dyn Lookup) -> Action {
 pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
     let unsupported = |why: String| Error::unsupported(Strategy::Guard, why);
     // A refusal says what `check` (and so `probe`) says.
-    let explain = |e: Error| match check(Some(req)) {
-        Err(why) if e.kind() == crate::ErrorKind::Unsupported => unsupported(why),
-        _ => e,
+    // (Not for Auto: the explanation costs a probe, and Auto moves on.)
+    let explain = |e: Error| {
+        if req.for_auto || e.kind() != crate::ErrorKind::Unsupported {
+            return e;
+        }
+        match check(Some(req)) {
+            Err(why) => unsupported(why),
+            _ => e,
+        }
     };
     kernel_ok().map_err(unsupported).map_err(explain)?;
     if req.meta.writable {
@@ -863,18 +911,23 @@ fn arm(g: &Arc<Guards>, req: &Request<'_>, key: (u64, u64)) -> Result<Arc<OwnedF
         return Ok(i.fd.clone());
     }
     g.group.mark_inode(fd.as_fd(), MASK, false).map_err(|e| {
-        Error::unsupported(
-            Strategy::Guard,
-            format!(
-                "{} refuses pre-content fanotify marks ({e})",
-                file::fs_name(req.meta.fs_type)
-            ),
-        )
+        let why = format!(
+            "{} refuses pre-content fanotify marks ({e})",
+            file::fs_name(req.meta.fs_type)
+        );
+        if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)) {
+            // The filesystem's answer: remembered for Auto by st_dev.
+            lock(&FS_REFUSED)
+                .get_or_insert_with(HashMap::new)
+                .insert(req.meta.dev, why.clone());
+        }
+        Error::unsupported(Strategy::Guard, why)
     })?;
     let fd = Arc::new(fd);
     inodes.insert(
         key,
         Inode {
+            _kept: crate::fds::Kept::new(),
             fd: fd.clone(),
             maps: Vec::new(),
             pending: 1,
@@ -934,7 +987,7 @@ fn map_armed(
         // `m` first. Prove that none is already under way or possible
         // unseen: any in-flight write, truncate or O_TRUNC open, and any
         // fd opened for writing before the mark, holds write access.
-        match lease_probe(fd.as_fd()) {
+        match lease_probe(fd.as_fd(), !req.for_auto) {
             Ok(LeaseProbe::NoWriter) => {}
             Ok(LeaseProbe::WriterExists) => {
                 unregister();

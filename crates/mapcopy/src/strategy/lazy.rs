@@ -755,6 +755,8 @@ struct Mapping {
     start: usize,
     len: usize,
     file: File,
+    /// Counts `file` among the fds live mappings keep.
+    _kept: crate::fds::Kept,
     offset: u64,
     /// False once dropping began; fillers hold it shared while installing.
     live: RwLock<bool>,
@@ -965,6 +967,7 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
         start,
         len,
         file,
+        _kept: crate::fds::Kept::new(),
         offset: req.offset,
         live: RwLock::new(true),
         read_only: AtomicBool::new(!rw),
@@ -1185,7 +1188,8 @@ mod tests {
 
     fn lazy() -> MapOptions {
         let mut o = MapOptions::new();
-        o.strategy(Strategy::Lazy);
+        o.strategy(Strategy::Lazy)
+            .consistency(crate::Consistency::PerPage);
         o
     }
 

@@ -150,6 +150,21 @@ pub(crate) fn check(req: Option<&Request<'_>>) -> Result<String, String> {
     ))
 }
 
+/// `Auto`'s pre-check: what needs no syscall (the fd passed in is not
+/// writable; owner or `CAP_LEASE`, capabilities read once per process).
+/// Whether a writer holds the file open is `map`'s to find out.
+pub(crate) fn pre_check(req: &Request<'_>) -> Result<(), String> {
+    static_checks(req)?;
+    let euid = rustix::process::geteuid().as_raw();
+    if euid != req.meta.uid && !super::auto::caps().lease {
+        return Err(format!(
+            "a read lease needs the file's owner (uid {}) or CAP_LEASE; this process is uid {euid} without CAP_LEASE",
+            req.meta.uid
+        ));
+    }
+    Ok(())
+}
+
 /// The first pause of [`transient`].
 const FIRST_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
 
@@ -285,7 +300,8 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
                 // waits for the watcher's callback in progress, which may be
                 // ours waiting for the table.
                 drop(stale);
-                if transient(&e, &mut pause) {
+                // Auto does not wait out a writer: the next strategy can map.
+                if !req.for_auto && transient(&e, &mut pause) {
                     continue;
                 }
                 return Err(unsupported(refusal(e, req)));
@@ -342,9 +358,10 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
             key: file.as_raw_fd(),
             pid: rustix::process::getpid(),
             abandoned: AtomicBool::new(false),
+            _kept: crate::fds::Kept::new(),
             state: Mutex::new(State {
                 file: None,
-                plan: None,
+                clones: false,
             }),
         })
     })();
@@ -360,7 +377,7 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
     {
         let mut st = lock(&entry.state);
         st.file = Some(file);
-        st.plan = plan;
+        st.clones = plan.is_some();
     }
     let entry = Arc::new(entry);
     let poll = table.as_mut().map(|t| {
@@ -414,6 +431,8 @@ struct Entry {
     pid: Pid,
     /// Its `LeaseMap` is being dropped: release, don't snapshot.
     abandoned: AtomicBool,
+    /// Counts our lease fd among the fds live mappings keep.
+    _kept: crate::fds::Kept,
     state: Mutex<State>,
 }
 
@@ -421,8 +440,10 @@ struct Entry {
 struct State {
     /// Our open file holding the lease; `None` once released.
     file: Option<File>,
-    /// Where to clone on a break (`None`: copy).
-    plan: Option<CloneDir>,
+    /// Clone on a break (else copy). The clone directory is looked up
+    /// again then (remembered per mount, so a reopen): holding its `O_PATH`
+    /// fd here would keep a second fd per mapping.
+    clones: bool,
 }
 
 impl Entry {
@@ -445,7 +466,7 @@ impl Entry {
         if let Some(file) = st.file.take() {
             let _ = lease::set_lease(&file, Lease::Unlock);
         }
-        st.plan = None;
+        st.clones = false;
     }
 
     /// As `resolve`, but a failed snapshot is returned (the lease is then
@@ -459,7 +480,7 @@ impl Entry {
             return Ok(());
         }
         if !self.abandoned.load(Ordering::Acquire) {
-            self.snapshot(file, st.plan.as_ref())?;
+            self.snapshot(file, st.clones)?;
         }
         // The new pages (clone or copy) came without MADV_DONTFORK; keep the
         // whole mapping's fork behaviour one thing.
@@ -468,18 +489,26 @@ impl Entry {
             .advise(0, self.region.len(), Advice::LinuxDontFork);
         let _ = lease::set_lease(file, Lease::Unlock);
         st.file = None;
-        st.plan = None;
+        st.clones = false;
         Ok(())
     }
 
     /// Replaces `[0, file_len)` with a private snapshot of the same bytes.
     /// Called with the lease held.
-    fn snapshot(&self, file: &File, plan: Option<&CloneDir>) -> Result<(), String> {
+    fn snapshot(&self, file: &File, clones: bool) -> Result<(), String> {
         if self.file_len == 0 {
             return Ok(());
         }
         let mut note = String::new();
-        if let Some(dir) = plan {
+        let dir = match clones.then(|| CloneDir::find(file, self.fs_type)) {
+            Some(Ok(dir)) => Some(dir),
+            Some(Err(why)) => {
+                note = format!("no clone directory: {why}; ");
+                None
+            }
+            None => None,
+        };
+        if let Some(dir) = dir {
             match dir.clone_file(file, self.fs_type) {
                 Ok(clone) => {
                     let size = rustix::fs::fstat(&clone).map(|s| s.st_size as u64);
@@ -629,7 +658,7 @@ impl Drop for LeaseMap {
             if let Some(file) = st.file.take() {
                 let _ = lease::set_lease(&file, Lease::Unlock);
             }
-            st.plan = None;
+            st.clones = false;
         }
         // The region goes with the last reference (ours, or the watcher's
         // if it is looking at it right now).
@@ -743,9 +772,7 @@ impl Source for LeaseSource {
     fn ready(&self) {
         let (fds, overflow) = self.breaks.drain();
         let all = overflow || fds.contains(&-1);
-        for e in targets(if all { None } else { Some(&fds) }) {
-            e.resolve(true);
-        }
+        resolve_on_worker(targets(if all { None } else { Some(&fds) }));
     }
 
     fn shutdown(&self) {
@@ -757,6 +784,48 @@ impl Source for LeaseSource {
 
     fn name(&self) -> &'static str {
         "lease"
+    }
+}
+
+/// Resolves breaking leases on this process's lease worker thread, not on
+/// the watcher: a break without reflink copies the whole range (1.6 s at
+/// 1 GiB measured), and the watcher serves every Lazy fault of the process
+/// meanwhile. The writer's `open` still waits for the snapshot (that is the
+/// contract); nobody else does. Should the worker not start, resolves here.
+fn resolve_on_worker(entries: Vec<Arc<Entry>>) {
+    use std::sync::mpsc::{Sender, channel};
+    static WORKER: Mutex<Option<(Pid, Sender<Arc<Entry>>)>> = Mutex::new(None);
+    if entries.is_empty() {
+        return;
+    }
+    let pid = rustix::process::getpid();
+    let mut w = lock(&WORKER);
+    if w.as_ref().is_none_or(|(p, _)| *p != pid) {
+        let (tx, rx) = channel::<Arc<Entry>>();
+        let spawned = std::thread::Builder::new()
+            .name("mapcopy-lease".into())
+            .spawn(move || {
+                crate::sys::signal::block_async_signals(None);
+                for e in rx {
+                    let r =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| e.resolve(true)));
+                    if r.is_err() {
+                        // A writer would wait out lease-break-time for a
+                        // snapshot nobody takes: stop loudly instead.
+                        eprintln!("mapcopy: the lease worker panicked; aborting");
+                        std::process::abort();
+                    }
+                }
+            });
+        *w = spawned.ok().map(|_| (pid, tx));
+    }
+    let mut left = entries;
+    if let Some((_, tx)) = w.as_ref() {
+        left.retain(|e| tx.send(e.clone()).is_err());
+    }
+    drop(w);
+    for e in left {
+        e.resolve(true);
     }
 }
 
@@ -828,9 +897,7 @@ impl Source for LeasePoll {
             }
             return;
         }
-        for e in entries {
-            e.resolve(true);
-        }
+        resolve_on_worker(entries);
     }
 
     fn shutdown(&self) {

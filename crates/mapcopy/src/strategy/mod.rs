@@ -17,6 +17,7 @@ use std::str::FromStr;
 use crate::Error;
 use crate::sys::file::Meta;
 
+mod auto;
 pub(crate) mod eager;
 pub(crate) mod guard;
 pub(crate) mod lazy;
@@ -99,7 +100,7 @@ impl FromStr for Strategy {
 }
 
 /// A validated request to map a file, shared by every strategy.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Request<'a> {
     pub(crate) file: &'a File,
     pub(crate) meta: Meta,
@@ -113,6 +114,12 @@ pub(crate) struct Request<'a> {
     pub(crate) writable: bool,
     /// Take every page's snapshot before returning.
     pub(crate) populate: bool,
+    /// Which instants the pages may show (see [`crate::Consistency`]).
+    pub(crate) consistency: crate::Consistency,
+    /// Made by `Auto`: a refusal is cheap to take (the next strategy is
+    /// tried), so no waiting out transient writers, and refusals are not
+    /// explained at length (each explanation costs probes).
+    pub(crate) for_auto: bool,
 }
 
 impl Request<'_> {
@@ -138,6 +145,9 @@ pub(crate) trait Snapshot: Send + Sync + fmt::Debug {
 /// Is `s` able to map this request? `Ok` says on what grounds, `Err` why
 /// not.
 pub(crate) fn check(s: Strategy, req: Option<&Request<'_>>) -> Result<String, String> {
+    if let Some(r) = req {
+        auto::keeps(s, r.consistency)?;
+    }
     match s {
         Strategy::Auto => Ok("picks among the others".into()),
         Strategy::Guard => guard::check(req),
@@ -150,8 +160,17 @@ pub(crate) fn check(s: Strategy, req: Option<&Request<'_>>) -> Result<String, St
 
 /// Maps `req` with `s`, or with the first strategy that can when `s` is `Auto`.
 pub(crate) fn map(s: Strategy, req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
+    if s == Strategy::Auto {
+        return auto::map(req);
+    }
+    auto::keeps(s, req.consistency).map_err(|why| Error::unsupported(s, why))?;
+    map_named(s, req).map_err(auto::out_of_fds_hint)
+}
+
+/// Maps with a concrete strategy, no consistency check.
+fn map_named(s: Strategy, req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
     match s {
-        Strategy::Auto => auto(req),
+        Strategy::Auto => auto::map(req),
         Strategy::Guard => guard::map(req),
         Strategy::Lease => lease::map(req),
         Strategy::Reflink => reflink::map(req),
@@ -212,31 +231,16 @@ pub(crate) fn auto_order_for(req: Option<&Request<'_>>) -> &'static [Strategy] {
 pub(crate) fn choose(req: Option<&Request<'_>>) -> (Option<Strategy>, Vec<(Strategy, String)>) {
     let mut passed = Vec::new();
     for &s in auto_order_for(req) {
+        if req.is_none()
+            && let Err(why) = auto::keeps(s, crate::Consistency::default())
+        {
+            passed.push((s, why));
+            continue;
+        }
         match check(s, req) {
             Ok(_) => return (Some(s), passed),
             Err(why) => passed.push((s, why)),
         }
     }
     (None, passed)
-}
-
-fn auto(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
-    let mut reasons = Vec::new();
-    for &s in auto_order_for(Some(req)) {
-        if let Err(why) = check(s, Some(req)) {
-            reasons.push(format!("{s}: {why}"));
-            continue;
-        }
-        match map(s, req) {
-            Ok(snap) => return Ok(snap),
-            // A strategy can still find out late that it cannot keep the
-            // contract (a writer opened the file between check and map);
-            // fall through to the next one. Real I/O errors stop here.
-            Err(e) if e.kind() == crate::ErrorKind::Unsupported => {
-                reasons.push(format!("{s}: {e}"))
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Err(Error::unsupported(Strategy::Auto, reasons.join("; ")))
 }

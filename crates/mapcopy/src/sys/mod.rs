@@ -5,6 +5,7 @@
 //! `libc` offers the interface, defines it once with the kernel header it
 //! comes from. The rest of the crate is `#![deny(unsafe_code)]`.
 
+pub(crate) mod change;
 pub(crate) mod clone;
 pub(crate) mod detect;
 pub(crate) mod fanotify;
