@@ -8,6 +8,7 @@
 //! as fast as the baseline and 0.50 twice as slow). Repetitions interleave
 //! the methods so that a noisy neighbour hurts them alike.
 
+mod forkcost;
 mod json;
 mod many;
 mod raw;
@@ -254,6 +255,8 @@ pub struct Results {
     pub skipped: Vec<(Strategy, String)>,
     pub cells: Vec<Cell>,
     pub writer: Vec<WriterRow>,
+    /// `fork()` with each kind of mapping alive (the largest dense file).
+    pub fork: Vec<forkcost::ForkRow>,
     pub many: Many,
     /// What `probe` says Auto picks for the bench's files.
     pub auto_pick: Option<Strategy>,
@@ -441,7 +444,7 @@ fn bench(args: Args) -> Result<(), String> {
         .iter()
         .map(|&w| plan.sizes_of(w).len() * methods.len() * plan.reps)
         .sum::<usize>()
-        + writer_rows * plan.reps
+        + 2 * writer_rows * plan.reps
         + (methods.len() - 1) * plan.reps;
     progress.total = total;
 
@@ -521,6 +524,8 @@ fn bench(args: Args) -> Result<(), String> {
     }
 
     let writer = writer_cost(&plan, &methods, &writer_path, &mut progress);
+    let largest = plan.sizes[plan.sizes.len() - 1];
+    let fork = forkcost::measure(&methods, path_of(largest), plan.reps, &mut progress);
     let many = many_files(&plan, &methods, &tmp.path().join("many"), &mut progress)?;
     progress.finish();
 
@@ -540,6 +545,7 @@ fn bench(args: Args) -> Result<(), String> {
         skipped,
         cells,
         writer,
+        fork,
         many,
         auto_pick: probe.auto.as_ref().ok().copied(),
         elapsed_secs: started.elapsed().as_secs_f64(),

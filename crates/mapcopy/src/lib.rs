@@ -129,11 +129,19 @@
 //!   `EAGAIN` meanwhile (kernel lease semantics). If the mapping process does
 //!   not answer within `fs.lease-break-time` (45 s; e.g. it is stopped in a
 //!   debugger) the kernel lets the writer through.
-//! * **fork**: `Lease`, `Guard` and `Lazy` mappings are `MADV_DONTFORK`: a child
-//!   process made by `fork()` does not inherit them, and touching its address there faults
-//!   (SIGSEGV) rather than reading zeros. Map with `Eager` (or
-//!   `populate(true)` and a strategy that keeps the memory after fork) if a
-//!   forked child must read it.
+//! * **fork**: a child made by libc's `fork()` (what Python, gunicorn and
+//!   `multiprocessing` call) inherits `Guard`, `Lease`, `Reflink` and
+//!   `Eager` mappings and reads exactly the parent's snapshot for its whole
+//!   life. A child has no guard thread or lease-break handler, so before
+//!   the first `fork()` a `pthread_atfork` handler makes `Guard` and `Lease`
+//!   mappings independent of the file in the parent: `Guard` copies the
+//!   range's data into anonymous memory, `Lease` snapshots as on a lease
+//!   break (a reflink clone, else a copy). That first `fork()` pays for it
+//!   (`mapcopy bench` reports the cost); later ones pay nothing, and
+//!   `posix_spawn`/`vfork` run no handler. `Lazy` memory is still
+//!   `MADV_DONTFORK` (a child has no fault server): a child touching it
+//!   gets SIGSEGV, never zeros; so does a child made without the handlers
+//!   (a raw `clone`) touching a `Guard` or `Lease` mapping.
 //! * **Cost to other processes**: while a `Guard` mapping exists, every
 //!   read, write, mmap and open of the file by any process waits for this
 //!   process's watcher thread to classify it (about 20 µs median per access
@@ -161,6 +169,7 @@
 mod consistency;
 mod error;
 mod fds;
+mod fork;
 mod map;
 mod options;
 mod probe;

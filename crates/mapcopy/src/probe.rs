@@ -99,18 +99,18 @@ fn lacks(s: Strategy) -> Vec<&'static str> {
         Strategy::Lazy => vec![
             "point-in-time consistency: each page is read at its first access, so pages of one mapping can be of different versions (a header of one version, data of another); it maps only with Consistency::PerPage",
             "per-page atomicity against a concurrent write(): a page read while a write() runs may hold part of it (it never changes afterwards)",
-            "fork(): the mapping is MADV_DONTFORK; a forked child does not inherit it (touching it there faults)",
+            "fork(): the mapping is MADV_DONTFORK (a child has no fault server); a forked child does not inherit it and touching it there faults (SIGSEGV), never reads zeros",
         ],
         Strategy::Guard => vec![
             "open(O_RDONLY|O_TRUNC) already under way when the guard is armed (the file's first guarded mapping in this process): an open that passed its permission check before the mark existed truncates without an event and without breaking the lease that proves there is no writer; the mapping's pages past the new end then fault (SIGBUS). Later such opens are seen (FAN_OPEN_PERM) and handled",
             "writes through a loop device attached to the file after the map: the loop driver writes with ->write_iter directly and raises no fanotify event, so those pages change under the mapping (a loop device attached before the map holds the file open for writing, and the map is refused)",
-            "fork(): the mapping is MADV_DONTFORK; a forked child does not inherit it (touching it there faults)",
+            "fork(): a child inherits the mapping, but the first fork() after mapping copies its data into anonymous memory (a child has no guard thread), so that fork() costs a copy of the range's data and the mapping stops sharing the page cache; a child made without libc's fork handlers (a raw clone) gets SIGSEGV touching it",
             "cost to others: every read, write, mmap and open of the file by any process waits for this process's guard thread (a fanotify round trip)",
             "read errors: a page that cannot be read (EIO) raises SIGBUS when touched, as with any file mapping (populate(true) turns it into a map error)",
         ],
         Strategy::Lease => vec![
             "open(O_RDONLY|O_TRUNC): Linux truncates on it without breaking the lease; the mapping's pages past the new end then fault (SIGBUS)",
-            "fork(): the mapping is MADV_DONTFORK; a forked child does not inherit it (touching it there faults)",
+            "fork(): a child inherits the mapping, but the first fork() after mapping snapshots it as a lease break does (a reflink clone where the filesystem has one, else a copy of the range) and releases the lease; a child made without libc's fork handlers (a raw clone) gets SIGSEGV touching it",
             "writers wait: a writer's open for writing (or truncate) waits until the snapshot is taken (a clone: milliseconds; else a copy of the range); an O_NONBLOCK open fails with EAGAIN meanwhile",
             "a process stopped longer than fs.lease-break-time (45 s by default; e.g. in a debugger) when a writer comes lets that writer through before its snapshot",
         ],

@@ -32,8 +32,9 @@
 //!   `unaligned-subrange`, `large-*`, `self-write` (the mapping process
 //!   writes itself), `populate` (every page as at map time);
 //! * `size/N` (0, 1, 4095, 4096, 4097, 3 pages + 1, with unaligned
-//!   sub-ranges), `threads*` (8 threads racing on first touch), `fork`
-//!   (per strategy's documented behaviour), `kernel-access` (`write(2)`
+//!   sub-ranges), `threads*` (8 threads racing on first touch), `fork*`
+//!   (a child, a grandchild outliving both parents, forks while threads
+//!   fault and a writer writes: `contract/fork.rs`), `kernel-access` (`write(2)`
 //!   from untouched pages), `map-mut*` (S4), `many-mappings`, `churn`,
 //!   `huge-sparse` (64 GiB);
 //! * `point-in-time/safetensors/*`, `per-page/safetensors/*`: a
@@ -54,7 +55,7 @@
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -68,6 +69,9 @@ use mapcopy_check::modify::{ApplyError, Kind, Modification, Writer};
 use mapcopy_check::oracle::{Checker, FollowsFile, Source, Violation};
 use mapcopy_check::rewrite::Rewriter;
 use mapcopy_check::{pattern, privilege};
+
+#[path = "contract/fork.rs"]
+mod fork;
 
 type Outcome = Result<Completion, Failed>;
 
@@ -1183,115 +1187,6 @@ fn threads_case(s: Strategy, dir: &Path, multi: bool) -> Outcome {
         c.touch_all(m)
             .map_err(|v| Failed::from(format!("mapping {mi}: {v}")))?;
     }
-    Ok(Completion::Completed)
-}
-
-/// What a forked child sees of a mapping, as each strategy documents it.
-#[derive(Debug, PartialEq, Eq)]
-enum ForkBehaviour {
-    /// The child inherits the snapshot and reads it.
-    Inherits,
-    /// The mapping is MADV_DONTFORK: touching it in the child is SIGSEGV.
-    Faults,
-}
-
-fn fork_behaviour(s: Strategy) -> ForkBehaviour {
-    match s {
-        Strategy::Lazy | Strategy::Lease | Strategy::Guard => ForkBehaviour::Faults,
-        _ => ForkBehaviour::Inherits,
-    }
-}
-
-fn fork_case(s: Strategy, dir: &Path) -> Outcome {
-    if let Err(why) = usable_in(s, dir) {
-        return skip(format!("{s} is not usable here: {why}"));
-    }
-    let p = page();
-    let size = 3 * p + 1;
-    let tf = TestFile::new_in(dir, size, 0).map_err(io("test file"))?;
-    let old = tf.contents().map_err(io("read"))?;
-    let file = tf.open().map_err(io("open"))?;
-    let map = mapcopy_check::options(s).map(&file).map_err(io("map"))?;
-    // Touch page 0 in the parent first.
-    let mut first = vec![0u8; p];
-    Source::read(&map, 0, &mut first).map_err(Failed::from)?;
-    check_bytes(&first, &old[..p], "page 0 before fork")?;
-    let m = Modification::new(Kind::Pwrite, 0, 4 * p as u64, 1);
-    let new = m.model(&old);
-    // Candidates per page for the child, computed before fork (the child
-    // must not allocate).
-    let olds: Vec<&[u8]> = old.chunks(p).collect();
-    let news: Vec<&[u8]> = new[..size].chunks(p).collect();
-    let (rd, wr) = rustix::pipe::pipe().map_err(io("pipe"))?;
-    let writer = Writer::spawn(&m, tf.path()).map_err(io("writer"))?;
-    // SAFETY: the child only reads a pipe, compares memory and calls
-    // _exit: no allocation, no locks (async-signal-safe in practice).
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return fail(format!("fork: {}", std::io::Error::last_os_error()));
-    }
-    if pid == 0 {
-        let mut b = [0u8; 1];
-        // SAFETY: reading one byte into a stack buffer from our pipe.
-        unsafe { libc::read(rd.as_raw_fd(), b.as_mut_ptr().cast(), 1) };
-        let bytes: &[u8] = &map;
-        let mut code = 0;
-        for (i, chunk) in bytes.chunks(p).enumerate() {
-            let ok = chunk == olds[i] || (i != 0 && chunk == news[i]);
-            if !ok {
-                code = 10 + i as i32;
-                break;
-            }
-        }
-        // SAFETY: leaving the child at once, without running destructors
-        // of state shared with the parent.
-        unsafe { libc::_exit(code) };
-    }
-    drop(rd);
-    // Modify the file after the fork, before the child reads.
-    let r = writer.apply_checked(&old);
-    let _ = rustix::io::write(&wr, b"g");
-    let mut status = 0;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        // SAFETY: polling our own child.
-        let w = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-        if w == pid {
-            break;
-        }
-        if Instant::now() > deadline {
-            // SAFETY: killing and reaping our own child.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-                libc::waitpid(pid, &mut status, 0);
-            }
-            return fail("the forked child hung for 30 s touching the mapping");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    r.map_err(io("modification"))?;
-    let got = if libc::WIFSIGNALED(status) {
-        format!("killed by signal {}", libc::WTERMSIG(status))
-    } else {
-        format!("exit {}", libc::WEXITSTATUS(status))
-    };
-    let ok = match fork_behaviour(s) {
-        ForkBehaviour::Inherits => libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        ForkBehaviour::Faults => {
-            libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSEGV
-        }
-    };
-    if !ok {
-        return fail(format!(
-            "documented fork behaviour of {s} is {:?}, but the child {got} (exit 10+i: page i held neither the snapshot nor, if untouched, the new bytes)",
-            fork_behaviour(s)
-        ));
-    }
-    // The parent's mapping is intact.
-    let mut checker = Checker::new(p, 0, map.len(), old);
-    checker.touch(&map, [0]).map_err(Failed::from)?;
-    checker.push_state(new);
-    checker.touch_all(&map).map_err(Failed::from)?;
     Ok(Completion::Completed)
 }
 
@@ -2526,7 +2421,15 @@ fn trials(dirs: &[FsDir], missing: &[(FsKind, String)]) -> Vec<Trial> {
                 threads_case(s, &dd, true)
             }));
             let dd = dir.clone();
-            t.push(watched(format!("{pre}/fork"), move || fork_case(s, &dd)));
+            t.push(watched(format!("{pre}/fork"), move || fork::case(s, &dd)));
+            let dd = dir.clone();
+            t.push(watched(format!("{pre}/fork-nested"), move || {
+                fork::nested_case(s, &dd)
+            }));
+            let dd = dir.clone();
+            t.push(watched(format!("{pre}/fork-threads"), move || {
+                fork::threads_case(s, &dd)
+            }));
             let dd = dir.clone();
             t.push(watched(format!("{pre}/kernel-access"), move || {
                 kernel_access_case(s, &dd)

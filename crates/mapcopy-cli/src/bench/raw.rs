@@ -156,3 +156,29 @@ pub fn pread_full(file: &File, buf: &mut [u8], chunk: usize) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// libc's `fork()` (fork handlers run, as for any program that forks); the
+/// child exits at once. Returns the child's pid in the parent.
+pub fn fork_and_exit() -> io::Result<libc::pid_t> {
+    // SAFETY: the child only calls _exit (async-signal-safe), so whatever
+    // locks other threads held at the fork do not matter to it.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: ends the child without running the parent's destructors.
+        unsafe { libc::_exit(0) };
+    }
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(pid)
+}
+
+/// Waits for a child made by [`fork_and_exit`].
+pub fn reap(pid: libc::pid_t) -> io::Result<()> {
+    let mut status = 0;
+    // SAFETY: waits for our own child; `status` is a live local.
+    if unsafe { libc::waitpid(pid, &mut status, 0) } != pid {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

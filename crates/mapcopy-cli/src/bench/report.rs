@@ -9,7 +9,7 @@ use mapcopy::Strategy;
 use super::json::Json;
 use super::svg::{self, Axis, Bar, Group};
 use super::workload::{Method, Workload};
-use super::{Results, WriterRow, fmt_secs, fmt_size, stats};
+use super::{Results, WriterRow, fmt_secs, fmt_size, forkcost, stats};
 
 /// One performance goal of issue 6 and whether this run met it.
 pub struct Goal {
@@ -305,6 +305,13 @@ const MANY_HEADERS: [&str; 7] = [
     "auto picked",
 ];
 
+fn fork_title(r: &Results) -> String {
+    format!(
+        "fork() cost: the parent's time in fork() with a {} mapping alive (first byte read), the child exiting at once",
+        fmt_size(r.plan.sizes[r.plan.sizes.len() - 1])
+    )
+}
+
 fn many_title(r: &Results) -> String {
     format!(
         "many files: {} files of {}–{} ({} in all), each opened, mapped (or read) and read once, all kept live",
@@ -577,6 +584,8 @@ pub fn text(r: &Results, goals: &[Goal]) -> String {
         fmt_size(r.plan.writer_size)
     );
     plain_table(&mut out, WRITER_HEADERS, &writer_rows(r));
+    let _ = writeln!(out, "\n{}:", fork_title(r));
+    plain_table(&mut out, forkcost::HEADERS, &forkcost::rows(&r.fork));
     let _ = writeln!(out, "\n{}:", many_title(r));
     plain_table(&mut out, MANY_HEADERS, &many_rows(r));
     let _ = writeln!(out, "\ngoals:");
@@ -610,6 +619,12 @@ fn markdown(r: &Results, goals: &[Goal]) -> String {
         fmt_size(r.plan.writer_size)
     );
     md_table(&mut out, WRITER_HEADERS, &writer_rows(r));
+    let _ = writeln!(
+        out,
+        "\n## fork()\n\n{}. A child has no guard thread, fault server or lease-break handler, so before the first fork `guard` copies the mapping's data into anonymous memory, `lease` snapshots as on a break and `lazy` fills its unread pages; later forks pay nothing more.\n",
+        fork_title(r)
+    );
+    md_table(&mut out, forkcost::HEADERS, &forkcost::rows(&r.fork));
     let _ = writeln!(
         out,
         "\n## Many files\n\n{}. \"fds per live map\": file descriptors the process holds per live mapping (`/proc/self/fd`, all mappings live).\n",
@@ -755,6 +770,7 @@ fn results_json(r: &Results, goals: &[Goal]) -> Json {
         ),
         ("records", Json::Arr(records)),
         ("writer_cost", Json::Arr(writer)),
+        ("fork_cost", forkcost::json(&r.fork)),
         ("auto_pick", Json::opt_str(r.auto_pick.map(Strategy::name))),
         (
             "many_files",
@@ -986,6 +1002,7 @@ mod tests {
                 })
                 .collect(),
             writer,
+            fork: Vec::new(),
             many: Default::default(),
             auto_pick: None,
             elapsed_secs: 1.0,

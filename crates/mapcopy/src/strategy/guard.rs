@@ -45,10 +45,16 @@
 //!
 //! Failure: if the guard thread fails, [`Guards::shutdown`] first copies every
 //! page of every guarded mapping, then releases the group, so the kernel
-//! allows whatever is pending: no writer hangs, no snapshot is lost. A forked
-//! child does not inherit guarded mappings (`MADV_DONTFORK`, as for `Lazy`)
-//! and drops its copy of the group fd at once (a `pthread_atfork` handler),
-//! so a child that outlives its parent never holds writers up.
+//! allows whatever is pending: no writer hangs, no snapshot is lost.
+//!
+//! `fork()`: a child has no guard thread, so before libc's `fork()` every
+//! guarded mapping is detached (its file pages moved into anonymous memory,
+//! as before a truncation) and made inheritable (see `crate::fork`); the
+//! child shares those pages copy-on-write. The child drops its copy of the
+//! group fd at once (a `pthread_atfork` child handler), so a child that
+//! outlives its parent never holds writers up. A mapping made by another
+//! thread during the fork stays `MADV_DONTFORK` (the child gets SIGSEGV on
+//! touching it, never changed bytes).
 #![allow(unsafe_code)]
 
 use std::collections::HashMap;
@@ -230,6 +236,9 @@ struct Mapping {
     /// File ranges this guard made private (`MADV_POPULATE_WRITE`): their
     /// contents may differ from the file now, even where it has a hole.
     copied: Mutex<Vec<(u64, u64)>>,
+    /// Detached and inheritable (see `prepare_fork`): a forked child owns
+    /// its copy of the region.
+    inherited: AtomicBool,
 }
 
 impl fmt::Debug for Mapping {
@@ -323,6 +332,16 @@ impl Mapping {
     /// Copies every file page of the mapping.
     fn copy_all(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
         self.copy(0, u64::MAX, fd)
+    }
+
+    /// Detaches the whole mapping from the file and lets a forked child
+    /// inherit it. Called under `Guards::inodes`.
+    fn make_inheritable(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        self.detach(0, fd)?;
+        self.region
+            .advise(0, self.region.len(), Advice::LinuxDoFork)?;
+        self.inherited.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// Moves the file pages from file offset `from` on out of the file
@@ -516,12 +535,45 @@ fn guards() -> Result<Arc<Guards>, Error> {
     GROUP_FD.store(g.group.as_fd().as_raw_fd(), Ordering::Relaxed);
     DEVNULL_FD.store(g.devnull.as_raw_fd(), Ordering::Relaxed);
     let mut fork_err = None;
-    AT_FORK.call_once(|| fork_err = fanotify::at_fork_child(child_after_fork).err());
-    if let Some(e) = fork_err {
-        return Err(Error::io("registering the fork handler", e));
+    AT_FORK.call_once(|| fork_err = sys::fork::at_fork(None, None, Some(child_after_fork)).err());
+    if let Some(e) = fork_err.or_else(|| crate::fork::on_prepare(prepare_fork).err()) {
+        return Err(Error::io("registering the fork handlers", e));
     }
     *cur = Some(g.clone());
     Ok(g)
+}
+
+/// Runs in the parent before `fork()` (see `crate::fork`): a child has no
+/// guard thread, so every guarded mapping is detached from the file (its
+/// file pages moved into anonymous memory with the same bytes, as before a
+/// truncation), made inheritable and unregistered; marks no mapping needs
+/// any more are removed, so other processes stop paying for them.
+fn prepare_fork() {
+    let Some(g) = lock(&CURRENT)
+        .clone()
+        .filter(|g| g.pid == rustix::process::getpid())
+    else {
+        return;
+    };
+    let mut inodes = lock(&g.inodes);
+    let keys: Vec<(u64, u64)> = inodes.keys().copied().collect();
+    for key in keys {
+        let Some(inode) = inodes.get_mut(&key) else {
+            continue;
+        };
+        let fd = inode.fd.clone();
+        inode.maps.retain(|m| match m.make_inheritable(fd.as_fd()) {
+            Ok(()) => false,
+            Err(e) => {
+                eprintln!(
+                    "mapcopy: cannot copy a Guard mapping before fork() ({e}); it stays \
+                     guarded in the parent and a child touching it gets SIGSEGV"
+                );
+                true
+            }
+        });
+        release_if_unused(&g, &mut inodes, key);
+    }
 }
 
 /// The guard thread: answers the group's events until the group dies.
@@ -1109,6 +1161,7 @@ fn finish_region(region: Region, offset: u64, file_len: usize) -> Result<Mapping
         offset,
         file_len: AtomicUsize::new(file_len),
         copied: Mutex::new(Vec::new()),
+        inherited: AtomicBool::new(false),
     })
 }
 
@@ -1172,9 +1225,16 @@ impl Drop for Guard {
     fn drop(&mut self) {
         let Some(m) = self.map.take() else { return };
         if self.guards.pid != rustix::process::getpid() {
-            // A forked child: the memory was not inherited (MADV_DONTFORK)
-            // and its address may be reused; touch nothing.
-            std::mem::forget(m);
+            // A forked child. An inheritable mapping was detached before the
+            // fork and is this child's own memory: unmap it (no lock: one may
+            // have been held by a parent thread at the fork). Any other was
+            // not inherited (MADV_DONTFORK) and its address may be reused:
+            // touch nothing.
+            if m.inherited.load(Ordering::Acquire) {
+                drop(m);
+            } else {
+                std::mem::forget(m);
+            }
             return;
         }
         let mut inodes = lock(&self.guards.inodes);

@@ -77,10 +77,11 @@
 //!   test machine); but a
 //!   process that is stopped (SIGSTOP, a debugger) or frozen longer than
 //!   that lets the writer through before its snapshot is taken.
-//! * `fork()`: the mapping is `MADV_DONTFORK`: a child does not inherit it
-//!   (touching its address there faults, SIGSEGV, never a changed byte). A
-//!   child that never calls `exec` also keeps our lease's open file alive
-//!   after the parent dies, so a writer then waits out lease-break-time.
+//! * `fork()`: a child has no watcher to serve a break, so before libc's
+//!   `fork()` every leased mapping is snapshotted as on a break (a clone
+//!   where the filesystem clones, else a copy of the range) and its lease
+//!   released (see `crate::fork`); the child inherits the snapshot. The
+//!   copy is paid at the first fork, not per page.
 //! * Without reflink, a break costs a copy of the whole mapped range,
 //!   paid before the writer's `open` returns; many mappings of one file each
 //!   pay it.
@@ -282,6 +283,8 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
     // so. Not read here: every map would pay for reading /proc.)
     static_checks(req).map_err(unsupported)?;
     let (signo, breaks) = signal::install().map_err(unsupported)?;
+    crate::fork::on_prepare(prepare_fork)
+        .map_err(|e| Error::io("registering the fork handler", e))?;
     let plan = plan(req).map_err(unsupported)?;
     let file = reopen(req).map_err(unsupported)?;
     lease::set_signal(&file, signo).map_err(|e| Error::io("F_SETSIG", e))?;
@@ -358,6 +361,7 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
             key: file.as_raw_fd(),
             pid: rustix::process::getpid(),
             abandoned: AtomicBool::new(false),
+            inherited: AtomicBool::new(false),
             _kept: crate::fds::Kept::new(),
             state: Mutex::new(State {
                 file: None,
@@ -431,6 +435,9 @@ struct Entry {
     pid: Pid,
     /// Its `LeaseMap` is being dropped: release, don't snapshot.
     abandoned: AtomicBool,
+    /// Snapshotted and inheritable: a forked child owns its copy of the
+    /// region.
+    inherited: AtomicBool,
     /// Counts our lease fd among the fds live mappings keep.
     _kept: crate::fds::Kept,
     state: Mutex<State>,
@@ -482,11 +489,17 @@ impl Entry {
         if !self.abandoned.load(Ordering::Acquire) {
             self.snapshot(file, st.clones)?;
         }
-        // The new pages (clone or copy) came without MADV_DONTFORK; keep the
-        // whole mapping's fork behaviour one thing.
-        let _ = self
-            .region
-            .advise(0, self.region.len(), Advice::LinuxDontFork);
+        // Snapshotted, the whole mapping is independent of the file: a
+        // forked child may inherit it (the clone or copy came without
+        // MADV_DONTFORK; the rest of the region gets the same).
+        if !self.abandoned.load(Ordering::Acquire)
+            && self
+                .region
+                .advise(0, self.region.len(), Advice::LinuxDoFork)
+                .is_ok()
+        {
+            self.inherited.store(true, Ordering::Release);
+        }
         let _ = lease::set_lease(file, Lease::Unlock);
         st.file = None;
         st.clones = false;
@@ -635,10 +648,17 @@ impl Drop for LeaseMap {
         // SAFETY: taken once, here; `self.entry` is not used afterwards.
         let entry = unsafe { ManuallyDrop::take(&mut self.entry) };
         if entry.pid != rustix::process::getpid() {
-            // A forked child's copy of this value: the region was not
+            // A forked child's copy of this value. Snapshotted before the
+            // fork, the region is the child's own (the lease was released):
+            // unmap it with the last reference, taking no lock (a parent
+            // thread may have held one at the fork). Otherwise it was not
             // inherited (DONTFORK; its address may now hold something else)
-            // and the lease is the parent's. Touch nothing.
-            std::mem::forget(entry);
+            // and the lease is the parent's: touch nothing.
+            if entry.inherited.load(Ordering::Acquire) {
+                drop(entry);
+            } else {
+                std::mem::forget(entry);
+            }
             return;
         }
         entry.abandoned.store(true, Ordering::Release);
@@ -680,6 +700,21 @@ struct Table {
 }
 
 static TABLE: Mutex<Option<Table>> = Mutex::new(None);
+
+/// Runs in the parent before `fork()` (see `crate::fork`): a child has no
+/// watcher to serve a break, so every leased mapping of this process is
+/// snapshotted now, as on a break, and its lease released.
+fn prepare_fork() {
+    let pid = rustix::process::getpid();
+    for e in targets(None).into_iter().filter(|e| e.pid == pid) {
+        if let Err(why) = e.try_resolve(false) {
+            eprintln!(
+                "mapcopy: cannot snapshot a Lease mapping before fork() ({why}); it stays leased \
+                 in the parent and a child touching it gets SIGSEGV"
+            );
+        }
+    }
+}
 
 /// Makes sure this process's lease sources are registered with a live
 /// watcher; returns the watcher thread's id (where breaks are sent), and

@@ -272,18 +272,6 @@ pub(crate) fn open_raw(path: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Registers fork handlers (`pthread_atfork`): `child` runs in the child
-/// right after `fork()`. It must be async-signal-safe.
-pub(crate) fn at_fork_child(child: extern "C" fn()) -> io::Result<()> {
-    // SAFETY: registering a handler with no prepare/parent parts; `child` is
-    // a plain `extern "C" fn` that lives for the whole program.
-    let r = unsafe { libc::pthread_atfork(None, None, Some(child)) };
-    if r != 0 {
-        return Err(io::Error::from_raw_os_error(r));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
