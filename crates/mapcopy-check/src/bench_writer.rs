@@ -4,9 +4,10 @@
 //! fanotify event before each of their writes, a `Lease` makes the first
 //! writer's `open` wait until the range is snapshotted. To see that cost the
 //! writer must be another process, so [`measure`] re-executes the running
-//! binary (see [`crate::child`]) as entry point [`ENTRY`], which opens the
-//! file for writing and `pwrite`s 4 KiB blocks to successive pages, timing
-//! the `open` and the write loop separately.
+//! binary (see [`crate::child`]) as entry point [`ENTRY`], which first opens
+//! the file read-only and `pread`s 4 KiB blocks of successive pages (what
+//! any other reader pays), then opens it for writing and `pwrite`s them,
+//! timing each `open` and each loop separately.
 //!
 //! ```no_run
 //! # fn main() -> std::io::Result<()> {
@@ -32,6 +33,11 @@ pub const BLOCK: usize = 4096;
 /// What one writer process measured.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct WriterCost {
+    /// Microseconds its `open(O_RDONLY)` took.
+    pub open_read_us: f64,
+    /// Microseconds per 4 KiB `pread`, averaged over the read loop (as many
+    /// reads as writes, same offsets, before any write).
+    pub us_per_read: f64,
     /// Microseconds its `open(O_WRONLY)` took (a `Lease` snapshots during it).
     pub open_us: f64,
     /// Microseconds per 4 KiB `pwrite`, averaged over the loop.
@@ -40,8 +46,8 @@ pub struct WriterCost {
     pub writes: usize,
 }
 
-/// Runs the writer in a new process on `path`: `writes` 4 KiB `pwrite`s of
-/// the byte `fill`, block `i` at offset `4096 * i` modulo the file's size
+/// Runs the writer in a new process on `path`: `writes` 4 KiB `pread`s,
+/// then `writes` 4 KiB `pwrite`s of the byte `fill`, block `i` at offset `4096 * i` modulo the file's size
 /// rounded down to whole blocks. Returns what the child measured (process
 /// start-up is not included).
 pub fn measure(path: &Path, writes: usize, fill: u8) -> io::Result<WriterCost> {
@@ -61,22 +67,29 @@ pub fn measure(path: &Path, writes: usize, fill: u8) -> io::Result<WriterCost> {
             text.trim()
         )));
     }
-    let mut fields = text.split_whitespace().map(str::parse::<u64>);
-    match (fields.next(), fields.next(), fields.next()) {
-        (Some(Ok(open_ns)), Some(Ok(loop_ns)), Some(Ok(n))) if n > 0 => Ok(WriterCost {
+    let fields: Vec<u64> = text
+        .split_whitespace()
+        .map(str::parse::<u64>)
+        .collect::<Result<_, _>>()
+        .unwrap_or_default();
+    match fields[..] {
+        [ro_open_ns, read_ns, open_ns, loop_ns, n] if n > 0 => Ok(WriterCost {
+            open_read_us: ro_open_ns as f64 / 1e3,
+            us_per_read: read_ns as f64 / 1e3 / n as f64,
             open_us: open_ns as f64 / 1e3,
             us_per_write: loop_ns as f64 / 1e3 / n as f64,
             writes: n as usize,
         }),
         _ => Err(io::Error::other(format!(
-            "writer process printed {:?}, expected \"OPEN_NS LOOP_NS WRITES\"",
+            "writer process printed {:?}, expected \"RO_OPEN_NS READ_NS OPEN_NS LOOP_NS WRITES\"",
             text.trim()
         ))),
     }
 }
 
 /// The child's side: `ARGS = PATH WRITES FILL`. Prints
-/// `OPEN_NS LOOP_NS WRITES` on stdout; returns the exit status.
+/// `RO_OPEN_NS READ_NS OPEN_NS LOOP_NS WRITES` on stdout; returns the exit
+/// status.
 pub fn child_main(args: &[String]) -> i32 {
     match child(args) {
         Ok(line) => {
@@ -100,13 +113,10 @@ fn child(args: &[String]) -> Result<String, String> {
     let fill: u8 = fill
         .parse()
         .map_err(|e| format!("bad fill byte {fill:?}: {e}"))?;
-    let t0 = Instant::now();
-    let file = OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(|e| format!("opening {path} for writing: {e}"))?;
-    let opened = t0.elapsed();
-    let blocks = file
+    let t = Instant::now();
+    let reader = std::fs::File::open(path).map_err(|e| format!("opening {path}: {e}"))?;
+    let ro_opened = t.elapsed();
+    let blocks = reader
         .metadata()
         .map_err(|e| format!("fstat {path}: {e}"))?
         .len()
@@ -114,6 +124,21 @@ fn child(args: &[String]) -> Result<String, String> {
     if blocks == 0 {
         return Err(format!("{path} is smaller than one {BLOCK}-byte block"));
     }
+    let mut rbuf = [0u8; BLOCK];
+    let t = Instant::now();
+    for i in 0..writes as u64 {
+        reader
+            .read_exact_at(&mut rbuf, (i % blocks) * BLOCK as u64)
+            .map_err(|e| format!("pread {path}: {e}"))?;
+    }
+    let read = t.elapsed();
+    drop(reader);
+    let t0 = Instant::now();
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| format!("opening {path} for writing: {e}"))?;
+    let opened = t0.elapsed();
     let buf = [fill; BLOCK];
     let t1 = Instant::now();
     for i in 0..writes as u64 {
@@ -122,7 +147,9 @@ fn child(args: &[String]) -> Result<String, String> {
     }
     let looped = t1.elapsed();
     Ok(format!(
-        "{} {} {writes}",
+        "{} {} {} {} {writes}",
+        ro_opened.as_nanos(),
+        read.as_nanos(),
         opened.as_nanos(),
         looped.as_nanos()
     ))

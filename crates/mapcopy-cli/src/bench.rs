@@ -228,6 +228,8 @@ pub struct WriterRow {
     pub method: Option<Method>,
     pub open_us: Vec<f64>,
     pub us_per_write: Vec<f64>,
+    /// µs per 4 KiB `pread` by the other process (before its writes).
+    pub us_per_read: Vec<f64>,
     /// Did page 0, read before the writer ran, still hold the same bytes
     /// after it (every rep)? `None` with no mapping.
     pub page0_kept: Option<bool>,
@@ -652,6 +654,7 @@ fn writer_cost(
             method,
             open_us: Vec::new(),
             us_per_write: Vec::new(),
+            us_per_read: Vec::new(),
             page0_kept: method.map(|_| true),
             error: None,
         })
@@ -673,6 +676,7 @@ fn writer_cost(
                 Ok((cost, kept)) => {
                     row.open_us.push(cost.open_us);
                     row.us_per_write.push(cost.us_per_write);
+                    row.us_per_read.push(cost.us_per_read);
                     if let (Some(all), Some(k)) = (&mut row.page0_kept, kept) {
                         *all &= k;
                     }

@@ -156,7 +156,7 @@ fn probe_both(bin: &Path, wrap: &[&str], file: &Path) -> serde_json::Value {
             .iter()
             .map(|s| s["strategy"].as_str().unwrap())
             .collect();
-        assert_eq!(names, ["guard", "lease", "reflink", "lazy", "eager"]);
+        assert_eq!(names, ["lease", "reflink", "guard", "lazy", "eager"]);
         for s in strategies {
             let name = s["strategy"].as_str().unwrap();
             let usable = s["usable"].as_bool().unwrap();

@@ -536,25 +536,33 @@ fn lease_drop_in_flight(dir: &Path) -> Result<(), Failed> {
     ensure(worst < HUNG, || format!("a writer waited {worst:?}"))
 }
 
-/// Auto picks Lease where it can; with a writer present it falls through,
-/// for map_mut it takes Reflink where the filesystem clones.
+/// Auto picks Lease first (it costs other readers nothing); with a writer
+/// present it falls through, for map_mut it takes Reflink where the
+/// filesystem clones.
 fn auto_order(fs: Kind, dir: &Path) -> Result<(), Failed> {
     let path = dir.join("auto");
     make_file(&path, &pattern(100_000, 1))?;
     let file = File::open(&path)?;
+    // Usable if a probe says so within half a second: a lease is refused
+    // for a moment while another test's forked child still holds copies of
+    // writable fds (until its exec closes them).
     let usable = |s: Strategy| {
-        mapcopy::probe(Some(&path))
-            .strategies
-            .iter()
-            .any(|p| p.strategy == s && p.usable.is_ok())
+        (0..20).any(|i| {
+            if i > 0 {
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            mapcopy::probe(Some(&path))
+                .strategies
+                .iter()
+                .any(|p| p.strategy == s && p.usable.is_ok())
+        })
     };
-    // Read-only: Guard first where it is allowed (it keeps the whole
-    // contract; a lease cannot see open(O_RDONLY|O_TRUNC)), else Lease.
-    let first = if usable(Strategy::Guard) {
-        Strategy::Guard
-    } else {
-        Strategy::Lease
-    };
+    // Read-only: Lease first (no cost to other processes' reads), then
+    // Reflink (none at all, a cold clone for us), then Guard.
+    let first = [Strategy::Lease, Strategy::Reflink, Strategy::Guard]
+        .into_iter()
+        .find(|&s| usable(s))
+        .ok_or_else(|| Failed::from("neither lease, reflink nor guard is usable here"))?;
     let m = auto_settled(first, || MapCopy::map(&file).map(|m| m.strategy()))?;
     ensure(m == first, || format!("auto picked {m}, expected {first}"))?;
     let writer = File::options().append(true).open(&path)?;

@@ -435,8 +435,9 @@ const HEADERS: [&str; 8] = [
     "runs",
 ];
 
-fn writer_rows(r: &Results) -> Vec<[String; 5]> {
+fn writer_rows(r: &Results) -> Vec<[String; 7]> {
     let none = writer_row(r, None).and_then(|w| stats(&w.us_per_write));
+    let none_read = writer_row(r, None).and_then(|w| stats(&w.us_per_read));
     r.writer
         .iter()
         .map(|w| {
@@ -446,18 +447,27 @@ fn writer_rows(r: &Results) -> Vec<[String; 5]> {
                 Some(true) => "yes".into(),
                 Some(false) => "NO (changed)".into(),
             };
-            match (&w.error, stats(&w.us_per_write), stats(&w.open_us)) {
-                (None, Some(s), Some(o)) => [
+            match (
+                &w.error,
+                stats(&w.us_per_write),
+                stats(&w.open_us),
+                stats(&w.us_per_read),
+            ) {
+                (None, Some(s), Some(o), Some(rd)) => [
                     label,
+                    format!("{:.2} ({:.2} … {:.2})", rd.median, rd.min, rd.max),
+                    none_read.map_or("–".into(), |n| format!("{:+.2}", rd.median - n.median)),
                     format!("{:.2} ({:.2} … {:.2})", s.median, s.min, s.max),
                     none.map_or("–".into(), |n| format!("{:+.2}", s.median - n.median)),
                     format!("{:.1} ({:.1} … {:.1})", o.median, o.min, o.max),
                     kept,
                 ],
-                (err, _, _) => [
+                (err, ..) => [
                     label,
                     "FAILED".into(),
                     err.clone().unwrap_or_else(|| "no measurement".into()),
+                    String::new(),
+                    String::new(),
                     String::new(),
                     String::new(),
                 ],
@@ -466,8 +476,10 @@ fn writer_rows(r: &Results) -> Vec<[String; 5]> {
         .collect()
 }
 
-const WRITER_HEADERS: [&str; 5] = [
+const WRITER_HEADERS: [&str; 7] = [
     "mapping active",
+    "µs per 4 KiB pread",
+    "read overhead µs",
     "µs per 4 KiB pwrite",
     "overhead µs",
     "open() µs",
@@ -579,7 +591,7 @@ pub fn text(r: &Results, goals: &[Goal]) -> String {
     }
     let _ = writeln!(
         out,
-        "\nwriter cost: {} × 4 KiB pwrite in another process, file of {}:",
+        "\ncost to another process: {} × 4 KiB pread, then as many pwrite, file of {}:",
         r.plan.writes,
         fmt_size(r.plan.writer_size)
     );
@@ -614,7 +626,7 @@ fn markdown(r: &Results, goals: &[Goal]) -> String {
     }
     let _ = writeln!(
         out,
-        "\n## Writer cost\n\n{} × 4 KiB `pwrite` in another process on a {} file, with each kind of mapping alive in the bench process. \"page 0 kept\": the mapping's first page, read before the writer ran, held the same bytes afterwards (MAP_PRIVATE is the control that must fail).\n\n![writer](writer.svg)\n",
+        "\n## Cost to other processes\n\n{} × 4 KiB `pread`, then as many `pwrite`, in another process on a {} file, with each kind of mapping alive in the bench process (the reads come first, so a Lease is not yet broken while they run). \"page 0 kept\": the mapping's first page, read before the writer ran, held the same bytes afterwards (MAP_PRIVATE is the control that must fail).\n\n![writer](writer.svg)\n",
         r.plan.writes,
         fmt_size(r.plan.writer_size)
     );
@@ -681,6 +693,10 @@ fn results_json(r: &Results, goals: &[Goal]) -> Json {
                 (
                     "mapping",
                     Json::Str(w.method.map_or("none", Method::key).into()),
+                ),
+                (
+                    "us_per_read_median",
+                    Json::num(stats(&w.us_per_read).map(|s| s.median)),
                 ),
                 ("us_per_write_median", Json::num(s.map(|s| s.median))),
                 ("us_per_write_min", Json::num(s.map(|s| s.min))),
@@ -1040,6 +1056,7 @@ mod tests {
                 method: None,
                 open_us: vec![1.0],
                 us_per_write: vec![5.0],
+                us_per_read: vec![1.0],
                 page0_kept: None,
                 error: None,
             },
@@ -1047,6 +1064,7 @@ mod tests {
                 method: Some(guard),
                 open_us: vec![1.0],
                 us_per_write: vec![26.0],
+                us_per_read: vec![20.0],
                 page0_kept: Some(true),
                 error: None,
             },
