@@ -135,18 +135,18 @@
 //!   not answer within `fs.lease-break-time` (45 s; e.g. it is stopped in a
 //!   debugger) the kernel lets the writer through.
 //! * **fork**: a child made by libc's `fork()` (what Python, gunicorn and
-//!   `multiprocessing` call) inherits `Guard`, `Lease`, `Reflink` and
-//!   `Eager` mappings and reads exactly the parent's snapshot for its whole
-//!   life. A child has no guard thread or lease-break handler, so before
-//!   the first `fork()` a `pthread_atfork` handler makes `Guard` and `Lease`
-//!   mappings independent of the file in the parent: `Guard` copies the
-//!   range's data into anonymous memory, `Lease` snapshots as on a lease
-//!   break (a reflink clone, else a copy). That first `fork()` pays for it
-//!   (`mapcopy bench` reports the cost); later ones pay nothing, and
-//!   `posix_spawn`/`vfork` run no handler. `Lazy` memory is still
-//!   `MADV_DONTFORK` (a child has no fault server): a child touching it
-//!   gets SIGSEGV, never zeros; so does a child made without the handlers
-//!   (a raw `clone`) touching a `Guard` or `Lease` mapping.
+//!   `multiprocessing` call) inherits every mapping and reads exactly the
+//!   parent's snapshot for its whole life (after the parent unmaps or
+//!   exits, in nested forks). A child has no guard thread, lease-break
+//!   handler or fault server of the parent, so `pthread_atfork` handlers
+//!   step in: before the first `fork()`, `Guard` copies the range's data
+//!   into anonymous memory and `Lease` snapshots as on a lease break (a
+//!   reflink clone, else a copy) — that first `fork()` pays for it
+//!   (`mapcopy bench` reports the cost), later ones do not; `Lazy` copies
+//!   nothing: the child gets a fault server of its own before `fork()`
+//!   returns. `posix_spawn`/`vfork` run no handler. A child made without
+//!   the handlers (a raw `clone`) gets SIGSEGV touching a `Guard`, `Lease`
+//!   or `Lazy` mapping, never changed bytes or zeros.
 //! * **Cost to other processes**: while a `Guard` mapping exists, every
 //!   read, write, mmap and open of the file by any process waits for this
 //!   process's watcher thread to classify it (about 20 µs median per access

@@ -99,7 +99,7 @@ fn lacks(s: Strategy) -> Vec<&'static str> {
         Strategy::Lazy => vec![
             "point-in-time consistency: each page is read at its first access, so pages of one mapping can be of different versions (a header of one version, data of another); it maps only with Consistency::PerPage",
             "per-page atomicity against a concurrent write(): a page read while a write() runs may hold part of it (it never changes afterwards)",
-            "fork(): the mapping is MADV_DONTFORK (a child has no fault server); a forked child does not inherit it and touching it there faults (SIGSEGV), never reads zeros",
+            "fork(): a child made by libc's fork() gets its own fault server (a thread and a userfaultfd, made before fork() returns): it inherits the pages filled so far and reads the others from the file at its first access (per-page); a child made without libc's fork handlers (a raw clone) gets SIGSEGV touching the mapping, never zeros",
         ],
         Strategy::Guard => vec![
             "open(O_RDONLY|O_TRUNC) already under way when the guard is armed (the file's first guarded mapping in this process): an open that passed its permission check before the mark existed truncates without an event and without breaking the lease that proves there is no writer; the mapping's pages past the new end then fault (SIGBUS). Later such opens are seen (FAN_OPEN_PERM) and handled",

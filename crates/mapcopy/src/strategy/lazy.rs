@@ -68,9 +68,12 @@
 //!
 //! # fork
 //!
-//! The memory is `MADV_DONTFORK`: a child made by `fork()` has no mapping at
-//! that address and touching it there raises `SIGSEGV` — it never reads
-//! zeros (which is what an unserved userfaultfd range would give a child).
+//! A child made by libc's `fork()` inherits the mapping and gets a fault
+//! server of its own before `fork()` returns (see `forked`): pages filled
+//! in the parent are inherited, missing ones are read in the child at
+//! first access. Nothing is copied at the fork. Outside a fork the memory
+//! is `MADV_DONTFORK`, so a child made without the fork handlers (a raw
+//! `clone`) gets `SIGSEGV` touching it — never zeros.
 //!
 //! # Needs
 //!
@@ -103,6 +106,8 @@ use crate::sys::mmap::{HUGE_PAGE, Region};
 use crate::sys::procfs;
 use crate::sys::uffd::{self, Msg, Route, Uffd};
 use crate::watcher::{self, Registration, Source};
+
+mod forked;
 
 /// Granule of whole-chunk fills, prefetch and huge pages.
 const CHUNK: usize = HUGE_PAGE;
@@ -320,11 +325,34 @@ fn server() -> Result<Arc<Server>, Error> {
         fallback: AtomicBool::new(false),
         me: me.clone(),
     });
+    crate::fork::on_fork(forked::STEPS)
+        .map_err(|e| Error::io("registering the fork handlers", e))?;
     let reg = watcher::register(srv.clone())
         .map_err(|e| Error::io("registering the userfaultfd with the watcher thread", e))?;
     *lock(&srv.registration) = Some(reg);
     *cur = Some(srv.clone());
     Ok(srv)
+}
+
+/// This process's own mappings, for a forked child to inherit (see
+/// `forked`); nothing in a forked child that has not mapped with Lazy
+/// itself.
+fn inheritable(out: &mut Vec<forked::Inherit>) {
+    let Some(srv) = lock(&SERVER)
+        .clone()
+        .filter(|s| s.pid == rustix::process::getpid())
+    else {
+        return;
+    };
+    let maps = srv.mappings.read().unwrap_or_else(PoisonError::into_inner);
+    out.extend(maps.values().map(|m| forked::Inherit {
+        base: m.span.0,
+        total: m.span.1,
+        start: m.start,
+        len: m.len,
+        offset: m.offset,
+        fd: m.file.as_raw_fd(),
+    }));
 }
 
 /// Aborts the process if the thread unwinds through it: a panicking fault
@@ -754,6 +782,8 @@ enum Plan {
 struct Mapping {
     start: usize,
     len: usize,
+    /// The whole region (address, length), alignment slack included.
+    span: (usize, usize),
     file: File,
     /// Counts `file` among the fds live mappings keep.
     _kept: crate::fds::Kept,
@@ -966,6 +996,7 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
     let mapping = Arc::new(Mapping {
         start,
         len,
+        span: (base, region.len()),
         file,
         _kept: crate::fds::Kept::new(),
         offset: req.offset,
@@ -1122,11 +1153,20 @@ impl Snapshot for Lazy {
 impl Drop for Lazy {
     fn drop(&mut self) {
         if rustix::process::getpid() != self.server.pid {
-            // A forked child dropping its copy of the parent's value: the
-            // memory was never mapped here (MADV_DONTFORK) and the uffd
-            // belongs to the parent's address space. Touch neither.
+            // A forked child dropping its copy of the parent's value. The
+            // parent's server and uffd are not this process's: touch neither
+            // (nor any lock of theirs). If the fork handlers handed the
+            // region to this process's own server, it is unregistered there
+            // and unmapped here; otherwise it was never mapped here
+            // (MADV_DONTFORK) and its address may hold something else.
+            if forked::release(self.region.as_ptr() as usize) {
+                // SAFETY: dropped exactly once, here; unregistered, and no
+                // borrow of it outlives `self`.
+                unsafe { ManuallyDrop::drop(&mut self.region) };
+            }
             return;
         }
+        let _fork = forked::hold();
         let m = &self.mapping;
         let mut live = m.live.write().unwrap_or_else(PoisonError::into_inner);
         *live = false;
@@ -1818,34 +1858,72 @@ mod tests {
         });
     }
 
+    /// Forks with libc's fork (handlers run) or a raw clone (none run); the
+    /// child reads the byte at `p` and exits with 3 for a zero, 4 for
+    /// `want`, 5 for anything else. Returns the wait status.
+    fn fork_and_read(raw: bool, p: usize, want: u8) -> i32 {
+        let pid = if raw {
+            // SAFETY: a fork-like clone (no CLONE_VM) in a test; the child
+            // only reads memory and calls _exit.
+            let r = unsafe {
+                libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_long, 0, 0, 0, 0)
+            };
+            r as libc::pid_t
+        } else {
+            // SAFETY: fork in a test; the child reads memory (served by
+            // its own fault server) and exits.
+            unsafe { libc::fork() }
+        };
+        assert!(pid >= 0);
+        if pid == 0 {
+            // SAFETY: reads the mapping's address in the child (unmapped
+            // there if the handlers did not run: MADV_DONTFORK).
+            let v = unsafe { std::ptr::read_volatile(p as *const u8) };
+            let code = if v == want {
+                4
+            } else if v == 0 {
+                3
+            } else {
+                5
+            };
+            // SAFETY: _exit is async-signal-safe.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child just forked.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        status
+    }
+
+    /// A child made by libc's fork() reads the file's bytes where the
+    /// parent never read (its own server fills them) and the parent's
+    /// where it did; one made without the fork handlers faults instead of
+    /// reading the zeros of an unserved range.
     #[test]
-    fn forked_child_faults_instead_of_reading_zeros() {
+    fn forked_child_reads_the_file_and_never_zeros() {
         if !usable() {
             return;
         }
-        let data = pattern(2 * PAGE, 9);
+        let data = pattern(3 * PAGE, 9);
         let f = file_with(&data);
         let file = File::open(f.path()).unwrap();
         let map = lazy().map(&file).unwrap();
         assert_eq!(map[1], data[1]); // page 0 present in the parent
-        for off in [1usize, PAGE + 1] {
-            let p = map.as_ptr() as usize + off;
-            // SAFETY: fork in a test; the child only reads memory and exits.
-            let pid = unsafe { libc::fork() };
-            assert!(pid >= 0);
-            if pid == 0 {
-                // SAFETY: reads the mapping's address in the child, where it
-                // is expected to be unmapped (MADV_DONTFORK).
-                let v = unsafe { std::ptr::read_volatile(p as *const u8) };
-                // SAFETY: _exit is async-signal-safe.
-                unsafe { libc::_exit(if v == 0 { 3 } else { 4 }) };
-            }
-            let mut status = 0;
-            // SAFETY: waits for the child just forked.
-            assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        let base = map.as_ptr() as usize;
+        for raw in [true, false, true] {
+            let status = fork_and_read(raw, base + 2 * PAGE + 1, data[2 * PAGE + 1]);
             assert!(
-                libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSEGV,
-                "child at offset {off}: status {status:#x} (exit 3 = read zeros, 4 = read data)"
+                libc::WIFSIGNALED(status) == raw
+                    && (!raw || libc::WTERMSIG(status) == libc::SIGSEGV)
+                    && (raw || libc::WEXITSTATUS(status) == 4),
+                "raw clone {raw}: status {status:#x} (exit 3 = read zeros, 4 = read data)"
+            );
+        }
+        for off in [1usize, PAGE + 1, 2 * PAGE + 1] {
+            let status = fork_and_read(false, base + off, data[off]);
+            assert!(
+                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 4,
+                "fork, offset {off}: status {status:#x} (exit 3 = read zeros, 4 = read data)"
             );
         }
         assert!(map[..] == data[..]);
