@@ -53,6 +53,11 @@ pub struct Args {
     /// Re-run the op log of a violation written by an earlier run.
     #[arg(long, value_name = "FILE")]
     replay: Option<PathBuf>,
+    /// Where a violation's op log is written [default: the system temp
+    /// dir] (never the current directory: a run in a checkout must not
+    /// leave files in it).
+    #[arg(long, value_name = "DIR")]
+    replay_dir: Option<PathBuf>,
     /// Attempts for --replay.
     #[arg(long, default_value_t = 50)]
     attempts: u32,
@@ -83,6 +88,13 @@ fn run_inner(args: Args) -> Result<bool, String> {
         .seed
         .unwrap_or_else(|| torture::now() ^ u64::from(std::process::id()) << 32);
     let targets = select(&args.strategy, &dir)?;
+    let replay_dir = args.replay_dir.clone().unwrap_or_else(std::env::temp_dir);
+    if !replay_dir.is_dir() {
+        return Err(format!(
+            "--replay-dir {}: not a directory",
+            replay_dir.display()
+        ));
+    }
     let kinds = match &args.kinds {
         None => None,
         Some(names) => Some(names.iter().try_fold(0u32, |m, n| {
@@ -123,7 +135,7 @@ fn run_inner(args: Args) -> Result<bool, String> {
         cfg.writers = args.writers.max(1);
         cfg.readers = args.readers.max(1);
         cfg.max_pages = args.pages.max(4);
-        cfg.replay_out = Some(PathBuf::from(format!(
+        cfg.replay_out = Some(replay_dir.join(format!(
             "mapcopy-torture-{}-seed{seed}.replay",
             target.name()
         )));
