@@ -63,6 +63,10 @@ selftest)
 		[ "$trc" = 0 ] || rc=1
 		umount_fs "$fs" || { echo "GUEST: cannot unmount $fs"; rc=1; }
 	done
+	# 1 while lockdep is still checking (it switches itself off after its
+	# first report)
+	[ -r /proc/lockdep_stats ] &&
+		echo "GUEST: lockdep $(grep -o 'debug_locks: *[0-9]*' /proc/lockdep_stats | tr -s ' ')"
 	;;
 bench)
 	mnt=$(mount_fs ext4) || exit 12
