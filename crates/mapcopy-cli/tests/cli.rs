@@ -201,6 +201,7 @@ fn probe_both(bin: &Path, wrap: &[&str], file: &Path) -> serde_json::Value {
             [
                 "capabilities",
                 "userfaultfd",
+                "filesystem",
                 "reflink",
                 "lease",
                 "fanotify"

@@ -49,8 +49,10 @@ pub struct Probe {
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct Fact {
-    /// What was examined: `capabilities`, `userfaultfd`, `reflink`,
-    /// `lease` or `fanotify`.
+    /// What was examined: `capabilities`, `userfaultfd`, `filesystem`
+    /// (which zero-copy strategies are shown to keep the contract on it;
+    /// not available where the file can change unseen, as on overlayfs or
+    /// FUSE), `reflink`, `lease` or `fanotify`.
     pub topic: &'static str,
     /// `Some(true)` if the interface is available to this process (for this
     /// file), `Some(false)` if not, `None` for information only.
@@ -235,6 +237,22 @@ fn facts(file: Option<Result<(&File, &sys::file::Meta), String>>) -> Vec<Fact> {
         topic: "userfaultfd",
         available: Some(uffd.kernel_faults()),
         finding: format!("{uffd} => {verdict}"),
+    });
+    out.push(match &file {
+        Some(Ok((_, meta))) => {
+            let (available, finding) = sys::fs::finding(meta.fs_type);
+            Fact {
+                topic: "filesystem",
+                available,
+                finding,
+            }
+        }
+        Some(Err(e)) => fact("filesystem", Err(e.clone())),
+        None => Fact {
+            topic: "filesystem",
+            available: None,
+            finding: sys::fs::where_shown(),
+        },
     });
     match file {
         Some(Ok((f, meta))) => {

@@ -102,9 +102,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 // check
 
 pub(crate) fn check(req: Option<&Request<'_>>) -> Result<String, String> {
+    if let Some(r) = req {
+        sys::fs::shown(&sys::fs::GUARD, r.meta.fs_type)?;
+    }
     // A throwaway group and mark prove the capability (CAP_SYS_ADMIN), the
     // kernel (FAN_PRE_ACCESS) and the filesystem.
     let found = detect::fanotify_pre_content(req.map(|r| (r.file, &r.meta)))?;
+    let found = format!("{found}; {}", sys::fs::holds_on(&sys::fs::GUARD));
     let Some(req) = req else {
         return Ok(found);
     };
@@ -129,6 +133,7 @@ pub(crate) fn check(req: Option<&Request<'_>>) -> Result<String, String> {
 /// mark), as found by earlier `map` calls, and whether the fd passed in is
 /// writable. No kernel object is made; the writer check is `map`'s.
 pub(crate) fn pre_check(req: &Request<'_>) -> Result<(), String> {
+    sys::fs::shown(&sys::fs::GUARD, req.meta.fs_type)?;
     kernel_ok()?;
     if !super::auto::caps().sys_admin {
         return Err("needs CAP_SYS_ADMIN for fanotify pre-content events".into());
@@ -871,6 +876,7 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
             _ => e,
         }
     };
+    sys::fs::shown(&sys::fs::GUARD, req.meta.fs_type).map_err(unsupported)?;
     kernel_ok().map_err(unsupported).map_err(explain)?;
     if req.meta.writable {
         return Err(unsupported(FD_WRITABLE.into()));

@@ -128,8 +128,9 @@ pub(crate) fn check(req: Option<&Request<'_>>) -> Result<String, String> {
     let Some(req) = req else {
         return Ok(format!(
             "read leases enabled (a holder must answer a break within {} s); {sig}; \
-             per file it needs the owner or CAP_LEASE and no writer",
-            lease::break_time().map_or("?".into(), |t| t.to_string())
+             per file it needs the owner or CAP_LEASE and no writer; {}",
+            lease::break_time().map_or("?".into(), |t| t.to_string()),
+            crate::sys::fs::holds_on(&crate::sys::fs::LEASE)
         ));
     };
     static_checks(req)?;
@@ -145,8 +146,9 @@ pub(crate) fn check(req: Option<&Request<'_>>) -> Result<String, String> {
     let _ = lease::set_lease(&file, Lease::Unlock);
     let plan = plan(req)?;
     Ok(format!(
-        "no writer has the file open; {}; {sig}",
-        describe_plan(&plan, req)
+        "no writer has the file open; {}; {sig}; {}",
+        describe_plan(&plan, req),
+        crate::sys::fs::holds_on(&crate::sys::fs::LEASE)
     ))
 }
 
@@ -185,6 +187,7 @@ fn transient(e: &std::io::Error, pause: &mut std::time::Duration) -> bool {
 
 /// Refusals that need no syscall.
 fn static_checks(req: &Request<'_>) -> Result<(), String> {
+    crate::sys::fs::shown(&crate::sys::fs::LEASE, req.meta.fs_type)?;
     if req.meta.writable {
         return Err(
             "this process holds the file open for writing (the fd passed in is writable); \

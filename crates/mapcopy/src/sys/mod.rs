@@ -10,6 +10,7 @@ pub(crate) mod clone;
 pub(crate) mod detect;
 pub(crate) mod fanotify;
 pub(crate) mod file;
+pub(crate) mod fs;
 pub(crate) mod lease;
 pub(crate) mod mmap;
 pub(crate) mod proc_pid;
