@@ -411,6 +411,8 @@ fn need_root_and(what: &str, tools: &[&str]) -> Result<(), String> {
 struct Mounts {
     dir: Option<TempDir>,
     mounted: Vec<PathBuf>,
+    /// A directory elsewhere, removed after the unmounts.
+    layers: Option<TempDir>,
 }
 
 impl Mounts {
@@ -423,6 +425,7 @@ impl Mounts {
         Ok(Mounts {
             dir: Some(dir),
             mounted: Vec::new(),
+            layers: None,
         })
     }
 
@@ -457,6 +460,7 @@ impl Drop for Mounts {
         while let Some(m) = self.mounted.pop() {
             umount_or_detach(&m);
         }
+        drop(self.layers.take());
         drop(self.dir.take());
     }
 }
@@ -509,10 +513,37 @@ impl Overlay {
     /// (before the mount: the overlay caches what it has looked up), and
     /// mounts the overlay. `Err` says why it cannot.
     pub fn new(populate: impl FnOnce(&Path, &Path) -> io::Result<()>) -> Result<Overlay, String> {
+        Self::new_in(None, populate)
+    }
+
+    /// Like [`Overlay::new`], with the layers in a new directory under
+    /// `parent` (on its filesystem) instead of on a tmpfs of their own.
+    pub fn new_in(
+        parent: Option<&Path>,
+        populate: impl FnOnce(&Path, &Path) -> io::Result<()>,
+    ) -> Result<Overlay, String> {
         need_root_and("an overlay", &["mount", "umount"])?;
         let mut mounts = Mounts::new("overlay")?;
-        let base = mounts.path("layers");
-        mounts.mount("tmpfs", Path::new("tmpfs"), &base, "size=256m,mode=0755")?;
+        let base = match parent {
+            Some(p) => {
+                let d = tempfile::Builder::new()
+                    .prefix("mapcopy-layers-")
+                    .tempdir_in(p)
+                    .map_err(|e| format!("temp dir in {}: {e}", p.display()))?;
+                mounts.layers = Some(d);
+                mounts
+                    .layers
+                    .as_ref()
+                    .expect("just set")
+                    .path()
+                    .to_path_buf()
+            }
+            None => {
+                let b = mounts.path("layers");
+                mounts.mount("tmpfs", Path::new("tmpfs"), &b, "size=256m,mode=0755")?;
+                b
+            }
+        };
         let o = |d: &str| base.join(d);
         for d in ["lower", "upper", "work"] {
             mounts.mkdir(&o(d))?;

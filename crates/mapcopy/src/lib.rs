@@ -80,7 +80,11 @@
 //! cache (its pages change; a truncation of the upper file faults it). The
 //! same holds for FUSE and virtiofs (the server, or a write to what it
 //! serves), and for NFS, SMB, Ceph, 9p and cluster filesystems (another
-//! client or node; not tested, refused). `Eager` and `Lazy` copy with
+//! client or node; not tested, refused). Conversely a file in an overlay's
+//! upper layer, mapped directly, can be written through the overlay, which
+//! raises no fanotify event on it: `Guard` refuses a file in the upper
+//! layer of an overlay mounted in this mount namespace (a lease sees such
+//! writes, so `Auto` takes `Lease`). `Eager` and `Lazy` copy with
 //! `pread` and keep the contract on every filesystem, so there `Auto` picks
 //! `Eager` (`Lazy` under [`Consistency::PerPage`]). On a network filesystem
 //! a `Lazy` page fill reads through the network when the page is first

@@ -105,6 +105,7 @@ fn lacks(s: Strategy) -> Vec<&'static str> {
         ],
         Strategy::Guard => vec![
             "open(O_RDONLY|O_TRUNC) already under way when the guard is armed (the file's first guarded mapping in this process): an open that passed its permission check before the mark existed truncates without an event and without breaking the lease that proves there is no writer; the mapping's pages past the new end then fault (SIGBUS). Later such opens are seen (FAN_OPEN_PERM) and handled",
+            "writes through an overlay mounted in another mount namespace (a rootless container's) whose upper layer holds the file: the overlay writes it through an internal backing file that raises no fanotify event (an overlay mounted in this namespace is seen, and the map refused)",
             "writes through a loop device attached to the file after the map: the loop driver writes with ->write_iter directly and raises no fanotify event, so those pages change under the mapping (a loop device attached before the map holds the file open for writing, and the map is refused)",
             "fork(): the mapping is MADV_DONTFORK; a forked child does not inherit it (touching it there faults)",
             "cost to others: every read, write, mmap and open of the file by any process waits for this process's guard thread (a fanotify round trip)",

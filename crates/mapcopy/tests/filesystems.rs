@@ -19,6 +19,13 @@
 //!   refuses`: named zero-copy strategies refuse with `Unsupported` naming
 //!   the filesystem; `overlay/probe`, `fuse/probe` say so too;
 //! * `fuse/METHOD/{write-source,truncate-source}`: Auto keeps the contract;
+//! * `overlay-layer/METHOD/{write,truncate}-through-overlay`: the other
+//!   direction — the upper layer's real file (on an ext4 image) mapped
+//!   directly while the overlay writes or truncates it: Guard refuses
+//!   (`overlay-layer/guard/refuses`: the overlay's writes raise no event
+//!   on the real file; a guarded reader died of SIGBUS before that check),
+//!   Lease and Auto (which then picks Lease) keep the contract, the control
+//!   is caught;
 //! * `tmpfs/METHOD/{write,truncate}`: Lease and Auto keep it on tmpfs
 //!   against a writer opening the file after the map; the control is
 //!   caught; `tmpfs/guard/refuses` (Linux allows no pre-content marks
@@ -34,7 +41,7 @@ use std::process::{Command, Stdio};
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use mapcopy::{Consistency, ErrorKind, MapCopy, MapOptions, Strategy};
 use mapcopy_check::control::{PageRead, PrivateMap};
-use mapcopy_check::fixture::{self, FuseMirror, Overlay, Tmpfs};
+use mapcopy_check::fixture::{self, FsKind, FuseMirror, LoopMount, Overlay, Tmpfs};
 use mapcopy_check::oracle::{Checker, Source};
 use mapcopy_check::pattern;
 
@@ -391,6 +398,50 @@ fn with_overlay(f: impl FnOnce(&Path) -> Outcome) -> Outcome {
     }
 }
 
+/// The other direction: the layer's real file (on ext4) mapped directly,
+/// written or truncated *through the overlay* (a container writing a file
+/// the host maps).
+fn layer_case(method: Method, trunc: bool) -> Outcome {
+    with_layer(|o| layer_read(o, method, trunc))
+}
+
+/// An overlay whose layers are on an ext4 loop image (where Guard and Lease
+/// are otherwise used), with `upper/up`.
+fn with_layer(f: impl FnOnce(&Overlay) -> Outcome) -> Outcome {
+    let ext4 = match LoopMount::new(FsKind::Ext4) {
+        Ok(m) => m,
+        Err(why) => return skip(why),
+    };
+    let o = match Overlay::new_in(Some(ext4.path()), |_, upper| {
+        std::fs::write(upper.join("up"), pattern::bytes(0, 0, size()))
+    }) {
+        Ok(o) => o,
+        Err(why) => return skip(why),
+    };
+    let r = f(&o);
+    drop(o);
+    drop(ext4);
+    r
+}
+
+fn layer_read(o: &Overlay, method: Method, trunc: bool) -> Outcome {
+    let through = o.merged().join("up");
+    let read = read_around(method, &o.upper().join("up"), || {
+        if trunc {
+            truncate(&through)
+        } else {
+            rewrite(&through)
+        }
+    })?;
+    let expect = match method {
+        // Guard refuses the upper layer's files; Lease is next.
+        Method::Copy(Strategy::Auto, _) => Some(Strategy::Lease),
+        Method::Copy(s, _) => Some(s),
+        Method::Control => None,
+    };
+    judge(method, expect, read)
+}
+
 // ---------------------------------------------------------------------------
 // FUSE (bindfs)
 
@@ -487,6 +538,21 @@ fn trials() -> Vec<Trial> {
             format!("fuse/{s}/refuses"),
             move || with_fuse(|p| refuses(s, p, "fuse")),
         ));
+    }
+    t.push(Trial::ignorable_test("overlay-layer/guard/refuses", || {
+        with_layer(|o| refuses(Strategy::Guard, &o.upper().join("up"), "upper layer"))
+    }));
+    for m in [
+        Method::Copy(Strategy::Lease, pit),
+        Method::Copy(Strategy::Auto, pit),
+        Method::Control,
+    ] {
+        for (case, trunc) in [("write", false), ("truncate", true)] {
+            t.push(Trial::ignorable_test(
+                format!("overlay-layer/{}/{case}-through-overlay", m.name()),
+                move || layer_case(m, trunc),
+            ));
+        }
     }
     t.push(Trial::ignorable_test("overlay/probe", || {
         with_overlay(|p| probe_says(p, "overlayfs"))

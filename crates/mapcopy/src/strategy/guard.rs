@@ -115,6 +115,9 @@ pub(crate) fn check(req: Option<&Request<'_>>) -> Result<String, String> {
     if req.meta.writable {
         return Err(FD_WRITABLE.into());
     }
+    if let Some(why) = sys::overlay::guard_refusal(req.file, req.meta.dev) {
+        return Err(why);
+    }
     let fd = reopen(req.file)
         .map_err(|e| format!("cannot open a second read-only fd of the file: {e}"))?;
     match lease_probe(fd.as_fd(), true) {
@@ -901,6 +904,11 @@ fn arm(g: &Arc<Guards>, req: &Request<'_>, key: (u64, u64)) -> Result<Arc<OwnedF
     if let Some(i) = lock(&g.inodes).get_mut(&key) {
         i.pending += 1;
         return Ok(i.fd.clone());
+    }
+    // A file an overlay writes through (its upper layer) escapes the
+    // guard: checked once per armed inode.
+    if let Some(why) = sys::overlay::guard_refusal(req.file, req.meta.dev) {
+        return Err(Error::unsupported(Strategy::Guard, why));
     }
     // Opened before the mark exists, so it is unarmed: mapping and leasing
     // through it raise no events of our own.

@@ -13,6 +13,7 @@ pub(crate) mod file;
 pub(crate) mod fs;
 pub(crate) mod lease;
 pub(crate) mod mmap;
+pub(crate) mod overlay;
 pub(crate) mod proc_pid;
 pub(crate) mod procfs;
 pub(crate) mod signal;
