@@ -82,9 +82,10 @@
 //! serves), and for NFS, SMB, Ceph, 9p and cluster filesystems (another
 //! client or node; not tested, refused). Conversely a file in an overlay's
 //! upper layer, mapped directly, can be written through the overlay, which
-//! raises no fanotify event on it: `Guard` refuses a file in the upper
-//! layer of an overlay mounted in this mount namespace (a lease sees such
-//! writes, so `Auto` takes `Lease`). `Eager` and `Lazy` copy with
+//! raises no fanotify event on it, and truncated by path through it, which
+//! breaks no lease on it: `Guard` and `Lease` refuse a file in the upper
+//! layer of an overlay mounted in this mount namespace (one in another
+//! namespace, a rootless container's, is not seen). `Eager` and `Lazy` copy with
 //! `pread` and keep the contract on every filesystem, so there `Auto` picks
 //! `Eager` (`Lazy` under [`Consistency::PerPage`]). On a network filesystem
 //! a `Lazy` page fill reads through the network when the page is first

@@ -113,6 +113,7 @@ fn lacks(s: Strategy) -> Vec<&'static str> {
         ],
         Strategy::Lease => vec![
             "open(O_RDONLY|O_TRUNC): Linux truncates on it without breaking the lease; the mapping's pages past the new end then fault (SIGBUS)",
+            "truncate(2) by path through an overlay mounted in another mount namespace (a rootless container's) whose upper layer holds the file: it breaks no lease (an overlay mounted in this namespace is seen, and the map refused)",
             "fork(): the mapping is MADV_DONTFORK; a forked child does not inherit it (touching it there faults)",
             "writers wait: a writer's open for writing (or truncate) waits until the snapshot is taken (a clone: milliseconds; else a copy of the range); an O_NONBLOCK open fails with EAGAIN meanwhile",
             "a process stopped longer than fs.lease-break-time (45 s by default; e.g. in a debugger) when a writer comes lets that writer through before its snapshot",

@@ -19,13 +19,15 @@
 //!   refuses`: named zero-copy strategies refuse with `Unsupported` naming
 //!   the filesystem; `overlay/probe`, `fuse/probe` say so too;
 //! * `fuse/METHOD/{write-source,truncate-source}`: Auto keeps the contract;
-//! * `overlay-layer/METHOD/{write,truncate}-through-overlay`: the other
-//!   direction — the upper layer's real file (on an ext4 image) mapped
-//!   directly while the overlay writes or truncates it: Guard refuses
-//!   (`overlay-layer/guard/refuses`: the overlay's writes raise no event
-//!   on the real file; a guarded reader died of SIGBUS before that check),
-//!   Lease and Auto (which then picks Lease) keep the contract, the control
-//!   is caught;
+//! * `overlay-layer/...`: the other direction — the upper layer's real
+//!   file (on an ext4 image) mapped directly while a writer process changes
+//!   it through the overlay, with every modification kind of the contract
+//!   (`through-overlay/KIND`): Guard and Lease refuse such a file
+//!   (`overlay-layer/{guard,lease}/refuses`; before that check a guarded
+//!   reader died of SIGBUS after a truncation through the overlay, a
+//!   leased one after `truncate(2)` by path through it); Auto picks Eager
+//!   and keeps the contract; the control is caught
+//!   (`{write,truncate}-through-overlay`);
 //! * `tmpfs/METHOD/{write,truncate}`: Lease and Auto keep it on tmpfs
 //!   against a writer opening the file after the map; the control is
 //!   caught; `tmpfs/guard/refuses` (Linux allows no pre-content marks
@@ -42,6 +44,7 @@ use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use mapcopy::{Consistency, ErrorKind, MapCopy, MapOptions, Strategy};
 use mapcopy_check::control::{PageRead, PrivateMap};
 use mapcopy_check::fixture::{self, FsKind, FuseMirror, LoopMount, Overlay, Tmpfs};
+use mapcopy_check::modify::{ApplyError, Kind, Modification};
 use mapcopy_check::oracle::{Checker, Source};
 use mapcopy_check::pattern;
 
@@ -424,6 +427,28 @@ fn with_layer(f: impl FnOnce(&Overlay) -> Outcome) -> Outcome {
     r
 }
 
+/// Every modification kind of the contract, made by a writer process
+/// through the overlay on the upper layer's file, mapped directly.
+fn layer_kind_case(method: Method, kind: Kind) -> Outcome {
+    with_layer(|o| {
+        let through = o.merged().join("up");
+        let m = Modification::new(kind, page() as u64, page() as u64, 1);
+        let mut unsupported = None;
+        let read = read_around(method, &o.upper().join("up"), || match m.apply(&through) {
+            Ok(()) => Ok(()),
+            Err(ApplyError::Unsupported(why)) => {
+                unsupported = Some(why);
+                Ok(())
+            }
+            Err(ApplyError::Failed(why)) => Err(std::io::Error::other(why)),
+        })?;
+        if let Some(why) = unsupported {
+            return skip(format!("{kind} through an overlay on ext4: {why}"));
+        }
+        judge(method, Some(Strategy::Eager), read)
+    })
+}
+
 fn layer_read(o: &Overlay, method: Method, trunc: bool) -> Outcome {
     let through = o.merged().join("up");
     let read = read_around(method, &o.upper().join("up"), || {
@@ -434,8 +459,9 @@ fn layer_read(o: &Overlay, method: Method, trunc: bool) -> Outcome {
         }
     })?;
     let expect = match method {
-        // Guard refuses the upper layer's files; Lease is next.
-        Method::Copy(Strategy::Auto, _) => Some(Strategy::Lease),
+        // Guard and Lease refuse the upper layer's files; ext4 has no
+        // reflink.
+        Method::Copy(Strategy::Auto, _) => Some(Strategy::Eager),
         Method::Copy(s, _) => Some(s),
         Method::Control => None,
     };
@@ -539,14 +565,21 @@ fn trials() -> Vec<Trial> {
             move || with_fuse(|p| refuses(s, p, "fuse")),
         ));
     }
-    t.push(Trial::ignorable_test("overlay-layer/guard/refuses", || {
-        with_layer(|o| refuses(Strategy::Guard, &o.upper().join("up"), "upper layer"))
-    }));
-    for m in [
-        Method::Copy(Strategy::Lease, pit),
-        Method::Copy(Strategy::Auto, pit),
-        Method::Control,
-    ] {
+    // ext4 has no clone ranges (the contract suite runs them on xfs).
+    for &kind in Kind::ALL.iter().filter(|&&k| k != Kind::CloneRange) {
+        let m = Method::Copy(Strategy::Auto, pit);
+        t.push(Trial::ignorable_test(
+            format!("overlay-layer/auto/through-overlay/{kind}"),
+            move || layer_kind_case(m, kind),
+        ));
+    }
+    for s in [Strategy::Guard, Strategy::Lease] {
+        t.push(Trial::ignorable_test(
+            format!("overlay-layer/{s}/refuses"),
+            move || with_layer(|o| refuses(s, &o.upper().join("up"), "upper layer")),
+        ));
+    }
+    for m in [Method::Copy(Strategy::Auto, pit), Method::Control] {
         for (case, trunc) in [("write", false), ("truncate", true)] {
             t.push(Trial::ignorable_test(
                 format!("overlay-layer/{}/{case}-through-overlay", m.name()),
@@ -579,6 +612,7 @@ fn trials() -> Vec<Trial> {
 }
 
 fn main() {
+    mapcopy_check::child::dispatch();
     if let Ok(method) = std::env::var(READER_ENV) {
         let path: Option<PathBuf> = std::env::args_os().nth(1).map(Into::into);
         let code = match path {

@@ -115,7 +115,7 @@ pub(crate) fn check(req: Option<&Request<'_>>) -> Result<String, String> {
     if req.meta.writable {
         return Err(FD_WRITABLE.into());
     }
-    if let Some(why) = sys::overlay::guard_refusal(req.file, req.meta.dev) {
+    if let Some(why) = sys::overlay::refusal(req.file, req.meta.dev, sys::overlay::Escape::Guard) {
         return Err(why);
     }
     let fd = reopen(req.file)
@@ -907,7 +907,7 @@ fn arm(g: &Arc<Guards>, req: &Request<'_>, key: (u64, u64)) -> Result<Arc<OwnedF
     }
     // A file an overlay writes through (its upper layer) escapes the
     // guard: checked once per armed inode.
-    if let Some(why) = sys::overlay::guard_refusal(req.file, req.meta.dev) {
+    if let Some(why) = sys::overlay::refusal(req.file, req.meta.dev, sys::overlay::Escape::Guard) {
         return Err(Error::unsupported(Strategy::Guard, why));
     }
     // Opened before the mark exists, so it is unarmed: mapping and leasing

@@ -113,6 +113,7 @@ use crate::sys::clone::{CloneDir, CloneError};
 use crate::sys::file::{fs_name, read_full};
 use crate::sys::lease::{self, Lease};
 use crate::sys::mmap::{HUGE_PAGE, Region};
+use crate::sys::overlay;
 use crate::sys::{procfs, signal};
 use crate::watcher::{self, Registration, Source};
 
@@ -134,6 +135,9 @@ pub(crate) fn check(req: Option<&Request<'_>>) -> Result<String, String> {
         ));
     };
     static_checks(req)?;
+    if let Some(why) = overlay::refusal(req.file, req.meta.dev, overlay::Escape::Lease) {
+        return Err(why);
+    }
     // Try it: the only reliable test for writers, permission and
     // filesystem support. The lease is released at once.
     let (signo, _) = signal::install()?;
@@ -284,6 +288,11 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
     // (fs.leases-enable = 0 shows as EINVAL from F_SETLEASE; `refusal` says
     // so. Not read here: every map would pay for reading /proc.)
     static_checks(req).map_err(unsupported)?;
+    // A file an overlay truncates through (its upper layer) escapes the
+    // lease. One poll unless the filesystem holds an upper layer.
+    if let Some(why) = overlay::refusal(req.file, req.meta.dev, overlay::Escape::Lease) {
+        return Err(unsupported(why));
+    }
     let (signo, breaks) = signal::install().map_err(unsupported)?;
     let plan = plan(req).map_err(unsupported)?;
     let file = reopen(req).map_err(unsupported)?;

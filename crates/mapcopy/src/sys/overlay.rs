@@ -5,11 +5,14 @@
 //! maps). The overlay opens the real file as an internal backing file,
 //! which raises no `FAN_OPEN_PERM`, and its truncation (`ovl_setattr`)
 //! raises no pre-content event on the real inode: a Guard mapping of the
-//! real file faulted with SIGBUS after such a truncation
-//! (`tests/filesystems.rs`, `overlay-layer/guard/truncate-through-overlay`
-//! before this check). A lease does see it (the backing file's open for
-//! writing breaks it). Files only in a lower layer are never written
-//! through the overlay (it copies them up first).
+//! real file faulted with SIGBUS after such a truncation. A lease sees
+//! every write that opens the file through the overlay (the backing file's
+//! open for writing breaks it), but not `truncate(2)` by path through the
+//! overlay (`ovl_setattr` truncates the real file with `notify_change`,
+//! which breaks only delegations): a Lease mapping faulted too. Both
+//! refuse such a file (`tests/filesystems.rs`, `overlay-layer/*`). Files
+//! only in a lower layer are never written through the overlay (it copies
+//! them up first).
 //!
 //! The upper layers are those of the overlay mounts in this process's
 //! mount namespace (`upperdir=` in `/proc/self/mountinfo`); an overlay
@@ -150,10 +153,20 @@ fn uppers_on(dev: u64) -> Option<Vec<Upper>> {
     Some(t.uppers.iter().filter(|u| u.dev == dev).cloned().collect())
 }
 
+/// How a write through the overlay escapes a strategy, for [`refusal`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Escape {
+    /// fanotify: the overlay writes through an internal backing file.
+    Guard,
+    /// Leases: `truncate(2)` by path through the overlay breaks none.
+    Lease,
+}
+
 /// If the open `file` (on device `dev`) lies in the upper layer of an
-/// overlay mounted in this namespace, why a guard cannot see writes to it.
-/// Costs one `poll` unless `dev` holds an upper layer.
-pub(crate) fn guard_refusal(file: &File, dev: u64) -> Option<String> {
+/// overlay mounted in this namespace, why the strategy cannot see writes
+/// through that overlay. Costs one `poll` unless `dev` holds an upper
+/// layer.
+pub(crate) fn refusal(file: &File, dev: u64, who: Escape) -> Option<String> {
     if uppers_on(dev).is_none_or(|u| u.is_empty()) {
         return None;
     }
@@ -163,11 +176,19 @@ pub(crate) fn guard_refusal(file: &File, dev: u64) -> Option<String> {
     ))
     .ok()?;
     let (mount, upper) = upper_layer_of(&path, dev)?;
+    let how = match who {
+        Escape::Guard => {
+            "writes and truncations through the overlay raise no fanotify event on it (the \
+             overlay writes it through an internal backing file)"
+        }
+        Escape::Lease => {
+            "truncate(2) by path through the overlay breaks no lease on it (the overlay \
+             truncates it with notify_change, which breaks only delegations)"
+        }
+    };
     Some(format!(
-        "the file is in the upper layer ({}) of the overlay mounted at {}: writes and \
-         truncations through the overlay raise no fanotify event on it (the overlay opens it \
-         as an internal backing file); Lease sees them (that open breaks a lease), and Eager \
-         and Lazy keep the contract",
+        "the file is in the upper layer ({}) of the overlay mounted at {}: {how}; Reflink \
+         (where the filesystem clones), Eager and Lazy keep the contract",
         upper.display(),
         mount.display()
     ))
