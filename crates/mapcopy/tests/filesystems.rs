@@ -15,6 +15,9 @@
 //!   before the write and never fault; the control (a plain `MAP_PRIVATE`
 //!   of the overlay file) must be caught changing or faulting — the proof
 //!   that the checker sees the writes at all;
+//! * `overlay/auto/{upper,lower}/KIND`: every modification kind of the
+//!   contract (that tmpfs layers support), by a writer process, directly
+//!   on the upper file or on a lower-only file: Auto keeps the contract;
 //! * `overlay/{guard,lease,reflink}/refuses`, `fuse/{guard,lease,reflink}/
 //!   refuses`: named zero-copy strategies refuse with `Unsupported` naming
 //!   the filesystem; `overlay/probe`, `fuse/probe` say so too;
@@ -52,6 +55,9 @@ type Outcome = Result<Completion, Failed>;
 
 /// Env var naming the method a re-executed reader maps with.
 const READER_ENV: &str = "MAPCOPY_FS_READER";
+
+/// A reader still running after this long is hung: killed, the trial fails.
+const READER_LIMIT_SECS: u64 = 120;
 
 fn page() -> usize {
     rustix::param::page_size()
@@ -217,6 +223,21 @@ fn read_around(
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| Failed::from(format!("starting the reader: {e}")))?;
+    // No reader may hang the suite (a fault never served, a writer stuck):
+    // past the limit it is killed and the trial fails.
+    let (finished, watch) = std::sync::mpsc::channel::<()>();
+    let pid = rustix::process::Pid::from_child(&child);
+    let hung = std::thread::spawn(move || {
+        let limit = std::time::Duration::from_secs(READER_LIMIT_SECS);
+        let timed_out = matches!(
+            watch.recv_timeout(limit),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+        );
+        if timed_out {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+        timed_out
+    });
     let mut out = BufReader::new(child.stdout.take().expect("piped"));
     let mut line = String::new();
     let _ = out.read_line(&mut line);
@@ -228,9 +249,14 @@ fn read_around(
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(b"go\n");
     }
-    let done = child
-        .wait_with_output()
-        .map_err(|e| Failed::from(format!("waiting for the reader: {e}")))?;
+    let done = child.wait_with_output();
+    let _ = finished.send(());
+    if hung.join().unwrap_or(false) {
+        return fail(format!(
+            "the reader did not finish within {READER_LIMIT_SECS} s; killed"
+        ));
+    }
+    let done = done.map_err(|e| Failed::from(format!("waiting for the reader: {e}")))?;
     wrote.map_err(Failed::from)?;
     let stderr = String::from_utf8_lossy(&done.stderr).trim().to_string();
     match (done.status.code(), done.status.signal(), picked) {
@@ -326,6 +352,36 @@ fn overlay_case(method: Method, w: LayerWrite, expect: Option<Strategy>) -> Outc
         return fail("the lower file was copied up: the case did not write the lower layer");
     }
     judge(method, expect, read)
+}
+
+/// Every modification kind a tmpfs layer supports, made by a writer
+/// process directly on the upper file (`lower`: on a lower-only file),
+/// under an Auto mapping of the overlay file.
+fn overlay_kind_case(lower: bool, kind: Kind) -> Outcome {
+    let o = match overlay() {
+        Ok(o) => o,
+        Err(why) => return skip(why),
+    };
+    let (mapped, real) = if lower {
+        (o.merged().join("low"), o.lower().join("low"))
+    } else {
+        (o.merged().join("up"), o.upper().join("up"))
+    };
+    let m = Modification::new(kind, page() as u64, page() as u64, 1);
+    let method = Method::Copy(Strategy::Auto, Consistency::PointInTime);
+    let read = read_around(method, &mapped, || {
+        m.apply(&real)
+            .map_err(|e| std::io::Error::other(format!("{e:?}")))
+    })?;
+    judge(method, Some(Strategy::Eager), read)
+}
+
+/// Kinds tmpfs supports (it has no clone, collapse, insert or zero ranges).
+fn on_tmpfs(k: Kind) -> bool {
+    !matches!(
+        k,
+        Kind::CloneRange | Kind::CollapseRange | Kind::InsertRange | Kind::ZeroRange
+    )
 }
 
 /// A named zero-copy strategy refuses a file on this filesystem with
@@ -564,6 +620,14 @@ fn trials() -> Vec<Trial> {
             format!("fuse/{s}/refuses"),
             move || with_fuse(|p| refuses(s, p, "fuse")),
         ));
+    }
+    for &kind in Kind::ALL.iter().filter(|&&k| on_tmpfs(k)) {
+        for (layer, lower) in [("upper", false), ("lower", true)] {
+            t.push(Trial::ignorable_test(
+                format!("overlay/auto/{layer}/{kind}"),
+                move || overlay_kind_case(lower, kind),
+            ));
+        }
     }
     // ext4 has no clone ranges (the contract suite runs them on xfs).
     for &kind in Kind::ALL.iter().filter(|&&k| k != Kind::CloneRange) {
