@@ -31,9 +31,9 @@
 //!   leased one after `truncate(2)` by path through it); Auto picks Eager
 //!   and keeps the contract; the control is caught
 //!   (`{write,truncate}-through-overlay`);
-//! * `tmpfs/METHOD/{write,truncate}`: Lease and Auto keep it on tmpfs
-//!   against a writer opening the file after the map; the control is
-//!   caught; `tmpfs/guard/refuses` (Linux allows no pre-content marks
+//! * `tmpfs/METHOD/{write,truncate}`, `tmpfs/lease/kind/KIND`: Lease (every
+//!   modification kind tmpfs supports) and Auto keep it on tmpfs against a
+//!   writer opening the file after the map; the control is caught; `tmpfs/guard/refuses` (Linux allows no pre-content marks
 //!   there).
 
 use std::fs::{File, OpenOptions};
@@ -580,6 +580,20 @@ fn tmpfs_case(method: Method, trunc: bool) -> Outcome {
     })
 }
 
+/// Every modification kind tmpfs supports, by a writer process started
+/// after the map, under a Lease mapping.
+fn tmpfs_kind_case(kind: Kind) -> Outcome {
+    with_tmpfs(|path| {
+        let m = Modification::new(kind, page() as u64, page() as u64, 1);
+        let method = Method::Copy(Strategy::Lease, Consistency::PointInTime);
+        let read = read_around(method, path, || {
+            m.apply(path)
+                .map_err(|e| std::io::Error::other(format!("{e:?}")))
+        })?;
+        judge(method, Some(Strategy::Lease), read)
+    })
+}
+
 // ---------------------------------------------------------------------------
 
 fn trials() -> Vec<Trial> {
@@ -657,6 +671,12 @@ fn trials() -> Vec<Trial> {
     t.push(Trial::ignorable_test("fuse/probe", || {
         with_fuse(|p| probe_says(p, "fuse"))
     }));
+    for &kind in Kind::ALL.iter().filter(|&&k| on_tmpfs(k)) {
+        t.push(Trial::ignorable_test(
+            format!("tmpfs/lease/kind/{kind}"),
+            move || tmpfs_kind_case(kind),
+        ));
+    }
     t.push(Trial::ignorable_test("tmpfs/guard/refuses", || {
         with_tmpfs(|p| refuses(Strategy::Guard, p, "tmpfs"))
     }));

@@ -121,7 +121,7 @@ pub(crate) const GUARD: Shown = Shown {
 };
 
 /// Lease: ext4, xfs and btrfs as Guard; tmpfs by `tests/filesystems.rs`
-/// (a writer's in-place write and truncation after the map).
+/// (every modification kind tmpfs supports, by a writer process).
 pub(crate) const LEASE: Shown = Shown {
     strategy: "lease",
     on: &[magic::EXT4, magic::XFS, magic::BTRFS, magic::TMPFS],
