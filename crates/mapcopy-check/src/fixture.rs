@@ -375,3 +375,244 @@ impl Drop for LoopMount {
         drop(self.dir.take());
     }
 }
+
+/// Mounts `fstype` from `source` on `target` with `options` (root only).
+fn mount(fstype: &str, source: &Path, target: &Path, options: &str) -> Result<(), String> {
+    let mut cmd = Command::new("mount");
+    cmd.args(["-t", fstype]);
+    if !options.is_empty() {
+        cmd.args(["-o", options]);
+    }
+    run(cmd.arg(source).arg(target)).map(drop)
+}
+
+/// Unmounts `mnt`, lazily if it stays busy (a drop must not fail).
+fn umount_or_detach(mnt: &Path) {
+    if let Err(e) = umount_patiently(mnt) {
+        eprintln!("warning: umount {}: {e}; detaching lazily", mnt.display());
+        let _ = run(Command::new("umount").arg("-l").arg(mnt));
+    }
+}
+
+/// What a mount fixture needs before it starts: root and the tools.
+fn need_root_and(what: &str, tools: &[&str]) -> Result<(), String> {
+    if !rustix::process::geteuid().is_root() {
+        return Err(format!("mounting {what} needs root"));
+    }
+    match tools.iter().find(|t| !have(t)) {
+        Some(t) => Err(format!("{t} is not installed (needed for {what})")),
+        None => Ok(()),
+    }
+}
+
+/// A temporary directory with mounts stacked in it, unmounted in reverse
+/// order (then removed) on drop, also while unwinding from a panic.
+#[derive(Debug)]
+struct Mounts {
+    dir: Option<TempDir>,
+    mounted: Vec<PathBuf>,
+    /// A directory elsewhere, removed after the unmounts.
+    layers: Option<TempDir>,
+}
+
+impl Mounts {
+    fn new(kind: &str) -> Result<Mounts, String> {
+        let dir = tempfile::Builder::new()
+            // The pid tells whose mount a leftover is (after a kill -9).
+            .prefix(&format!("mapcopy-{kind}-pid{}-", std::process::id()))
+            .tempdir()
+            .map_err(|e| format!("temp dir: {e}"))?;
+        Ok(Mounts {
+            dir: Some(dir),
+            mounted: Vec::new(),
+            layers: None,
+        })
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir
+            .as_ref()
+            .expect("present until drop")
+            .path()
+            .join(name)
+    }
+
+    fn mkdir(&self, path: &Path) -> Result<(), String> {
+        std::fs::create_dir_all(path).map_err(|e| format!("creating {}: {e}", path.display()))
+    }
+
+    fn mount(
+        &mut self,
+        fstype: &str,
+        source: &Path,
+        target: &Path,
+        opts: &str,
+    ) -> Result<(), String> {
+        self.mkdir(target)?;
+        mount(fstype, source, target, opts)?;
+        self.mounted.push(target.to_path_buf());
+        Ok(())
+    }
+}
+
+impl Drop for Mounts {
+    fn drop(&mut self) {
+        while let Some(m) = self.mounted.pop() {
+            umount_or_detach(&m);
+        }
+        drop(self.layers.take());
+        drop(self.dir.take());
+    }
+}
+
+/// A fresh tmpfs mounted under a temporary directory (root only);
+/// unmounted and removed on drop.
+#[derive(Debug)]
+pub struct Tmpfs {
+    _mounts: Mounts,
+    mnt: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a 256 MiB tmpfs. `Err` says why it cannot (pass it to
+    /// [`skip_or_fail`]).
+    pub fn new() -> Result<Tmpfs, String> {
+        need_root_and("a tmpfs", &["mount", "umount"])?;
+        let mut mounts = Mounts::new("tmpfs")?;
+        let mnt = mounts.path("mnt");
+        mounts.mount("tmpfs", Path::new("tmpfs"), &mnt, "size=256m,mode=1777")?;
+        Ok(Tmpfs {
+            _mounts: mounts,
+            mnt,
+        })
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> &Path {
+        &self.mnt
+    }
+}
+
+/// An overlay mount (what Docker and Podman run containers on) whose lower,
+/// upper and work directories are on a tmpfs of its own (so it works
+/// whatever the temporary directory's filesystem is, an overlay included).
+/// Root only; unmounted and removed on drop.
+///
+/// A file that exists only in [`Overlay::lower`] is read from the lower
+/// layer until something writes it through the overlay (copy-up); one in
+/// [`Overlay::upper`] is the overlay file's real file. Writing either
+/// directly is the writer the overlay file cannot see.
+#[derive(Debug)]
+pub struct Overlay {
+    _mounts: Mounts,
+    base: PathBuf,
+}
+
+impl Overlay {
+    /// Makes the layers, lets `populate(lower, upper)` create files in them
+    /// (before the mount: the overlay caches what it has looked up), and
+    /// mounts the overlay. `Err` says why it cannot.
+    pub fn new(populate: impl FnOnce(&Path, &Path) -> io::Result<()>) -> Result<Overlay, String> {
+        Self::new_in(None, populate)
+    }
+
+    /// Like [`Overlay::new`], with the layers in a new directory under
+    /// `parent` (on its filesystem) instead of on a tmpfs of their own.
+    pub fn new_in(
+        parent: Option<&Path>,
+        populate: impl FnOnce(&Path, &Path) -> io::Result<()>,
+    ) -> Result<Overlay, String> {
+        need_root_and("an overlay", &["mount", "umount"])?;
+        let mut mounts = Mounts::new("overlay")?;
+        let base = match parent {
+            Some(p) => {
+                let d = tempfile::Builder::new()
+                    .prefix("mapcopy-layers-")
+                    .tempdir_in(p)
+                    .map_err(|e| format!("temp dir in {}: {e}", p.display()))?;
+                mounts.layers = Some(d);
+                mounts
+                    .layers
+                    .as_ref()
+                    .expect("just set")
+                    .path()
+                    .to_path_buf()
+            }
+            None => {
+                let b = mounts.path("layers");
+                mounts.mount("tmpfs", Path::new("tmpfs"), &b, "size=256m,mode=0755")?;
+                b
+            }
+        };
+        let o = |d: &str| base.join(d);
+        for d in ["lower", "upper", "work"] {
+            mounts.mkdir(&o(d))?;
+        }
+        populate(&o("lower"), &o("upper")).map_err(|e| format!("filling the layers: {e}"))?;
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            o("lower").display(),
+            o("upper").display(),
+            o("work").display()
+        );
+        mounts.mount("overlay", Path::new("overlay"), &o("merged"), &opts)?;
+        Ok(Overlay {
+            _mounts: mounts,
+            base,
+        })
+    }
+
+    /// The overlay mount point (the container's view).
+    pub fn merged(&self) -> PathBuf {
+        self.base.join("merged")
+    }
+
+    /// The lower layer (read-only to the overlay; writable directly).
+    pub fn lower(&self) -> PathBuf {
+        self.base.join("lower")
+    }
+
+    /// The upper layer (where the overlay writes).
+    pub fn upper(&self) -> PathBuf {
+        self.base.join("upper")
+    }
+}
+
+/// A FUSE mirror of a directory (`bindfs SOURCE MOUNTPOINT`): every file in
+/// [`FuseMirror::source`] appears under [`FuseMirror::path`], served by the
+/// bindfs process. Writing the source directly is a writer the FUSE file
+/// cannot see, as another client of a network filesystem would be. Root
+/// only; unmounted and removed on drop.
+#[derive(Debug)]
+pub struct FuseMirror {
+    mounts: Mounts,
+}
+
+impl FuseMirror {
+    /// Makes the source directory, lets `populate(source)` create files in
+    /// it, and mounts the mirror. `Err` says why it cannot.
+    pub fn new(populate: impl FnOnce(&Path) -> io::Result<()>) -> Result<FuseMirror, String> {
+        need_root_and("a FUSE mirror", &["bindfs", "umount"])?;
+        if !Path::new("/dev/fuse").exists() {
+            return Err("/dev/fuse is missing (needed for a FUSE mirror)".into());
+        }
+        let mut mounts = Mounts::new("fuse")?;
+        let (src, mnt) = (mounts.path("source"), mounts.path("mnt"));
+        mounts.mkdir(&src)?;
+        mounts.mkdir(&mnt)?;
+        populate(&src).map_err(|e| format!("filling {}: {e}", src.display()))?;
+        run(Command::new("bindfs").arg(&src).arg(&mnt))?;
+        mounts.mounted.push(mnt);
+        Ok(FuseMirror { mounts })
+    }
+
+    /// The directory the mirror serves.
+    pub fn source(&self) -> PathBuf {
+        self.mounts.path("source")
+    }
+
+    /// The FUSE mount point.
+    pub fn path(&self) -> PathBuf {
+        self.mounts.path("mnt")
+    }
+}

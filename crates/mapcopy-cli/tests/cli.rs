@@ -201,6 +201,7 @@ fn probe_both(bin: &Path, wrap: &[&str], file: &Path) -> serde_json::Value {
             [
                 "capabilities",
                 "userfaultfd",
+                "filesystem",
                 "reflink",
                 "lease",
                 "fanotify"
@@ -308,4 +309,47 @@ fn probe_of_a_directory_fails_clearly() {
     assert_eq!(out.status.code(), Some(1));
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(stdout.contains("directory"), "{stdout}");
+}
+
+#[test]
+fn probe_on_overlayfs_names_it() {
+    if !require(is_root(), "root") {
+        return;
+    }
+    let o = mapcopy_check::fixture::Overlay::new(|_, upper| {
+        std::fs::write(upper.join("f"), vec![7u8; 10_000])
+    });
+    let o = match o {
+        Ok(o) => o,
+        Err(why) => {
+            require(false, &format!("an overlay mount ({why})"));
+            return;
+        }
+    };
+    let path = o.merged().join("f");
+    let out = run(Command::new(BIN).arg("probe").arg(&path));
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("(overlayfs)"), "{text}");
+    assert!(text.contains("auto picks: eager"), "{text}");
+    let out = run(Command::new(BIN).args(["probe", "--json"]).arg(&path));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["filesystem"]["name"], "overlayfs");
+    let fs = fact(&v, "filesystem");
+    assert_eq!(fs["available"], false);
+    assert!(
+        fs["finding"]
+            .as_str()
+            .unwrap()
+            .contains("upper or lower layer can be written directly"),
+        "{fs}"
+    );
+    for s in ["guard", "lease", "reflink"] {
+        let why = reason(&v, s);
+        assert!(
+            why.starts_with("overlayfs (") && why.contains("Eager"),
+            "{s}: {why}"
+        );
+    }
+    assert_eq!(v["auto"], "eager");
 }

@@ -60,11 +60,39 @@
 //!
 //! | strategy | how | snapshot taken | data copied | needs |
 //! |---|---|---|---|---|
-//! | [`Strategy::Lazy`] | userfaultfd: anonymous memory filled on first access by `pread` + `UFFDIO_COPY` (sequential 2 MiB chunks: `UFFDIO_MOVE` of huge pages, Linux 6.8+) | per page, at first access | pages touched | userfaultfd that serves kernel-mode faults (root, `/dev/userfaultfd` access, or `vm.unprivileged_userfaultfd=1`) |
-//! | [`Strategy::Eager`] | `pread` into 2 MiB-aligned anonymous memory (`MADV_HUGEPAGE`) | at map time | everything | memory for the whole range |
-//! | [`Strategy::Guard`] | `MAP_PRIVATE` of the file; fanotify pre-content events stop every other access until the pages a writer will change are copied | per page, before a writer changes it | pages writers change (`map_mut`: the file's data at map time) | `CAP_SYS_ADMIN`, Linux 6.14+, ext4/xfs/btrfs; no writer holding the file open |
-//! | [`Strategy::Lease`] | `F_SETLEASE` read lease over a private mapping; on a lease break, a reflink clone (or a copy) replaces the range before the writer's `open` returns | at map time | nothing until a writer opens; then none with reflink, else the range | owner of the file or `CAP_LEASE`; no writer at map time; the lease-break signal (`MAPCOPY_LEASE_SIGNAL`, default `SIGRTMIN+11`) not taken by the application; read-only mappings |
-//! | [`Strategy::Reflink`] | `FICLONE` into an unlinked `O_TMPFILE` on the same mount, private mapping of the clone | at map time, atomically | none (filesystem CoW) | a filesystem with reflink (xfs `-m reflink=1`, btrfs, bcachefs) and a directory on the file's mount where an `O_TMPFILE` can be made (`MAPCOPY_TMPDIR` names one) |
+//! | [`Strategy::Lazy`] | userfaultfd: anonymous memory filled on first access by `pread` + `UFFDIO_COPY` (sequential 2 MiB chunks: `UFFDIO_MOVE` of huge pages, Linux 6.8+) | per page, at first access | pages touched | userfaultfd that serves kernel-mode faults (root, `/dev/userfaultfd` access, or `vm.unprivileged_userfaultfd=1`); any filesystem |
+//! | [`Strategy::Eager`] | `pread` into 2 MiB-aligned anonymous memory (`MADV_HUGEPAGE`) | at map time | everything | memory for the whole range; any filesystem |
+//! | [`Strategy::Guard`] | `MAP_PRIVATE` of the file; fanotify pre-content events stop every other access until the pages a writer will change are copied | per page, before a writer changes it | pages writers change (`map_mut`: the file's data at map time) | `CAP_SYS_ADMIN`, Linux 6.14+, a file on ext4, xfs or btrfs (below: *Filesystems*); no writer holding the file open |
+//! | [`Strategy::Lease`] | `F_SETLEASE` read lease over a private mapping; on a lease break, a reflink clone (or a copy) replaces the range before the writer's `open` returns | at map time | nothing until a writer opens; then none with reflink, else the range | owner of the file or `CAP_LEASE`; a file on ext4, xfs, btrfs or tmpfs; no writer at map time; the lease-break signal (`MAPCOPY_LEASE_SIGNAL`, default `SIGRTMIN+11`) not taken by the application; read-only mappings |
+//! | [`Strategy::Reflink`] | `FICLONE` into an unlinked `O_TMPFILE` on the same mount, private mapping of the clone | at map time, atomically | none (filesystem CoW) | a file on xfs (`-m reflink=1`) or btrfs and a directory on the file's mount where an `O_TMPFILE` can be made (`MAPCOPY_TMPDIR` names one) |
+//!
+//! **Filesystems.** `Guard`, `Lease` and `Reflink` keep the contract only
+//! where this kernel sees every write to the file (a fanotify event, a
+//! lease break, a clone copied on write). Each is used only on the
+//! filesystems where this crate's tests show it — Guard: ext4, xfs, btrfs;
+//! Lease: ext4, xfs, btrfs, tmpfs; Reflink: xfs, btrfs — recognised by the
+//! file's `statfs` magic (read by every map anyway), and refuses elsewhere
+//! with [`ErrorKind::Unsupported`] naming the filesystem and what keeps the
+//! contract there. Notably **overlayfs** (Docker, Podman): an overlay
+//! file's real file in the upper or lower layer can be written directly,
+//! which breaks no lease on the overlay file and raises no fanotify event
+//! on it, while a mapping of the overlay file shares the real file's page
+//! cache (its pages change; a truncation of the upper file faults it). The
+//! same holds for FUSE and virtiofs (the server, or a write to what it
+//! serves), and for NFS, SMB, Ceph, 9p and cluster filesystems (another
+//! client or node; not tested, refused). Conversely a file in an overlay's
+//! upper layer, mapped directly, can be written through the overlay, which
+//! raises no fanotify event on it, and truncated by path through it, which
+//! breaks no lease on it: `Guard` and `Lease` refuse a file in the upper
+//! layer of an overlay mounted in this mount namespace (one in another
+//! namespace, a rootless container's, is not seen). `Eager` and `Lazy` copy with
+//! `pread` and keep the contract on every filesystem, so there `Auto` picks
+//! `Eager` (`Lazy` under [`Consistency::PerPage`]). On a network filesystem
+//! a `Lazy` page fill reads through the network when the page is first
+//! touched (a read error then aborts the process; see below), and `Eager`'s
+//! point-in-time validation sees the size and ctime the client's attribute
+//! cache shows. [`probe`] reports the file's filesystem as the
+//! `filesystem` fact.
 //!
 //! Consistency kept: `Guard`, `Lease` and `Reflink` snapshot at map time
 //! (point-in-time); `Eager` copies at map time and, under point-in-time,

@@ -49,8 +49,10 @@ pub struct Probe {
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct Fact {
-    /// What was examined: `capabilities`, `userfaultfd`, `reflink`,
-    /// `lease` or `fanotify`.
+    /// What was examined: `capabilities`, `userfaultfd`, `filesystem`
+    /// (which zero-copy strategies are shown to keep the contract on it;
+    /// not available where the file can change unseen, as on overlayfs or
+    /// FUSE), `reflink`, `lease` or `fanotify`.
     pub topic: &'static str,
     /// `Some(true)` if the interface is available to this process (for this
     /// file), `Some(false)` if not, `None` for information only.
@@ -103,6 +105,7 @@ fn lacks(s: Strategy) -> Vec<&'static str> {
         ],
         Strategy::Guard => vec![
             "open(O_RDONLY|O_TRUNC) already under way when the guard is armed (the file's first guarded mapping in this process): an open that passed its permission check before the mark existed truncates without an event and without breaking the lease that proves there is no writer; the mapping's pages past the new end then fault (SIGBUS). Later such opens are seen (FAN_OPEN_PERM) and handled",
+            "writes through an overlay mounted in another mount namespace (a rootless container's) whose upper layer holds the file: the overlay writes it through an internal backing file that raises no fanotify event (an overlay mounted in this namespace is seen, and the map refused)",
             "writes through a loop device attached to the file after the map: the loop driver writes with ->write_iter directly and raises no fanotify event, so those pages change under the mapping (a loop device attached before the map holds the file open for writing, and the map is refused)",
             "fork(): a child inherits the mapping, but the first fork() after mapping copies its data into anonymous memory (a child has no guard thread), so that fork() costs a copy of the range's data and the mapping stops sharing the page cache; a child made without libc's fork handlers (a raw clone) gets SIGSEGV touching it",
             "cost to others: every read, write, mmap and open of the file by any process waits for this process's guard thread (a fanotify round trip)",
@@ -110,6 +113,7 @@ fn lacks(s: Strategy) -> Vec<&'static str> {
         ],
         Strategy::Lease => vec![
             "open(O_RDONLY|O_TRUNC): Linux truncates on it without breaking the lease; the mapping's pages past the new end then fault (SIGBUS)",
+            "truncate(2) by path through an overlay mounted in another mount namespace (a rootless container's) whose upper layer holds the file: it breaks no lease (an overlay mounted in this namespace is seen, and the map refused)",
             "fork(): a child inherits the mapping, but the first fork() after mapping snapshots it as a lease break does (a reflink clone where the filesystem has one, else a copy of the range) and releases the lease; a child made without libc's fork handlers (a raw clone) gets SIGSEGV touching it",
             "writers wait: a writer's open for writing (or truncate) waits until the snapshot is taken (a clone: milliseconds; else a copy of the range); an O_NONBLOCK open fails with EAGAIN meanwhile",
             "a process stopped longer than fs.lease-break-time (45 s by default; e.g. in a debugger) when a writer comes lets that writer through before its snapshot",
@@ -235,6 +239,22 @@ fn facts(file: Option<Result<(&File, &sys::file::Meta), String>>) -> Vec<Fact> {
         topic: "userfaultfd",
         available: Some(uffd.kernel_faults()),
         finding: format!("{uffd} => {verdict}"),
+    });
+    out.push(match &file {
+        Some(Ok((_, meta))) => {
+            let (available, finding) = sys::fs::finding(meta.fs_type);
+            Fact {
+                topic: "filesystem",
+                available,
+                finding,
+            }
+        }
+        Some(Err(e)) => fact("filesystem", Err(e.clone())),
+        None => Fact {
+            topic: "filesystem",
+            available: None,
+            finding: sys::fs::where_shown(),
+        },
     });
     match file {
         Some(Ok((f, meta))) => {

@@ -108,14 +108,21 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 // check
 
 pub(crate) fn check(req: Option<&Request<'_>>) -> Result<String, String> {
+    if let Some(r) = req {
+        sys::fs::shown(&sys::fs::GUARD, r.meta.fs_type)?;
+    }
     // A throwaway group and mark prove the capability (CAP_SYS_ADMIN), the
     // kernel (FAN_PRE_ACCESS) and the filesystem.
     let found = detect::fanotify_pre_content(req.map(|r| (r.file, &r.meta)))?;
+    let found = format!("{found}; {}", sys::fs::holds_on(&sys::fs::GUARD));
     let Some(req) = req else {
         return Ok(found);
     };
     if req.meta.writable {
         return Err(FD_WRITABLE.into());
+    }
+    if let Some(why) = sys::overlay::refusal(req.file, req.meta.dev, sys::overlay::Escape::Guard) {
+        return Err(why);
     }
     let fd = reopen(req.file)
         .map_err(|e| format!("cannot open a second read-only fd of the file: {e}"))?;
@@ -135,6 +142,7 @@ pub(crate) fn check(req: Option<&Request<'_>>) -> Result<String, String> {
 /// mark), as found by earlier `map` calls, and whether the fd passed in is
 /// writable. No kernel object is made; the writer check is `map`'s.
 pub(crate) fn pre_check(req: &Request<'_>) -> Result<(), String> {
+    sys::fs::shown(&sys::fs::GUARD, req.meta.fs_type)?;
     kernel_ok()?;
     if !super::auto::caps().sys_admin {
         return Err("needs CAP_SYS_ADMIN for fanotify pre-content events".into());
@@ -935,6 +943,7 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
             _ => e,
         }
     };
+    sys::fs::shown(&sys::fs::GUARD, req.meta.fs_type).map_err(unsupported)?;
     kernel_ok().map_err(unsupported).map_err(explain)?;
     if req.meta.writable {
         return Err(unsupported(FD_WRITABLE.into()));
@@ -959,6 +968,11 @@ fn arm(g: &Arc<Guards>, req: &Request<'_>, key: (u64, u64)) -> Result<Arc<OwnedF
     if let Some(i) = lock(&g.inodes).get_mut(&key) {
         i.pending += 1;
         return Ok(i.fd.clone());
+    }
+    // A file an overlay writes through (its upper layer) escapes the
+    // guard: checked once per armed inode.
+    if let Some(why) = sys::overlay::refusal(req.file, req.meta.dev, sys::overlay::Escape::Guard) {
+        return Err(Error::unsupported(Strategy::Guard, why));
     }
     // Opened before the mark exists, so it is unarmed: mapping and leasing
     // through it raise no events of our own.

@@ -114,6 +114,7 @@ use crate::sys::clone::{CloneDir, CloneError};
 use crate::sys::file::{fs_name, read_full};
 use crate::sys::lease::{self, Lease};
 use crate::sys::mmap::{HUGE_PAGE, Region};
+use crate::sys::overlay;
 use crate::sys::{procfs, signal};
 use crate::watcher::{self, Registration, Source};
 
@@ -129,11 +130,15 @@ pub(crate) fn check(req: Option<&Request<'_>>) -> Result<String, String> {
     let Some(req) = req else {
         return Ok(format!(
             "read leases enabled (a holder must answer a break within {} s); {sig}; \
-             per file it needs the owner or CAP_LEASE and no writer",
-            lease::break_time().map_or("?".into(), |t| t.to_string())
+             per file it needs the owner or CAP_LEASE and no writer; {}",
+            lease::break_time().map_or("?".into(), |t| t.to_string()),
+            crate::sys::fs::holds_on(&crate::sys::fs::LEASE)
         ));
     };
     static_checks(req)?;
+    if let Some(why) = overlay::refusal(req.file, req.meta.dev, overlay::Escape::Lease) {
+        return Err(why);
+    }
     // Try it: the only reliable test for writers, permission and
     // filesystem support. The lease is released at once.
     let (signo, _) = signal::install()?;
@@ -146,8 +151,9 @@ pub(crate) fn check(req: Option<&Request<'_>>) -> Result<String, String> {
     let _ = lease::set_lease(&file, Lease::Unlock);
     let plan = plan(req)?;
     Ok(format!(
-        "no writer has the file open; {}; {sig}",
-        describe_plan(&plan, req)
+        "no writer has the file open; {}; {sig}; {}",
+        describe_plan(&plan, req),
+        crate::sys::fs::holds_on(&crate::sys::fs::LEASE)
     ))
 }
 
@@ -186,6 +192,7 @@ fn transient(e: &std::io::Error, pause: &mut std::time::Duration) -> bool {
 
 /// Refusals that need no syscall.
 fn static_checks(req: &Request<'_>) -> Result<(), String> {
+    crate::sys::fs::shown(&crate::sys::fs::LEASE, req.meta.fs_type)?;
     if req.meta.writable {
         return Err(
             "this process holds the file open for writing (the fd passed in is writable); \
@@ -282,6 +289,11 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
     // (fs.leases-enable = 0 shows as EINVAL from F_SETLEASE; `refusal` says
     // so. Not read here: every map would pay for reading /proc.)
     static_checks(req).map_err(unsupported)?;
+    // A file an overlay truncates through (its upper layer) escapes the
+    // lease. One poll unless the filesystem holds an upper layer.
+    if let Some(why) = overlay::refusal(req.file, req.meta.dev, overlay::Escape::Lease) {
+        return Err(unsupported(why));
+    }
     let (signo, breaks) = signal::install().map_err(unsupported)?;
     crate::fork::on_prepare(prepare_fork)
         .map_err(|e| Error::io("registering the fork handler", e))?;

@@ -46,20 +46,23 @@ pub(crate) fn check(req: Option<&Request<'_>>) -> Result<String, String> {
     let Some(req) = req else {
         return Ok(
             "the kernel has FICLONE; usable for files on a filesystem with reflink \
-             (xfs made with -m reflink=1, btrfs, bcachefs) where a temporary file can be created on the same mount"
+             (shown on xfs made with -m reflink=1 and btrfs) where a temporary file can be created on the same mount"
                 .into(),
         );
     };
+    crate::sys::fs::shown(&crate::sys::fs::REFLINK, req.meta.fs_type)?;
     let dir = CloneDir::find(req.file, req.meta.fs_type)?;
     Ok(format!(
-        "{} clones files; temporary clones go to {}",
+        "{} clones files; temporary clones go to {}; {}",
         crate::sys::file::fs_name(req.meta.fs_type),
-        dir.path().display()
+        dir.path().display(),
+        crate::sys::fs::holds_on(&crate::sys::fs::REFLINK)
     ))
 }
 
 pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
     let unsupported = |why: String| Error::unsupported(Strategy::Reflink, why);
+    crate::sys::fs::shown(&crate::sys::fs::REFLINK, req.meta.fs_type).map_err(unsupported)?;
     let dir = CloneDir::find(req.file, req.meta.fs_type).map_err(unsupported)?;
     let clone = match dir.clone_file(req.file, req.meta.fs_type) {
         Ok(fd) => fd,

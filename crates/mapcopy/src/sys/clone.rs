@@ -260,7 +260,7 @@ fn ficlone_error(e: Errno, fs_type: i64) -> CloneError {
 fn no_reflink_hint(fs_type: i64) -> &'static str {
     use super::file::magic::*;
     match fs_type {
-        EXT4 => "; use xfs (mkfs.xfs -m reflink=1), btrfs or bcachefs",
+        EXT4 => "; use xfs (mkfs.xfs -m reflink=1) or btrfs",
         XFS => "; this xfs was made without reflink (mkfs.xfs -m reflink=1 enables it)",
         TMPFS => "; tmpfs has no reflink",
         _ => "",

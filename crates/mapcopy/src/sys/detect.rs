@@ -215,7 +215,7 @@ pub(crate) fn dir_of(file: &File) -> Option<PathBuf> {
 
 /// What needs a reflink, for when there is no file to try it on.
 pub(crate) fn reflink_filesystems() -> &'static str {
-    "reflink (FICLONE) works on xfs with reflink=1, btrfs and bcachefs; not on ext4 or tmpfs"
+    "reflink (FICLONE) works on xfs with reflink=1, btrfs and bcachefs (Reflink is shown to keep the contract on xfs and btrfs); not on ext4 or tmpfs"
 }
 
 /// Does `FICLONE` of `file` into an `O_TMPFILE` in its own directory work?

@@ -5,44 +5,9 @@ use std::io;
 
 use rustix::fs::{self, FileType, OFlags};
 
-/// Filesystem magic numbers (`f_type` of statfs) this crate reasons about,
-/// from `include/uapi/linux/magic.h`.
-pub(crate) mod magic {
-    pub(crate) const EXT4: i64 = 0xEF53;
-    pub(crate) const XFS: i64 = 0x5846_5342;
-    pub(crate) const BTRFS: i64 = 0x9123_683E;
-    pub(crate) const TMPFS: i64 = 0x0102_1994;
-    pub(crate) const PROC: i64 = 0x9fa0;
-    pub(crate) const SYSFS: i64 = 0x6265_6572;
-    pub(crate) const DEBUGFS: i64 = 0x6462_6720;
-    pub(crate) const TRACEFS: i64 = 0x7472_6163;
-    pub(crate) const CGROUP2: i64 = 0x6367_7270;
-    pub(crate) const BCACHEFS: i64 = 0xca45_1a4e;
-    pub(crate) const OVERLAYFS: i64 = 0x794c_7630;
-    pub(crate) const NFS: i64 = 0x6969;
-    pub(crate) const FUSE: i64 = 0x6573_5546;
-}
-
-/// Name of a filesystem type for messages.
-pub(crate) fn fs_name(f_type: i64) -> String {
-    use magic::*;
-    match f_type {
-        EXT4 => "ext4".into(),
-        XFS => "xfs".into(),
-        BTRFS => "btrfs".into(),
-        TMPFS => "tmpfs".into(),
-        PROC => "proc".into(),
-        SYSFS => "sysfs".into(),
-        DEBUGFS => "debugfs".into(),
-        TRACEFS => "tracefs".into(),
-        CGROUP2 => "cgroup2".into(),
-        BCACHEFS => "bcachefs".into(),
-        OVERLAYFS => "overlayfs".into(),
-        NFS => "nfs".into(),
-        FUSE => "fuse".into(),
-        other => format!("fs-{other:#x}"),
-    }
-}
+// The magic → name table lives in `sys::fs`; re-exported for the callers
+// that name it through here.
+pub(crate) use super::fs::{magic, name as fs_name};
 
 /// What kind of thing an fd is, for the error when it is not a regular file.
 pub(crate) fn type_name(t: FileType) -> &'static str {
