@@ -23,8 +23,7 @@
 use std::cell::RefCell;
 use std::ffi::{CStr, CString, c_char, c_int};
 use std::fs::File;
-use std::mem::ManuallyDrop;
-use std::os::fd::FromRawFd;
+use std::os::fd::BorrowedFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use mapcopy_rs::{Consistency, ErrorKind, MapCopy, MapOptions, Strategy};
@@ -294,10 +293,10 @@ pub unsafe extern "C" fn mapcopy_map_fd(
         }
         // SAFETY: the caller's promise.
         let o = unsafe { options(opts) }?;
-        // SAFETY: an open fd by the caller's promise, borrowed: the File is
-        // never dropped (ManuallyDrop), so the fd stays the caller's.
-        let file = ManuallyDrop::new(unsafe { File::from_raw_fd(fd) });
-        let map = o.map(&file)?;
+        // SAFETY: an open fd by the caller's promise, borrowed for this call
+        // only (the mapping does not keep it).
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        let map = o.map(fd)?;
         // SAFETY: `out` checked above.
         unsafe { hand_out(out, map) }
     })

@@ -212,7 +212,7 @@ mod watcher;
 
 pub use consistency::Consistency;
 pub use error::{Error, ErrorKind};
-pub use map::{MapCopy, MapCopyMut};
+pub use map::{Advice, MapCopy, MapCopyMut};
 pub use options::MapOptions;
 pub use probe::{Fact, Probe, StrategyProbe, probe};
 pub use strategy::Strategy;

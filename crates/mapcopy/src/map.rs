@@ -3,7 +3,9 @@
 use std::fmt;
 use std::fs::File;
 use std::ops::{Deref, DerefMut};
+use std::os::fd::AsFd;
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::strategy::Snapshot;
 use crate::{Error, MapOptions, Strategy};
@@ -13,7 +15,10 @@ use crate::{Error, MapOptions, Strategy};
 ///
 /// It derefs to `[u8]`, is `Send + Sync + 'static`, and its address is stable
 /// for its whole life, so it can back zero-copy buffers
-/// (`bytes::Bytes::from_owner`, Arrow buffers) directly.
+/// (`bytes::Bytes::from_owner`, Arrow buffers) directly. `clone` is cheap:
+/// clones share one mapping, unmapped when the last one goes. With the
+/// `stable_deref_trait` feature it is `StableDeref` (owning_ref, yoke); with
+/// the `bytes` feature it converts into `bytes::Bytes` without a copy.
 ///
 /// ```
 /// use std::io::Write;
@@ -25,8 +30,9 @@ use crate::{Error, MapOptions, Strategy};
 /// assert_eq!(&map[..5], b"model");
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
+#[derive(Clone)]
 pub struct MapCopy {
-    inner: Box<dyn Snapshot>,
+    inner: Arc<dyn Snapshot>,
 }
 
 impl MapCopy {
@@ -58,7 +64,7 @@ impl MapCopy {
     /// assert_eq!(&map[..], b"abc");
     /// # Ok::<(), mapcopy::Error>(())
     /// ```
-    pub fn map(file: &File) -> Result<MapCopy, Error> {
+    pub fn map(file: impl AsFd) -> Result<MapCopy, Error> {
         MapOptions::new().map(file)
     }
 
@@ -74,8 +80,94 @@ impl MapCopy {
         self.inner.strategy()
     }
 
+    /// Gives the kernel `advice` about the whole mapping (see
+    /// [`MapCopy::advise_range`]).
+    ///
+    /// ```
+    /// # use std::io::Write;
+    /// # let mut file = tempfile::tempfile().unwrap();
+    /// # file.write_all(&[7; 10_000]).unwrap();
+    /// let map = mapcopy::MapCopy::map(&file)?;
+    /// map.advise(mapcopy::Advice::Sequential)?;
+    /// assert_eq!(map[9_999], 7);
+    /// # Ok::<(), mapcopy::Error>(())
+    /// ```
+    pub fn advise(&self, advice: Advice) -> Result<(), Error> {
+        self.advise_range(advice, 0, self.len())
+    }
+
+    /// Gives the kernel `advice` about bytes `offset .. offset + len` of the
+    /// mapping (widened to whole pages). Only advice that cannot change
+    /// what the mapping holds exists here — memmap2's `unchecked_advise`
+    /// advices such as `MADV_DONTNEED` would drop snapshotted pages, so
+    /// there is no way to give them.
+    pub fn advise_range(&self, advice: Advice, offset: usize, len: usize) -> Result<(), Error> {
+        let bytes: &[u8] = self;
+        let end = offset
+            .checked_add(len)
+            .filter(|&e| e <= bytes.len())
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "advise_range: {offset} + {len} is past the end of the mapping ({} bytes)",
+                    bytes.len()
+                ))
+            })?;
+        crate::sys::mmap::advise_bytes(&bytes[offset..end], advice.raw())
+            .map_err(|e| Error::io(format!("madvise({advice:?})"), e))
+    }
+
     pub(crate) fn from_snapshot(inner: Box<dyn Snapshot>) -> Result<MapCopy, Error> {
-        Ok(MapCopy { inner })
+        Ok(MapCopy {
+            inner: Arc::from(inner),
+        })
+    }
+}
+
+/// Advice for [`MapCopy::advise`]: hints about how the mapping will be
+/// read. None of them can change its bytes.
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Advice {
+    /// No special treatment (`MADV_NORMAL`).
+    Normal,
+    /// Pages will be read in random order: read ahead less
+    /// (`MADV_RANDOM`).
+    Random,
+    /// Pages will be read in order: read ahead more (`MADV_SEQUENTIAL`).
+    Sequential,
+    /// Pages will be read soon: start reading them in (`MADV_WILLNEED`).
+    WillNeed,
+}
+
+impl Advice {
+    fn raw(self) -> rustix::mm::Advice {
+        match self {
+            Advice::Normal => rustix::mm::Advice::Normal,
+            Advice::Random => rustix::mm::Advice::Random,
+            Advice::Sequential => rustix::mm::Advice::Sequential,
+            Advice::WillNeed => rustix::mm::Advice::WillNeed,
+        }
+    }
+}
+
+#[cfg(feature = "stable_deref_trait")]
+// SAFETY: the bytes live in memory the snapshot owns (never in `MapCopy`
+// itself), at an address that does not change for the snapshot's life, and
+// clones share that snapshot: moving a `MapCopy` never moves what it derefs
+// to.
+#[allow(unsafe_code)]
+unsafe impl stable_deref_trait::StableDeref for MapCopy {}
+
+#[cfg(feature = "stable_deref_trait")]
+// SAFETY: a clone derefs to the very same bytes (shared snapshot).
+#[allow(unsafe_code)]
+unsafe impl stable_deref_trait::CloneStableDeref for MapCopy {}
+
+#[cfg(feature = "bytes")]
+impl From<MapCopy> for bytes::Bytes {
+    /// Without a copy: the `Bytes` owns the mapping.
+    fn from(m: MapCopy) -> bytes::Bytes {
+        bytes::Bytes::from_owner(m)
     }
 }
 

@@ -1,6 +1,7 @@
 //! The [`MapOptions`] builder and the checks every request passes first.
 
 use std::fs::File;
+use std::os::fd::AsFd;
 
 use rustix::fs::FileType;
 
@@ -136,8 +137,12 @@ impl MapOptions {
     /// assert_eq!(&map[..], b"data");
     /// # Ok::<(), mapcopy::Error>(())
     /// ```
-    pub fn map(&self, file: &File) -> Result<MapCopy, Error> {
-        MapCopy::from_snapshot(self.snapshot(file, false)?)
+    ///
+    /// `file` is anything that has a file descriptor: `&File`,
+    /// `BorrowedFd`, `OwnedFd`, ... (the mapping does not keep it).
+    pub fn map(&self, file: impl AsFd) -> Result<MapCopy, Error> {
+        let file = sys::fd::FileRef::new(file.as_fd());
+        MapCopy::from_snapshot(self.snapshot(&file, false)?)
     }
 
     /// Maps the file with private, writable pages (S4: stores never reach
@@ -152,8 +157,9 @@ impl MapOptions {
     /// assert_eq!(&map[..], b"Data");
     /// # Ok::<(), mapcopy::Error>(())
     /// ```
-    pub fn map_mut(&self, file: &File) -> Result<MapCopyMut, Error> {
-        MapCopyMut::from_snapshot(self.snapshot(file, true)?)
+    pub fn map_mut(&self, file: impl AsFd) -> Result<MapCopyMut, Error> {
+        let file = sys::fd::FileRef::new(file.as_fd());
+        MapCopyMut::from_snapshot(self.snapshot(&file, true)?)
     }
 
     fn snapshot(&self, file: &File, writable: bool) -> Result<Box<dyn strategy::Snapshot>, Error> {

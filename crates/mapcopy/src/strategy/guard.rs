@@ -1457,7 +1457,7 @@ mod tests {
         std::fs::write(&path, b"again").unwrap();
         let map = crate::MapOptions::new()
             .strategy(Strategy::Guard)
-            .map(&std::fs::File::open(&path).unwrap())
+            .map(std::fs::File::open(&path).unwrap())
             .unwrap();
         let g2 = lock(&CURRENT).as_ref().unwrap().clone();
         assert!(!Arc::ptr_eq(&g, &g2));

@@ -259,3 +259,24 @@ fn too_big() -> io::Error {
         "length overflows the address space",
     )
 }
+
+/// `madvise` over the pages holding `bytes` (widened to whole pages).
+/// Only the advices that never change contents reach here (see
+/// `crate::Advice`): a read-ahead hint on memory the caller can read.
+pub(crate) fn advise_bytes(bytes: &[u8], advice: Advice) -> io::Result<()> {
+    debug_assert!(matches!(
+        advice,
+        Advice::Normal | Advice::Random | Advice::Sequential | Advice::WillNeed
+    ));
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    let page = super::page_size();
+    let start = bytes.as_ptr() as usize & !(page - 1);
+    let end = (bytes.as_ptr() as usize + bytes.len()).next_multiple_of(page);
+    // SAFETY: NORMAL, RANDOM, SEQUENTIAL and WILLNEED only change read-ahead
+    // and what is paged in, never the contents of any page, so they cannot
+    // invalidate any reference, whatever the range; the range is the pages
+    // of a live borrowed slice (a copy mapping's own pages).
+    Ok(unsafe { mm::madvise(start as *mut c_void, end - start, advice) }?)
+}

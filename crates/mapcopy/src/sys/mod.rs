@@ -9,6 +9,7 @@ pub(crate) mod change;
 pub(crate) mod clone;
 pub(crate) mod detect;
 pub(crate) mod fanotify;
+pub(crate) mod fd;
 pub(crate) mod file;
 pub(crate) mod fork;
 pub(crate) mod fs;
