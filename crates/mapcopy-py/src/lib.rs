@@ -243,9 +243,6 @@ fn non_negative(name: &str, v: i64) -> PyResult<u64> {
     u64::try_from(v).map_err(|_| PyValueError::new_err(format!("{name} must be >= 0, got {v}")))
 }
 
-/// open(path, *, strategy="auto", offset=0, length=None, populate=False, consistency="point-in-time")
-/// --
-///
 /// Maps `length` bytes (default: to the end of the file) of the file at
 /// `path` from `offset`, keeping the MAP_COPY contract: each page a snapshot
 /// no other writer can change, no SIGBUS when the file is truncated. The
@@ -305,9 +302,6 @@ enum PyErrParts {
     Map(mapcopy_rs::Error, PathBuf),
 }
 
-/// probe(path=None)
-/// --
-///
 /// Which strategies can map `path` (or any file) in this process on this
 /// kernel, why not the others, and which one "auto" picks, as a dict:
 /// `kernel`, `path`, `filesystem` (`{"name": ...}`, `{"error": ...}` or
