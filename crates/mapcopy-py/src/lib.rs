@@ -378,6 +378,7 @@ fn mapcopy(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(open, m)?)?;
     m.add_function(wrap_pyfunction!(probe, m)?)?;
     m.add_class::<PyMapCopy>()?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("UnsupportedError", m.py().get_type::<UnsupportedError>())?;
     m.add(
         "STRATEGIES",

@@ -183,11 +183,23 @@ def test_control_mmap_access_copy_sees_the_writer(tmp_path):
 
 def test_every_named_strategy_maps(mapped_file):
     strategy, path = mapped_file
-    m = mapcopy.open(path, strategy=strategy, consistency=consistency_for(strategy))
-    assert m.strategy == strategy
-    assert m.consistency == consistency_for(strategy)
-    assert bytes(m) == pattern()
-    m.close()
+    data = pattern()
+    for populate in (False, True):
+        m = mapcopy.open(
+            path,
+            strategy=strategy,
+            consistency=consistency_for(strategy),
+            populate=populate,
+        )
+        assert m.strategy == strategy
+        assert m.consistency == consistency_for(strategy)
+        assert bytes(m) == data
+        m.close()
+    with mapcopy.open(
+        path, strategy=strategy, consistency=consistency_for(strategy),
+        offset=8192 + 100, length=3 * 4096,
+    ) as m:
+        assert bytes(m) == data[8192 + 100 : 8192 + 100 + 3 * 4096]
 
 
 def test_auto_offset_length_populate(tmp_path):
@@ -387,6 +399,7 @@ def test_gil_released_while_mapping(tmp_path):
 
 
 def test_probe_dict(tmp_path):
+    assert mapcopy.__version__
     p = mapcopy.probe()
     assert set(p) == {"kernel", "path", "filesystem", "facts", "strategies", "auto", "auto_error"}
     assert p["path"] is None and p["filesystem"] is None
