@@ -417,3 +417,28 @@ def test_probe_dict(tmp_path):
     assert isinstance(q["filesystem"]["name"], str)
     r = mapcopy.probe(str(tmp_path / "missing"))
     assert "error" in r["filesystem"] and r["auto"] is None and r["auto_error"]
+
+
+def test_forked_child_reads_the_snapshot(mapped_file):
+    # os.fork() is libc's fork(): the crate's fork handlers run, and the
+    # child reads the parent's snapshot even after a writer rewrote and
+    # truncated the file.
+    strategy, path = mapped_file
+    data = pattern()
+    with mapcopy.open(
+        path, strategy=strategy, consistency=consistency_for(strategy)
+    ) as m:
+        # Read every page first (Lazy snapshots a page at its first access).
+        with memoryview(m) as mv:
+            assert mv.tobytes() == data
+        subprocess.run([sys.executable, "-c", WRITER, path], check=True)
+        pid = os.fork()
+        if pid == 0:  # the child: no pytest machinery, just an exit code
+            try:
+                ok = memoryview(m).tobytes() == data
+            except BaseException:
+                ok = False
+            os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert memoryview(m).tobytes() == data
