@@ -641,14 +641,7 @@ fn writer_cost(
     path: &Path,
     progress: &mut Progress,
 ) -> Vec<WriterRow> {
-    let mut kinds: Vec<Option<Method>> = vec![None, Some(Method::MapPrivate)];
-    kinds.extend(
-        methods
-            .iter()
-            .filter(|m| !m.is_baseline())
-            .map(|&m| Some(m)),
-    );
-    let mut rows: Vec<WriterRow> = kinds
+    let mut rows: Vec<WriterRow> = mappings_alive(methods)
         .into_iter()
         .map(|method| WriterRow {
             method,
@@ -720,6 +713,19 @@ fn writer_once(
         }
         Some(other) => Err(format!("{} is not a mapping", other.label())),
     }
+}
+
+/// What the other-process measurements run beside: no mapping, the
+/// `MAP_PRIVATE` control, and each strategy's mapping.
+pub fn mappings_alive(methods: &[Method]) -> Vec<Option<Method>> {
+    let mut kinds: Vec<Option<Method>> = vec![None, Some(Method::MapPrivate)];
+    kinds.extend(
+        methods
+            .iter()
+            .filter(|m| !m.is_baseline())
+            .map(|&m| Some(m)),
+    );
+    kinds
 }
 
 /// Creates a file of `size` bytes of splitmix64 output (the u64 at index
@@ -845,7 +851,7 @@ pub fn fmt_size(b: u64) -> String {
     } else {
         (1 << 10, "KiB")
     };
-    if b % unit == 0 {
+    if b.is_multiple_of(unit) {
         format!("{} {name}", b / unit)
     } else {
         format!("{:.1} {name}", b as f64 / unit as f64)

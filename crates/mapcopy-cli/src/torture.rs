@@ -200,12 +200,10 @@ fn run_inner(args: Args) -> Result<bool, String> {
 fn select(name: &str, dir: &Path) -> Result<Vec<Target>, String> {
     if name != "all" {
         let t = Target::parse(name).map_err(|e| e.to_string())?;
-        if let Target::Strategy(s) = t {
-            if s == mapcopy::Strategy::Auto {
-                return Err(
-                    "--strategy auto is not a strategy to torture; name one, or all".into(),
-                );
-            }
+        if let Target::Strategy(s) = t
+            && s == mapcopy::Strategy::Auto
+        {
+            return Err("--strategy auto is not a strategy to torture; name one, or all".into());
         }
         return Ok(vec![t]);
     }

@@ -41,11 +41,11 @@ fn anon_huge(addr: usize, len: usize) -> u64 {
     let mut inside = false;
     let mut kb = 0;
     for l in s.lines() {
-        if let Some((a, b)) = l.split_once(' ').and_then(|(r, _)| r.split_once('-')) {
-            if let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) {
-                inside = a < addr + len && b > addr;
-                continue;
-            }
+        if let Some((a, b)) = l.split_once(' ').and_then(|(r, _)| r.split_once('-'))
+            && let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+        {
+            inside = a < addr + len && b > addr;
+            continue;
         }
         if inside && l.starts_with("AnonHugePages:") {
             kb += l[14..]

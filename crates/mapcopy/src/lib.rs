@@ -217,7 +217,13 @@ pub use options::MapOptions;
 pub use probe::{Fact, Probe, StrategyProbe, probe};
 pub use strategy::Strategy;
 
-// The README's example compiles (doctests only; not part of the API).
-#[doc = include_str!("../../../README.md")]
+// The READMEs' examples compile (doctests only; not part of the API). The
+// repository's README is not in the packaged crate: build.rs says whether
+// it is there.
+#[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+
+#[cfg(all(doctest, workspace_readme))]
+#[doc = include_str!("../../../README.md")]
+pub struct WorkspaceReadmeDoctests;

@@ -411,7 +411,7 @@ mod tests {
                 writer: 1,
             };
             model.apply(&l, &mut |_, _| {}).unwrap();
-            assert!(model.size <= max && model.size % C == 0);
+            assert!(model.size <= max && model.size.is_multiple_of(C));
         }
         assert_eq!(seen.len(), Kind::ALL.len(), "every kind drawn: {seen:?}");
     }

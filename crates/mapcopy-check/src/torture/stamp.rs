@@ -98,7 +98,7 @@ pub fn decode(bytes: &[u8], c: usize) -> Cell {
 /// Fills `buf` with the stamps of `version` for the file range starting at
 /// byte `offset` (both chunk-aligned).
 pub fn fill(buf: &mut [u8], offset: u64, version: u64) {
-    debug_assert!(offset % CHUNK as u64 == 0 && buf.len() % CHUNK == 0);
+    debug_assert!(offset.is_multiple_of(CHUNK as u64) && buf.len().is_multiple_of(CHUNK));
     for (i, out) in buf.chunks_exact_mut(CHUNK).enumerate() {
         let x = offset + (i * CHUNK) as u64;
         let page = x / PAGE as u64;

@@ -32,14 +32,7 @@ pub fn measure(
     reps: usize,
     progress: &mut Progress,
 ) -> Vec<ForkRow> {
-    let mut kinds: Vec<Option<Method>> = vec![None, Some(Method::MapPrivate)];
-    kinds.extend(
-        methods
-            .iter()
-            .filter(|m| !m.is_baseline())
-            .map(|&m| Some(m)),
-    );
-    let mut rows: Vec<ForkRow> = kinds
+    let mut rows: Vec<ForkRow> = super::mappings_alive(methods)
         .into_iter()
         .map(|method| ForkRow {
             method,

@@ -376,7 +376,7 @@ impl Mapping {
         // pages here, `mremap` moves them whole, and a later fork() copies
         // one entry per 2 MiB instead of 512.
         let dst = self.region.as_ptr() as usize + off;
-        let huge = len >= HUGE_PAGE && dst % HUGE_PAGE == 0;
+        let huge = len >= HUGE_PAGE && dst.is_multiple_of(HUGE_PAGE);
         let tmp = Region::anonymous(len, rw, true, if huge { HUGE_PAGE } else { page as usize })?;
         if huge {
             // Only advice: without THP the copy is made of small pages.
@@ -513,17 +513,18 @@ extern "C" fn child_after_fork() {
 fn guards() -> Result<Arc<Guards>, Error> {
     let mut cur = lock(&CURRENT);
     let pid = rustix::process::getpid();
-    if let Some(g) = cur.as_ref() {
-        if g.pid == pid && !g.dead.load(Ordering::Acquire) {
-            return Ok(g.clone());
-        }
+    if let Some(g) = cur.as_ref()
+        && g.pid == pid
+        && !g.dead.load(Ordering::Acquire)
+    {
+        return Ok(g.clone());
     }
-    if let Some(old) = cur.take() {
-        if old.pid != pid {
-            // Inherited through fork: its fd is /dev/null here already and
-            // its mappings were not inherited; leave it alone.
-            std::mem::forget(old);
-        }
+    if let Some(old) = cur.take()
+        && old.pid != pid
+    {
+        // Inherited through fork: its fd is /dev/null here already and
+        // its mappings were not inherited; leave it alone.
+        std::mem::forget(old);
     }
     let group = Group::new(INIT_FLAGS, EVENT_F_FLAGS).map_err(|e| {
         if e.raw_os_error().is_some_and(crate::fds::is_exhausted) {

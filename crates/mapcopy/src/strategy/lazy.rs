@@ -537,7 +537,7 @@ impl Server {
                 return Ok(());
             }
             let mut done = 0;
-            if self.can_move && len == CHUNK && base % CHUNK == 0 {
+            if self.can_move && len == CHUNK && base.is_multiple_of(CHUNK) {
                 done = self.move_chunk(m, off, base);
             }
             if done < len {
@@ -1640,15 +1640,12 @@ mod tests {
         let mut inside = false;
         let mut rss = 0;
         for l in s.lines() {
-            if let Some((range, _)) = l.split_once(' ').filter(|(r, _)| r.contains('-')) {
-                if let Some((a, b)) = range.split_once('-') {
-                    if let (Ok(a), Ok(b)) =
-                        (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
-                    {
-                        inside = a < addr + len && b > addr;
-                        continue;
-                    }
-                }
+            if let Some((range, _)) = l.split_once(' ').filter(|(r, _)| r.contains('-'))
+                && let Some((a, b)) = range.split_once('-')
+                && let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+            {
+                inside = a < addr + len && b > addr;
+                continue;
             }
             if inside && l.starts_with(field) {
                 rss += l[field.len()..]

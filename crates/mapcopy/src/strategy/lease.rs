@@ -349,7 +349,9 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
         // lease is held (same argument as the overlay below).
         let direct = if file_len == len {
             match Region::file_private(&file, req.offset, len, prot(req.writable), true) {
-                Ok(r) if len < HUGE_PAGE || (r.as_ptr() as usize) % HUGE_PAGE == 0 => Some(r),
+                Ok(r) if len < HUGE_PAGE || (r.as_ptr() as usize).is_multiple_of(HUGE_PAGE) => {
+                    Some(r)
+                }
                 _ => None,
             }
         } else {

@@ -71,10 +71,10 @@ impl CloneDir {
                     OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
                     Mode::empty(),
                 );
-                if let Ok(dir) = reopened {
-                    if unique_mount_id(&dir) == unique {
-                        return Ok(CloneDir { dir, path });
-                    }
+                if let Ok(dir) = reopened
+                    && unique_mount_id(&dir) == unique
+                {
+                    return Ok(CloneDir { dir, path });
                 }
                 forget(&path);
             }
