@@ -11,6 +11,7 @@
 mod forkcost;
 mod json;
 mod many;
+mod python;
 mod raw;
 mod report;
 mod svg;
@@ -259,6 +260,8 @@ pub struct Results {
     pub writer: Vec<WriterRow>,
     /// `fork()` with each kind of mapping alive (the largest dense file).
     pub fork: Vec<forkcost::ForkRow>,
+    /// The Python package against numpy's own ways (the largest dense file).
+    pub python: python::PyResults,
     pub many: Many,
     /// What `probe` says Auto picks for the bench's files.
     pub auto_pick: Option<Strategy>,
@@ -528,6 +531,9 @@ fn bench(args: Args) -> Result<(), String> {
     let writer = writer_cost(&plan, &methods, &writer_path, &mut progress);
     let largest = plan.sizes[plan.sizes.len() - 1];
     let fork = forkcost::measure(&methods, path_of(largest), plan.reps, &mut progress);
+    progress
+        .note("Python: mapcopy.open + numpy.frombuffer against numpy.fromfile and numpy.memmap");
+    let python = python::measure(path_of(largest), plan.reps);
     let many = many_files(&plan, &methods, &tmp.path().join("many"), &mut progress)?;
     progress.finish();
 
@@ -548,6 +554,7 @@ fn bench(args: Args) -> Result<(), String> {
         cells,
         writer,
         fork,
+        python,
         many,
         auto_pick: probe.auto.as_ref().ok().copied(),
         elapsed_secs: started.elapsed().as_secs_f64(),

@@ -9,7 +9,7 @@ use mapcopy::Strategy;
 use super::json::Json;
 use super::svg::{self, Axis, Bar, Group};
 use super::workload::{Method, Workload};
-use super::{Results, WriterRow, fmt_secs, fmt_size, forkcost, stats};
+use super::{Results, WriterRow, fmt_secs, fmt_size, forkcost, python, stats};
 
 /// One performance goal of issue 6 and whether this run met it.
 pub struct Goal {
@@ -305,6 +305,13 @@ const MANY_HEADERS: [&str; 7] = [
     "auto picked",
 ];
 
+fn python_title(r: &Results) -> String {
+    format!(
+        "Python: sum of a {} file as uint64, mapcopy.open + numpy.frombuffer (zero-copy, the contract kept) against numpy.fromfile (a copy) and numpy.memmap (a plain mapping, contract broken)",
+        fmt_size(r.plan.sizes[r.plan.sizes.len() - 1])
+    )
+}
+
 fn fork_title(r: &Results) -> String {
     format!(
         "fork() cost: the parent's time in fork() with a {} mapping alive (first byte read), the child exiting at once",
@@ -598,6 +605,8 @@ pub fn text(r: &Results, goals: &[Goal]) -> String {
     plain_table(&mut out, WRITER_HEADERS, &writer_rows(r));
     let _ = writeln!(out, "\n{}:", fork_title(r));
     plain_table(&mut out, forkcost::HEADERS, &forkcost::rows(&r.fork));
+    let _ = writeln!(out, "\n{}:", python_title(r));
+    plain_table(&mut out, python::HEADERS, &python::rows(&r.python));
     let _ = writeln!(out, "\n{}:", many_title(r));
     plain_table(&mut out, MANY_HEADERS, &many_rows(r));
     let _ = writeln!(out, "\ngoals:");
@@ -637,6 +646,13 @@ fn markdown(r: &Results, goals: &[Goal]) -> String {
         fork_title(r)
     );
     md_table(&mut out, forkcost::HEADERS, &forkcost::rows(&r.fork));
+    let _ = writeln!(
+        out,
+        "\n## Python\n\n{} ({}). Ratios: the baseline's median over this method's (above 1: faster).\n",
+        python_title(r),
+        r.python.python
+    );
+    md_table(&mut out, python::HEADERS, &python::rows(&r.python));
     let _ = writeln!(
         out,
         "\n## Many files\n\n{}. \"fds per live map\": file descriptors the process holds per live mapping (`/proc/self/fd`, all mappings live).\n",
@@ -787,6 +803,7 @@ fn results_json(r: &Results, goals: &[Goal]) -> Json {
         ("records", Json::Arr(records)),
         ("writer_cost", Json::Arr(writer)),
         ("fork_cost", forkcost::json(&r.fork)),
+        ("python", python::json(&r.python)),
         ("auto_pick", Json::opt_str(r.auto_pick.map(Strategy::name))),
         (
             "many_files",
@@ -1019,6 +1036,10 @@ mod tests {
                 .collect(),
             writer,
             fork: Vec::new(),
+            python: python::PyResults {
+                rows: Err("not run".into()),
+                python: String::new(),
+            },
             many: Default::default(),
             auto_pick: None,
             elapsed_secs: 1.0,
