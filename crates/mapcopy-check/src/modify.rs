@@ -1,4 +1,4 @@
-//! Every way another process can change a file (DESIGN §1 S2), each applied
+//! Every way another process can change a file (the contract's S2 in the `mapcopy` crate docs), each applied
 //! from a separate process, with a naive model of what the file holds
 //! afterwards.
 //!

@@ -77,7 +77,7 @@ pub struct StrategyProbe {
     /// refuses.
     pub consistency: Consistency,
     /// Properties beyond the contract that this strategy does not give
-    /// (DESIGN §1: "properties a strategy may lack"), worded for a user.
+    /// (a strategy may lack some and must say so), worded for a user.
     pub lacks: Vec<&'static str>,
 }
 

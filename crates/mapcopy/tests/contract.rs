@@ -44,7 +44,8 @@
 //!   strategy that keeps point-in-time yields the version-1 tensors exactly
 //!   (or refuses, where documented); Lazy under per-page and the control
 //!   show the mixture;
-//! * `bad-input/*` (DESIGN §4), `auto/probe`, and their `nobody/` twins;
+//! * `bad-input/*` (directories, pipes, sockets, devices, /proc files,
+//!   write-only fds, bad offsets and lengths), `auto/probe`, and their `nobody/` twins;
 //! * `fixture/*`: loop mounts, and that writers report "unsupported on this
 //!   filesystem" apart from failures.
 //!
@@ -1696,7 +1697,7 @@ fn map_mut_case(s: Strategy, dir: &Path) -> Outcome {
 }
 
 // ---------------------------------------------------------------------------
-// Bad input (DESIGN §4)
+// Bad input: each gets a clear error, never a panic or a mapping
 
 #[derive(Clone, Copy, Debug)]
 enum Bad {

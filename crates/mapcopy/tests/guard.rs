@@ -1,4 +1,4 @@
-//! The `Guard` strategy against every modification kind of DESIGN §1 S2,
+//! The `Guard` strategy against every modification kind of the contract's S2,
 //! each applied by another process (coreutils, `xfs_io`, or this test
 //! binary re-executed as a child).
 //!

@@ -105,7 +105,7 @@ impl Target {
     }
 
     /// Whether the target documents that a page copied while a `write()`
-    /// runs may be torn (DESIGN §1: a property a strategy may lack). Torn
+    /// runs may be torn (a property a strategy may lack, as `mapcopy::probe` lists). Torn
     /// pages are reported for every target but fail only the others.
     /// Read from what `mapcopy::probe` says the strategy lacks, so it stays
     /// in step with the library's documentation.

@@ -10,7 +10,8 @@ use std::fmt;
 
 use super::stamp::{CHUNK, PAGE};
 
-/// Every modification kind in DESIGN §1 (S2), as the torture writers apply
+/// Every modification kind of the contract's S2 (the `mapcopy` crate docs),
+/// as the torture writers apply
 /// them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {

@@ -4,7 +4,8 @@
 //! closed, from `/dev/userfaultfd` and its `USERFAULTFD_IOC_NEW` ioctl. The
 //! ioctls go through `rustix::ioctl` with the structs from
 //! `linux_raw_sys::general`; rustix has no typed wrappers for them and the
-//! `userfaultfd` crate needs bindgen (DESIGN §6), so the few opcodes are
+//! `userfaultfd` crate's -sys crate runs bindgen (libclang at build time) and
+//! pulls an old `nix`, so the few opcodes are
 //! spelled here, from `include/uapi/linux/userfaultfd.h`. Two of them
 //! (`UFFDIO_MOVE`, `USERFAULTFD_IOC_NEW`) are missing from
 //! `linux_raw_sys::ioctl` and are computed with the kernel's `_IOWR`/`_IO`
