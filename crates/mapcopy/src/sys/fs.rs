@@ -49,6 +49,7 @@ pub(crate) mod magic {
     pub(crate) const OCFS2: i64 = libc::OCFS2_SUPER_MAGIC as i64;
     pub(crate) const ECRYPTFS: i64 = libc::ECRYPTFS_SUPER_MAGIC as i64;
     pub(crate) const SMB: i64 = libc::SMB_SUPER_MAGIC as i64;
+    pub(crate) const HUGETLBFS: i64 = libc::HUGETLBFS_MAGIC as i64;
     /// `BCACHEFS_SUPER_MAGIC`; not in `libc`.
     pub(crate) const BCACHEFS: i64 = 0xca45_1a4e;
     /// `CIFS_SUPER_MAGIC` (`fs/smb/client/cifsglob.h`); not in `libc`.
@@ -88,6 +89,7 @@ pub(crate) fn name(f_type: i64) -> String {
         SMB | CIFS | SMB2 => "smb/cifs",
         CEPH => "ceph",
         V9FS => "9p",
+        HUGETLBFS => "hugetlbfs",
         other => return format!("fs-{other:#x}"),
     };
     known.into()
