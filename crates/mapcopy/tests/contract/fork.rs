@@ -114,6 +114,24 @@ fn read_timeout(fd: &std::os::fd::OwnedFd, buf: &mut [u8]) -> Result<bool, Faile
     Ok(true)
 }
 
+/// A test file of `size` bytes mapped with `s`, page 0 read (and checked)
+/// by the parent: the file, its contents and the mapping.
+fn mapped_page0_read(
+    s: Strategy,
+    dir: &Path,
+    size: usize,
+) -> Result<(TestFile, Vec<u8>, mapcopy::MapCopy), Failed> {
+    let p = page();
+    let tf = TestFile::new_in(dir, size, 0).map_err(io("test file"))?;
+    let old = tf.contents().map_err(io("read"))?;
+    let file = tf.open().map_err(io("open"))?;
+    let map = mapcopy_check::options(s).map(&file).map_err(io("map"))?;
+    let mut first = vec![0u8; p];
+    Source::read(&map, 0, &mut first).map_err(Failed::from)?;
+    check_bytes(&first, &old[..p], "page 0 before fork")?;
+    Ok((tf, old, map))
+}
+
 /// A child forked after page 0 was read, the file rewritten after the fork:
 /// the child reads the snapshot (point-in-time: the map's instant on every
 /// page), and so does the parent.
@@ -123,14 +141,7 @@ pub(super) fn case(s: Strategy, dir: &Path) -> Outcome {
     }
     let p = page();
     let size = 3 * p + 1;
-    let tf = TestFile::new_in(dir, size, 0).map_err(io("test file"))?;
-    let old = tf.contents().map_err(io("read"))?;
-    let file = tf.open().map_err(io("open"))?;
-    let map = mapcopy_check::options(s).map(&file).map_err(io("map"))?;
-    // Touch page 0 in the parent first.
-    let mut first = vec![0u8; p];
-    Source::read(&map, 0, &mut first).map_err(Failed::from)?;
-    check_bytes(&first, &old[..p], "page 0 before fork")?;
+    let (tf, old, map) = mapped_page0_read(s, dir, size)?;
     let m = Modification::new(Kind::Pwrite, 0, 4 * p as u64, 1);
     let new = m.model(&old);
     // Candidates per page for the child, computed before fork (the child
@@ -195,13 +206,7 @@ pub(super) fn nested_case(s: Strategy, dir: &Path) -> Outcome {
     }
     let p = page();
     let size = 3 * p + 1;
-    let tf = TestFile::new_in(dir, size, 0).map_err(io("test file"))?;
-    let old = tf.contents().map_err(io("read"))?;
-    let file = tf.open().map_err(io("open"))?;
-    let map = mapcopy_check::options(s).map(&file).map_err(io("map"))?;
-    let mut first = vec![0u8; p];
-    Source::read(&map, 0, &mut first).map_err(Failed::from)?;
-    check_bytes(&first, &old[..p], "page 0 before fork")?;
+    let (tf, old, map) = mapped_page0_read(s, dir, size)?;
     let point_in_time = s.keeps(Consistency::PointInTime);
     let rewrite = Modification::new(Kind::Pwrite, 0, 4 * p as u64, 1);
     let v1 = rewrite.model(&old);
@@ -251,7 +256,6 @@ pub(super) fn nested_case(s: Strategy, dir: &Path) -> Outcome {
     }
     // The grandchild's parent is gone; now the first parent lets go too.
     drop(map);
-    drop(file);
     let v1 = rewrite
         .apply_checked(tf.path(), &old)
         .map_err(io("rewrite"))?;
