@@ -49,6 +49,10 @@
 // Copy everything at map time.
 #define MAPCOPY_STRATEGY_EAGER 5
 
+// A file nobody can change (a sealed memfd, fs-verity, erofs, squashfs):
+// a private mapping, nothing copied or kept.
+#define MAPCOPY_STRATEGY_IMMUTABLE 6
+
 // Every page as of one instant during the map call (the default).
 #define MAPCOPY_POINT_IN_TIME 0
 
@@ -119,7 +123,8 @@ const uint8_t *mapcopy_data(const struct mapcopy_map *m);
 size_t mapcopy_len(const struct mapcopy_map *m);
 
 // The strategy that keeps the mapping, as a static lower-case string
-// ("lease", "reflink", "guard", "lazy", "eager"); "" for a NULL `m`.
+// ("immutable", "lease", "reflink", "guard", "lazy", "eager"); "" for a
+// NULL `m`.
 //
 // # Safety
 // As [`mapcopy_data`].

@@ -55,6 +55,9 @@ pub const MAPCOPY_STRATEGY_GUARD: c_int = 3;
 pub const MAPCOPY_STRATEGY_LAZY: c_int = 4;
 /// Copy everything at map time.
 pub const MAPCOPY_STRATEGY_EAGER: c_int = 5;
+/// A file nobody can change (a sealed memfd, fs-verity, erofs, squashfs):
+/// a private mapping, nothing copied or kept.
+pub const MAPCOPY_STRATEGY_IMMUTABLE: c_int = 6;
 
 /// Every page as of one instant during the map call (the default).
 pub const MAPCOPY_POINT_IN_TIME: c_int = 0;
@@ -176,6 +179,7 @@ fn strategy(code: c_int) -> Result<Strategy, Failure> {
         MAPCOPY_STRATEGY_GUARD => Strategy::Guard,
         MAPCOPY_STRATEGY_LAZY => Strategy::Lazy,
         MAPCOPY_STRATEGY_EAGER => Strategy::Eager,
+        MAPCOPY_STRATEGY_IMMUTABLE => Strategy::Immutable,
         other => {
             return Err(invalid(format!(
                 "unknown strategy {other} (MAPCOPY_STRATEGY_*)"
@@ -324,7 +328,8 @@ pub unsafe extern "C" fn mapcopy_len(m: *const mapcopy_map) -> usize {
 }
 
 /// The strategy that keeps the mapping, as a static lower-case string
-/// ("lease", "reflink", "guard", "lazy", "eager"); "" for a NULL `m`.
+/// ("immutable", "lease", "reflink", "guard", "lazy", "eager"); "" for a
+/// NULL `m`.
 ///
 /// # Safety
 /// As [`mapcopy_data`].
@@ -332,13 +337,20 @@ pub unsafe extern "C" fn mapcopy_len(m: *const mapcopy_map) -> usize {
 pub unsafe extern "C" fn mapcopy_strategy(m: *const mapcopy_map) -> *const c_char {
     // SAFETY: the caller's promise.
     let name = unsafe { m.as_ref() }.map_or("", |m| m.map.strategy().name());
-    static NAMES: [&CStr; 7] = [
-        c"auto", c"lease", c"reflink", c"guard", c"lazy", c"eager", c"",
+    static NAMES: [&CStr; 8] = [
+        c"auto",
+        c"lease",
+        c"reflink",
+        c"guard",
+        c"lazy",
+        c"eager",
+        c"immutable",
+        c"",
     ];
     NAMES
         .iter()
         .find(|n| n.to_bytes() == name.as_bytes())
-        .unwrap_or(&NAMES[6])
+        .unwrap_or(&NAMES[7])
         .as_ptr()
 }
 

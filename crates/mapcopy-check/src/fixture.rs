@@ -144,7 +144,7 @@ impl fmt::Display for FsKind {
 }
 
 /// Name of the filesystem `path` lives on (`ext4`, `xfs`, `btrfs`,
-/// `tmpfs`, or the magic number in hex).
+/// `tmpfs`, `erofs`, `squashfs`, or the magic number in hex).
 pub fn fs_name(path: &Path) -> io::Result<String> {
     let st = rustix::fs::statfs(path)?;
     Ok(match st.f_type as u64 {
@@ -152,7 +152,11 @@ pub fn fs_name(path: &Path) -> io::Result<String> {
         0x5846_5342 => "xfs".into(),
         0x9123_683E => "btrfs".into(),
         0x0102_1994 => "tmpfs".into(),
-        0xCAFE_4A11 => "bcachefs".into(),
+        // BCACHEFS_SUPER_MAGIC, EROFS_SUPER_MAGIC_V1, SQUASHFS_MAGIC
+        // (include/uapi/linux/magic.h).
+        0xCA45_1A4E => "bcachefs".into(),
+        0xE0F5_E1E2 => "erofs".into(),
+        0x7371_7368 => "squashfs".into(),
         m => format!("fs 0x{m:x}"),
     })
 }
@@ -614,5 +618,94 @@ impl FuseMirror {
     /// The FUSE mount point.
     pub fn path(&self) -> PathBuf {
         self.mounts.path("mnt")
+    }
+}
+
+/// A filesystem with no write support, for immutable files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadOnlyKind {
+    /// erofs, made by `mkfs.erofs` (Debian `erofs-utils`).
+    Erofs,
+    /// squashfs, made by `mksquashfs` (Debian `squashfs-tools`).
+    Squashfs,
+}
+
+impl ReadOnlyKind {
+    /// Both kinds.
+    pub const ALL: [ReadOnlyKind; 2] = [ReadOnlyKind::Erofs, ReadOnlyKind::Squashfs];
+
+    /// The filesystem type, as `mount -t` and statfs names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReadOnlyKind::Erofs => "erofs",
+            ReadOnlyKind::Squashfs => "squashfs",
+        }
+    }
+}
+
+impl fmt::Display for ReadOnlyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An erofs or squashfs image built from a directory and loop-mounted
+/// (root only); unmounted, its loop device released and the image removed
+/// on drop.
+#[derive(Debug)]
+pub struct ReadOnlyImage {
+    mounts: Mounts,
+    kind: ReadOnlyKind,
+}
+
+impl ReadOnlyImage {
+    /// Makes a source directory, lets `populate(source)` create files in
+    /// it (world-readable: the image keeps the modes), builds the image and
+    /// mounts it. `Err` says why it cannot (pass it to [`skip_or_fail`]).
+    pub fn new(
+        kind: ReadOnlyKind,
+        populate: impl FnOnce(&Path) -> io::Result<()>,
+    ) -> Result<ReadOnlyImage, String> {
+        let tool = match kind {
+            ReadOnlyKind::Erofs => "mkfs.erofs",
+            ReadOnlyKind::Squashfs => "mksquashfs",
+        };
+        need_root_and(&format!("an {kind} image"), &[tool, "mount", "umount"])?;
+        let mut mounts = Mounts::new(kind.name())?;
+        let (src, img, mnt) = (
+            mounts.path("source"),
+            mounts.path("image"),
+            mounts.path("mnt"),
+        );
+        mounts.mkdir(&src)?;
+        std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| format!("chmod {}: {e}", src.display()))?;
+        populate(&src).map_err(|e| format!("filling {}: {e}", src.display()))?;
+        let mut cmd = Command::new(tool);
+        match kind {
+            ReadOnlyKind::Erofs => cmd.arg("--quiet").arg(&img).arg(&src),
+            ReadOnlyKind::Squashfs => cmd.arg(&src).arg(&img).args(["-noappend", "-quiet"]),
+        };
+        run(&mut cmd)?;
+        // The mount point must be reachable by an unprivileged reader too.
+        std::fs::set_permissions(mounts.path(""), std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| format!("chmod: {e}"))?;
+        mounts.mount(kind.name(), &img, &mnt, "loop,ro")?;
+        Ok(ReadOnlyImage { mounts, kind })
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> PathBuf {
+        self.mounts.path("mnt")
+    }
+
+    /// The image file under the mount.
+    pub fn image(&self) -> PathBuf {
+        self.mounts.path("image")
+    }
+
+    /// Which filesystem it is.
+    pub fn kind(&self) -> ReadOnlyKind {
+        self.kind
     }
 }

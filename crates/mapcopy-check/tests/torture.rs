@@ -188,6 +188,25 @@ fn clean(target: Target, seconds: f64, dir: &std::path::Path) -> Result<(), Fail
     Ok(())
 }
 
+/// `Strategy::Immutable` refuses the file a torture run writes, by name
+/// and through Auto (which then picks a strategy the torture covers).
+fn immutable_refuses_torture_file() -> Result<(), Failed> {
+    let tmp = tempfile::tempdir()?;
+    let path = tmp.path().join("torture-file");
+    std::fs::write(&path, vec![7u8; 3 * 4096 + 1])?;
+    let file = std::fs::File::open(&path)?;
+    match mapcopy_check::options(mapcopy::Strategy::Immutable).map(&file) {
+        Err(e) if e.kind() == mapcopy::ErrorKind::Unsupported => {}
+        Err(e) => return Err(format!("not Unsupported: {e}").into()),
+        Ok(_) => return Err("Immutable mapped a file anyone may write".into()),
+    }
+    let auto = mapcopy::MapCopy::map(&file)?;
+    if auto.strategy() == mapcopy::Strategy::Immutable {
+        return Err("Auto picked Immutable for a writable file".into());
+    }
+    Ok(())
+}
+
 fn main() {
     mapcopy_check::child::dispatch();
     let args = Arguments::from_args();
@@ -196,7 +215,7 @@ fn main() {
     let usable: Vec<_> = mapcopy::probe(None)
         .strategies
         .into_iter()
-        .filter(|s| s.usable.is_ok())
+        .filter(|s| s.usable.is_ok() && s.strategy != mapcopy::Strategy::Immutable)
         .map(|s| s.strategy)
         .collect();
     // MAPCOPY_TORTURE_SECONDS overrides the total budget of the clean runs.
@@ -215,7 +234,12 @@ fn main() {
     ];
     for s in mapcopy::Strategy::ALL {
         let name = format!("clean_{}", s.name());
-        if usable.contains(&s) {
+        if s == mapcopy::Strategy::Immutable {
+            // The torture writes its file; Immutable maps only files nobody
+            // can write (tests/immutable.rs makes them and shows every
+            // writer refused). Here: it refuses the torture's file.
+            trials.push(Trial::test(name, immutable_refuses_torture_file));
+        } else if usable.contains(&s) {
             trials.push(Trial::test(name, move || clean_where_usable(s, per)));
         } else {
             let why = mapcopy::probe(None)

@@ -80,13 +80,13 @@ fn to_text(p: &Probe) -> String {
         };
         let _ = writeln!(
             out,
-            "{pick} {:<9}{mark:<8}{}",
+            "{pick} {:<10}{mark:<8}{}",
             s.strategy.name(),
             said(text)
         );
         if s.usable.is_ok() {
             for l in &s.lacks {
-                let _ = writeln!(out, "{:<19}lacks: {l}", "");
+                let _ = writeln!(out, "{:<20}lacks: {l}", "");
             }
         }
     }

@@ -221,6 +221,31 @@ def test_auto_offset_length_populate(tmp_path):
         assert bytes(m) == b""
 
 
+def test_sealed_memfd_is_immutable_and_zero_copy():
+    import fcntl
+
+    data = pattern()
+    fd = os.memfd_create("mapcopy-py", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        os.write(fd, data)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK)
+        path = f"/proc/self/fd/{fd}"
+        with mapcopy.open(path) as m:
+            assert m.strategy == "immutable"
+            with pytest.raises(PermissionError):
+                os.pwrite(fd, b"x", 0)  # the kernel refuses the writer
+            a = np.frombuffer(m, dtype=np.uint8)
+            assert a.tobytes() == data
+            del a
+        with pytest.raises(mapcopy.UnsupportedError, match="can be written"):
+            with tempfile.NamedTemporaryFile() as f:
+                f.write(data)
+                f.flush()
+                mapcopy.open(f.name, strategy="immutable")
+    finally:
+        os.close(fd)
+
+
 def test_memoryview_and_numpy_are_zero_copy(tmp_path):
     path = write_file(tmp_path / "data.bin", pattern())
     with mapcopy.open(path, strategy="eager") as m:
@@ -403,7 +428,7 @@ def test_probe_dict(tmp_path):
     p = mapcopy.probe()
     assert set(p) == {"kernel", "path", "filesystem", "facts", "strategies", "auto", "auto_error"}
     assert p["path"] is None and p["filesystem"] is None
-    assert [s["strategy"] for s in p["strategies"]] == STRATEGIES
+    assert [s["strategy"] for s in p["strategies"]] == ["immutable"] + STRATEGIES
     for s in p["strategies"]:
         assert isinstance(s["usable"], bool)
         assert isinstance(s["how" if s["usable"] else "reason"], str)

@@ -60,6 +60,7 @@
 //!
 //! | strategy | how | snapshot taken | data copied | needs |
 //! |---|---|---|---|---|
+//! | [`Strategy::Immutable`] | `MAP_PRIVATE` of the file itself; no fd, thread or event kept | — (the file never changes) | nothing | a file the kernel lets nobody change: a memfd sealed with `F_SEAL_WRITE` and `F_SEAL_SHRINK`, a file with fs-verity enabled, a file on erofs or squashfs (not a read-only mount, not `chattr +i`) |
 //! | [`Strategy::Lazy`] | userfaultfd: anonymous memory filled on first access by `pread` + `UFFDIO_COPY` (sequential 2 MiB chunks: `UFFDIO_MOVE` of huge pages, Linux 6.8+) | per page, at first access | pages touched | userfaultfd that serves kernel-mode faults (root, `/dev/userfaultfd` access, or `vm.unprivileged_userfaultfd=1`); any filesystem |
 //! | [`Strategy::Eager`] | `pread` into 2 MiB-aligned anonymous memory (`MADV_HUGEPAGE`) | at map time | everything | memory for the whole range; any filesystem |
 //! | [`Strategy::Guard`] | `MAP_PRIVATE` of the file; fanotify pre-content events stop every other access until the pages a writer will change are copied | per page, before a writer changes it | pages writers change (`map_mut`: the file's data at map time) | `CAP_SYS_ADMIN`, Linux 6.14+, a file on ext4, xfs or btrfs (below: *Filesystems*); no writer holding the file open |
@@ -102,7 +103,8 @@
 //! [`Strategy::keeps`] is the table; [`probe`] reports it per strategy.
 //!
 //! [`Strategy::Auto`] (the default) takes the first usable one in the order
-//! of [`Strategy::ALL`] — Lease, Reflink, Guard, Lazy, Eager — for
+//! of [`Strategy::ALL`] — Immutable, Lease, Reflink, Guard, Lazy, Eager —
+//! for
 //! [`MapOptions::map`], ordered by what each costs *other* processes: a
 //! Lease costs their reads and writes nothing measurable and makes only the
 //! first writer's `open` wait for the snapshot (bounded by
@@ -111,8 +113,11 @@
 //! of the file by anybody wait for a fanotify round trip (+19 µs per 4 KiB
 //! `pread` measured, 30× the read) and stops them all while the mapper is
 //! stopped. The price of Lease first: `open(O_RDONLY | O_TRUNC)` (below),
-//! which a guard sees. For [`MapOptions::map_mut`] the order is Reflink, Lazy, Guard,
-//! Lease, Eager: Guard and Lease must snapshot a writable mapping at map
+//! which a guard sees. Immutable comes first: for a file nobody can change
+//! it costs nobody anything and the mapper a private mapping, and
+//! elsewhere it refuses for free (the facts it needs are read by every
+//! map). For [`MapOptions::map_mut`] the order is Immutable, Reflink, Lazy,
+//! Guard, Lease, Eager: Guard and Lease must snapshot a writable mapping at map
 //! time, which without a reflink clone means copying the whole range.
 //! [`probe`] tells which strategy Auto picks and why each other one cannot.
 //! Auto considers only strategies that keep the requested consistency; it

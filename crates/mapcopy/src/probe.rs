@@ -13,7 +13,7 @@ use crate::{Consistency, MapOptions, sys};
 ///
 /// ```
 /// let p = mapcopy::probe(None);
-/// assert_eq!(p.strategies.len(), 5);
+/// assert_eq!(p.strategies.len(), 6);
 /// // Eager needs nothing, so Auto always has a choice.
 /// assert!(p.auto.is_ok());
 /// println!("{p}");
@@ -94,6 +94,11 @@ fn strongest(s: Strategy) -> Consistency {
 /// its entry in step with the crate docs.
 fn lacks(s: Strategy) -> Vec<&'static str> {
     match s {
+        Strategy::Immutable => vec![
+            "files that can change: it maps only a memfd sealed with F_SEAL_WRITE and F_SEAL_SHRINK, a file with fs-verity enabled, or a file on erofs or squashfs, and refuses every other file (a read-only mount or chattr +i is not enough)",
+            "writes to the block device or image file under an erofs or squashfs mount (by root, or the owner of a loop device's backing file): pages not in the page cache are read again from the changed device; the kernel treats that as corruption of a mounted filesystem, not as a write to the file",
+            "read errors: a page that cannot be read (EIO; on fs-verity, a block that fails verification) raises SIGBUS when touched, as with any file mapping (populate(true) turns it into a map error)",
+        ],
         Strategy::Eager => vec![
             "point-in-time against a writer that already holds the file open when map starts: the copy is retaken until the file's size and ctime are the same before and after it, which every later writer's syscalls (and its first store to a clean shared-mapped page) change; a write() already under way, or stores into already-dirty pages of a shared writable mapping, can still be seen in part",
             "per-page atomicity against a concurrent write() under Consistency::PerPage (no validation then): a page read while a write() runs may hold part of it (it never changes afterwards)",

@@ -313,6 +313,30 @@ fn usable_in(s: Strategy, dir: &Path) -> Result<(), String> {
     e.usable.clone().map(|_| ())
 }
 
+/// `Strategy::Immutable` refuses a writable file in `dir` (read-only
+/// `map` and `map_mut`), with `Unsupported`, and `probe` says so too.
+fn immutable_refuses_case(dir: &Path) -> Outcome {
+    let f = TestFile::new_in(dir, 3 * page() + 1, 0).map_err(io("test file"))?;
+    let file = f.open().map_err(io("open"))?;
+    for writable in [false, true] {
+        let o = mapcopy_check::options(Strategy::Immutable);
+        let r = if writable {
+            o.map_mut(&file).map(drop)
+        } else {
+            o.map(&file).map(drop)
+        };
+        match r {
+            Err(e) if e.kind() == ErrorKind::Unsupported => {}
+            Err(e) => return fail(format!("map_mut={writable}: not Unsupported: {e}")),
+            Ok(()) => return fail(format!("map_mut={writable}: a writable file was mapped")),
+        }
+    }
+    match usable_in(Strategy::Immutable, dir) {
+        Err(why) if why.contains("can be written") => Ok(Completion::Completed),
+        other => fail(format!("probe: {other:?}")),
+    }
+}
+
 /// Does strategy `s` offer `map_mut` for files in `dir`? A strategy may
 /// refuse writable mappings altogether (`Unsupported`, with the reason);
 /// then every `map_mut` must refuse, and the read-only cases still run.
@@ -2302,6 +2326,21 @@ fn trials(dirs: &[FsDir], missing: &[(FsKind, String)]) -> Vec<Trial> {
             t.push(watched(format!("{s}/not-implemented"), move || {
                 Ok(Completion::ignored_with(why))
             }));
+            continue;
+        }
+        if s == Strategy::Immutable {
+            // Its files cannot be modified, so the cases here (which modify
+            // the file) cannot run on it; `tests/immutable.rs` makes its
+            // files (sealed memfds, erofs and squashfs images) and shows
+            // every modification refused. Here: it refuses every file of
+            // the suite's filesystems, which any process may write.
+            for d in dirs {
+                let dir = d.path.clone();
+                t.push(watched(
+                    format!("immutable/{}/refuses-writable-files", d.name),
+                    move || immutable_refuses_case(&dir),
+                ));
+            }
             continue;
         }
         let on: Vec<FsDir> = dirs

@@ -419,7 +419,7 @@ fn probe_says(path: &Path, fs: &str) -> Outcome {
     for e in &p.strategies {
         let zero_copy = matches!(
             e.strategy,
-            Strategy::Guard | Strategy::Lease | Strategy::Reflink
+            Strategy::Immutable | Strategy::Guard | Strategy::Lease | Strategy::Reflink
         );
         match (&e.usable, zero_copy) {
             (Err(why), true) if why.contains(fs) => {}

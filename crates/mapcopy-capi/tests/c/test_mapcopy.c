@@ -176,6 +176,28 @@ int main(int argc, char **argv)
 		mapcopy_close(m);
 	}
 
+	/* A sealed memfd: Auto maps it with Immutable, nothing kept. */
+	int mfd = memfd_create("mapcopy-c", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	CHECK(mfd >= 0 && write(mfd, want, SIZE) == SIZE &&
+		      fcntl(mfd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_SHRINK) == 0,
+	      "sealed memfd: %s", strerror(errno));
+	m = NULL;
+	rc = mapcopy_map_fd(mfd, NULL, &m);
+	CHECK(rc == MAPCOPY_OK, "mapcopy_map_fd(memfd): %d %s", rc, mapcopy_last_error());
+	if (rc == MAPCOPY_OK) {
+		CHECK(strcmp(mapcopy_strategy(m), "immutable") == 0, "memfd mapped by %s",
+		      mapcopy_strategy(m));
+		CHECK(pwrite(mfd, "x", 1, 0) < 0 && errno == EPERM, "a write went through the seal");
+		CHECK(mapcopy_len(m) == SIZE && memcmp(mapcopy_data(m), want, SIZE) == 0,
+		      "sealed memfd mapping differs");
+		mapcopy_close(m);
+	}
+	mapcopy_options_init(&o);
+	o.strategy = MAPCOPY_STRATEGY_IMMUTABLE;
+	CHECK(mapcopy_open(path, &o, &m) == MAPCOPY_ERR_UNSUPPORTED,
+	      "immutable on a writable file: %s", mapcopy_last_error());
+	close(mfd);
+
 	/* Errors: codes, messages, errno; nothing handed out. */
 	m = NULL;
 	CHECK(mapcopy_open(NULL, NULL, &m) == MAPCOPY_ERR_INVALID_INPUT && m == NULL, "NULL path");

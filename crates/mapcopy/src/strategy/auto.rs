@@ -17,7 +17,9 @@
 
 use std::sync::OnceLock;
 
-use super::{Request, Snapshot, Strategy, auto_order_for, guard, lazy, lease, map_named, reflink};
+use super::{
+    Request, Snapshot, Strategy, auto_order_for, guard, immutable, lazy, lease, map_named, reflink,
+};
 use crate::sys::detect::Caps;
 use crate::{Consistency, Error, ErrorKind, fds};
 
@@ -56,6 +58,7 @@ fn pre_check(s: Strategy, req: &Request<'_>) -> Result<(), String> {
         ));
     }
     match s {
+        Strategy::Immutable => immutable::immutable(req).map(drop),
         Strategy::Guard => guard::pre_check(req),
         Strategy::Lease => lease::pre_check(req),
         Strategy::Reflink => reflink::check(Some(req)).map(drop),

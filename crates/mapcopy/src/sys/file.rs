@@ -3,7 +3,7 @@
 use std::fs::File;
 use std::io;
 
-use rustix::fs::{self, FileType, OFlags};
+use rustix::fs::{self, AtFlags, FileType, OFlags, SealFlags, StatxAttributes, StatxFlags};
 
 // The magic → name table lives in `sys::fs`; re-exported for the callers
 // that name it through here.
@@ -39,25 +39,45 @@ pub(crate) struct Meta {
     pub(crate) readable: bool,
     /// The fd can be written (this process itself holds a writer).
     pub(crate) writable: bool,
+    /// fs-verity is enabled on the file (`STATX_ATTR_VERITY`): no open for
+    /// writing and no truncation will ever succeed.
+    pub(crate) verity: bool,
+    /// The file's seals (`F_GET_SEALS`), read for files on tmpfs (a memfd)
+    /// only; empty elsewhere.
+    pub(crate) seals: SealFlags,
 }
 
 impl Meta {
     pub(crate) fn of(file: &File) -> io::Result<Meta> {
-        let st = fs::fstat(file)?;
         let sfs = fs::fstatfs(file)?;
+        #[allow(clippy::unnecessary_cast)]
+        let fs_type = sfs.f_type as i64;
         let fl = fs::fcntl_getfl(file)?;
         let acc = fl & OFlags::RWMODE;
         let path = fl.contains(OFlags::PATH);
+        // Seals before the size: seals are never removed, so a size read
+        // after F_SEAL_SHRINK was seen is one the file never goes below.
+        let seals = if fs_type == magic::TMPFS && !path {
+            // EINVAL: not a memfd (a tmpfs file made by open takes no seals).
+            fs::fcntl_get_seals(file).unwrap_or(SealFlags::empty())
+        } else {
+            SealFlags::empty()
+        };
+        // statx rather than fstat: the same cost, and it also tells whether
+        // fs-verity is on (the filesystem sets that before the size is read).
+        let st = fs::statx(file, "", AtFlags::EMPTY_PATH, StatxFlags::BASIC_STATS)?;
+        let file_type = FileType::from_raw_mode(st.stx_mode.into());
         Ok(Meta {
-            file_type: FileType::from_raw_mode(st.st_mode),
-            size: st.st_size as u64,
-            dev: st.st_dev,
-            ino: st.st_ino,
-            uid: st.st_uid,
-            #[allow(clippy::unnecessary_cast)]
-            fs_type: sfs.f_type as i64,
+            file_type,
+            size: st.stx_size,
+            dev: fs::makedev(st.stx_dev_major, st.stx_dev_minor),
+            ino: st.stx_ino,
+            uid: st.stx_uid,
+            fs_type,
             readable: !path && (acc == OFlags::RDONLY || acc == OFlags::RDWR),
             writable: !path && (acc == OFlags::WRONLY || acc == OFlags::RDWR),
+            verity: st.stx_attributes.contains(StatxAttributes::VERITY),
+            seals,
         })
     }
 

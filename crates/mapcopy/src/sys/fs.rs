@@ -63,6 +63,10 @@ pub(crate) mod magic {
     pub(crate) const V9FS: i64 = 0x0102_1997;
     /// `GFS2_MAGIC` (`include/uapi/linux/gfs2_ondisk.h`); not in `libc`.
     pub(crate) const GFS2: i64 = 0x0116_1970;
+    /// `EROFS_SUPER_MAGIC_V1`; not in `libc`.
+    pub(crate) const EROFS: i64 = 0xe0f5_e1e2;
+    /// `SQUASHFS_MAGIC`.
+    pub(crate) const SQUASHFS: i64 = 0x7371_7368;
 }
 
 /// Name of a filesystem type for messages.
@@ -90,6 +94,8 @@ pub(crate) fn name(f_type: i64) -> String {
         CEPH => "ceph",
         V9FS => "9p",
         HUGETLBFS => "hugetlbfs",
+        EROFS => "erofs",
+        SQUASHFS => "squashfs",
         other => return format!("fs-{other:#x}"),
     };
     known.into()

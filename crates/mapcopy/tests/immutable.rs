@@ -1,0 +1,651 @@
+//! `Strategy::Immutable`: files the kernel lets nobody change, mapped with
+//! no copy and nothing kept. Each kind of immutable file is made here and
+//! each test also shows that the kernel refuses a would-be writer:
+//!
+//! * a memfd sealed with `F_SEAL_WRITE | F_SEAL_SHRINK` (as root and as
+//!   `nobody`), every modification kind of the contract suite attempted by
+//!   another process and refused; a memfd sealed with
+//!   `F_SEAL_FUTURE_WRITE` only, refused — with the store through an older
+//!   writable `MAP_SHARED` mapping that shows why (the control: a plain
+//!   `MAP_PRIVATE` mapping sees it);
+//! * files on erofs and squashfs loop images (root makes them; the files
+//!   are mapped as root and as `nobody`), every modification kind refused
+//!   with `EROFS`;
+//! * files that are not immutable (a file on the temp dir's filesystem, the
+//!   same file through a read-only bind mount): refused, naming why.
+//!
+//! fs-verity is recognised from `statx` (`STATX_ATTR_VERITY`); this
+//! machine's kernel is built without it, so no verity file is made here.
+//!
+//! Zero-copy is checked in `/proc/self/smaps`: the mapping's pages are the
+//! file's (no anonymous memory) after every byte was read.
+
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use mapcopy::{ErrorKind, MapCopy, MapOptions, Strategy};
+use mapcopy_check::fixture::{self, ReadOnlyImage, ReadOnlyKind};
+use mapcopy_check::modify::{ApplyError, Kind, Modification};
+use mapcopy_check::privilege;
+use rustix::fs::SealFlags;
+
+type Outcome = Result<(), Failed>;
+
+/// Env var: map the file at this path with Auto, print the strategy and a
+/// checksum, exit (the unprivileged reader of an image).
+const READER_ENV: &str = "MAPCOPY_IMMUTABLE_READER";
+
+fn page() -> usize {
+    rustix::param::page_size()
+}
+
+fn fail<T>(msg: impl std::fmt::Display) -> Result<T, Failed> {
+    Err(Failed::from(msg.to_string()))
+}
+
+fn skip(why: impl std::fmt::Display) -> Outcome {
+    fixture::skip_or_fail(why).map(drop).map_err(Failed::from)
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| ((i * 7 + i / 4096) % 251) as u8 ^ seed)
+        .collect()
+}
+
+/// A memfd holding `data`, sealed with `seals` (and, unless `seals` holds
+/// `F_SEAL_SEAL`, left open to more seals).
+fn memfd(data: &[u8], seals: SealFlags) -> Result<File, Failed> {
+    let fd = rustix::fs::memfd_create(
+        "mapcopy-immutable",
+        rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
+    )
+    .map_err(|e| format!("memfd_create: {e}"))?;
+    let file = File::from(fd);
+    file.write_all_at(data, 0)
+        .map_err(|e| format!("filling the memfd: {e}"))?;
+    if !seals.is_empty() {
+        rustix::fs::fcntl_add_seals(&file, seals).map_err(|e| format!("F_ADD_SEALS: {e}"))?;
+    }
+    Ok(file)
+}
+
+/// The fds this process has open.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+/// The threads this process runs.
+fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count())
+}
+
+/// `(Rss, Anonymous)` in kB of the mapping that holds `addr`, from
+/// `/proc/self/smaps`.
+fn smaps_of(addr: usize) -> Result<(u64, u64), Failed> {
+    let text = std::fs::read_to_string("/proc/self/smaps")
+        .map_err(|e| format!("reading /proc/self/smaps: {e}"))?;
+    let mut inside = false;
+    let (mut rss, mut anon) = (None, None);
+    for line in text.lines() {
+        let head = line.split_whitespace().next().unwrap_or("");
+        if let Some((a, b)) = head.split_once('-')
+            && let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+        {
+            if inside {
+                break;
+            }
+            inside = a <= addr && addr < b;
+            continue;
+        }
+        if !inside {
+            continue;
+        }
+        let kb = |l: &str| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        if line.starts_with("Rss:") {
+            rss = kb(line);
+        } else if line.starts_with("Anonymous:") {
+            anon = kb(line);
+        }
+    }
+    match (rss, anon) {
+        (Some(r), Some(a)) => Ok((r, a)),
+        _ => fail(format!("no mapping at {addr:#x} in /proc/self/smaps")),
+    }
+}
+
+/// Maps `file` with Auto, checks it picked Immutable, that the bytes are
+/// `want`, and that the mapping copies nothing and keeps no fd or thread.
+fn auto_maps_zero_copy(file: &File, want: &[u8]) -> Outcome {
+    let (fds, threads_before) = (open_fds(), threads());
+    let map = MapCopy::map(file).map_err(|e| format!("map: {e}"))?;
+    if map.strategy() != Strategy::Immutable {
+        return fail(format!("Auto picked {}, not immutable", map.strategy()));
+    }
+    if open_fds() != fds || threads() != threads_before {
+        return fail(format!(
+            "the mapping keeps something: fds {fds} -> {}, threads {threads_before} -> {}",
+            open_fds(),
+            threads()
+        ));
+    }
+    if map[..] != want[..] {
+        return fail("the mapping's bytes differ from the file's");
+    }
+    if !want.is_empty() {
+        let (rss, anon) = smaps_of(map.as_ptr() as usize)?;
+        if anon != 0 || rss == 0 {
+            return fail(format!(
+                "not the file's pages after a full read: Rss {rss} kB, Anonymous {anon} kB"
+            ));
+        }
+        eprintln!(
+            "{} bytes mapped: Rss {rss} kB, Anonymous {anon} kB",
+            want.len()
+        );
+    }
+    let fd_path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+    let probe = mapcopy::probe(Some(&fd_path));
+    match probe
+        .strategies
+        .iter()
+        .find(|e| e.strategy == Strategy::Immutable)
+    {
+        Some(e) if e.usable.is_ok() => {}
+        other => return fail(format!("probe does not show immutable usable: {other:?}")),
+    }
+    Ok(())
+}
+
+/// Every modification kind, attempted on `path` by another process: each
+/// must be refused, except those in `allowed` (the caller then checks
+/// that nothing changed).
+/// Returns the refusals, for the log.
+///
+/// The kinds whose writer first makes a file next to `path` (a source to
+/// copy or clone from, a second link) are left out: next to a memfd or in a
+/// read-only filesystem that file cannot be made, which would prove
+/// nothing. [`opened_for_writing`] covers them.
+fn writers_refused(path: &Path, size: u64, allowed: &[Kind]) -> Result<Vec<String>, Failed> {
+    let mut refused = Vec::new();
+    let needs_sibling = [
+        Kind::CopyFileRange,
+        Kind::CloneRange,
+        Kind::HardLink,
+        Kind::Cp,
+    ];
+    for &kind in Kind::ALL.iter().filter(|k| !needs_sibling.contains(k)) {
+        let (off, len) = match kind {
+            Kind::FtruncateShrink | Kind::TruncatePath => (size / 2, 0),
+            Kind::FtruncateGrow => (size + 3 * page() as u64, 0),
+            _ if kind.needs_alignment() => (0, page() as u64),
+            _ => (1, 100),
+        };
+        let m = Modification::new(kind, off, len, 9);
+        match m.apply(path) {
+            Ok(()) if allowed.contains(&kind) => refused.push(format!("{kind}: allowed")),
+            Ok(()) => return fail(format!("{kind} on {} was not refused", path.display())),
+            Err(ApplyError::Failed(why)) | Err(ApplyError::Unsupported(why)) => {
+                refused.push(format!("{kind}: {why}"))
+            }
+        }
+    }
+    Ok(refused)
+}
+
+/// What `copy_file_range` (what `cp` and the clone and copy kinds do)
+/// into `path` gets: the file opened for writing, then bytes copied into it
+/// from a temporary file. `Ok` with the refusal, `Err` if it went through.
+fn opened_for_writing(path: &Path) -> Result<String, Failed> {
+    let target = match std::fs::OpenOptions::new().write(true).open(path) {
+        Ok(f) => f,
+        Err(e) => return Ok(format!("open for writing: {e}")),
+    };
+    let mut src = tempfile::tempfile().map_err(|e| format!("tempfile: {e}"))?;
+    std::io::Write::write_all(&mut src, &[0x5a; 100]).map_err(|e| format!("write: {e}"))?;
+    let (mut from, mut to) = (0u64, 0u64);
+    match rustix::fs::copy_file_range(&src, Some(&mut from), &target, Some(&mut to), 100) {
+        Ok(0) => Ok("copy_file_range copied nothing".into()),
+        Ok(n) => fail(format!(
+            "copy_file_range wrote {n} bytes into {}",
+            path.display()
+        )),
+        Err(e) => Ok(format!("copy_file_range: {e}")),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// memfd
+
+fn memfd_sealed_case() -> Outcome {
+    let data = pattern(5 * page() + 123, 1);
+    let file = memfd(
+        &data,
+        SealFlags::WRITE | SealFlags::SHRINK | SealFlags::GROW,
+    )?;
+    auto_maps_zero_copy(&file, &data)?;
+    let map = MapOptions::new()
+        .strategy(Strategy::Immutable)
+        .map(&file)
+        .map_err(|e| format!("map: {e}"))?;
+    // Another process tries every modification through /proc/PID/fd/N.
+    let path = PathBuf::from(format!(
+        "/proc/{}/fd/{}",
+        std::process::id(),
+        file.as_raw_fd()
+    ));
+    let mut refused = writers_refused(&path, data.len() as u64, &[])?;
+    refused.push(opened_for_writing(&path)?);
+    eprintln!("{}", refused.join("\n"));
+    if map[..] != data[..] {
+        return fail("the mapping changed");
+    }
+    // map_mut: private stores.
+    let mut m = MapOptions::new()
+        .strategy(Strategy::Immutable)
+        .map_mut(&file)
+        .map_err(|e| format!("map_mut: {e}"))?;
+    m[7] ^= 0xff;
+    let mut now = vec![0; data.len()];
+    file.read_exact_at(&mut now, 0)
+        .map_err(|e| format!("pread: {e}"))?;
+    if now != data || m[7] != data[7] ^ 0xff {
+        return fail("map_mut stores reached the memfd, or were lost");
+    }
+    // The file descriptor may go: the mapping needs none.
+    drop(file);
+    if map[..] != data[..] {
+        return fail("the mapping changed after the memfd's fd was closed");
+    }
+    Ok(())
+}
+
+fn memfd_grow_case() -> Outcome {
+    // F_SEAL_GROW is not needed: growing adds zeros past the size mapped.
+    let data = pattern(2 * page() + 5, 2);
+    let file = memfd(&data, SealFlags::WRITE | SealFlags::SHRINK)?;
+    let map = MapCopy::map(&file).map_err(|e| format!("map: {e}"))?;
+    if map.strategy() != Strategy::Immutable {
+        return fail(format!("Auto picked {}", map.strategy()));
+    }
+    file.set_len(10 * page() as u64)
+        .map_err(|e| format!("growing the memfd: {e}"))?;
+    if map.len() != data.len() || map[..] != data[..] {
+        return fail("growing the memfd changed the mapping");
+    }
+    if file.set_len(page() as u64).is_ok() {
+        return fail("F_SEAL_SHRINK did not stop a shrink");
+    }
+    for (i, &b) in map.iter().enumerate() {
+        if b != data[i] {
+            return fail(format!("byte {i} changed"));
+        }
+    }
+    Ok(())
+}
+
+fn memfd_sizes_case() -> Outcome {
+    let p = page();
+    for size in [0, 1, p - 1, p, p + 1, 3 * p + 1] {
+        let data = pattern(size, 3);
+        let file = memfd(&data, SealFlags::WRITE | SealFlags::SHRINK)?;
+        let whole = MapOptions::new()
+            .strategy(Strategy::Immutable)
+            .map(&file)
+            .map_err(|e| format!("size {size}: {e}"))?;
+        if whole[..] != data[..] {
+            return fail(format!("size {size}: bytes differ"));
+        }
+        for (off, len) in [(0, size / 2), (size / 3, size - size / 3), (size, 0)] {
+            let sub = MapOptions::new()
+                .strategy(Strategy::Immutable)
+                .offset(off as u64)
+                .len(len)
+                .map(&file)
+                .map_err(|e| format!("size {size} offset {off} len {len}: {e}"))?;
+            if sub[..] != data[off..off + len] {
+                return fail(format!("size {size} offset {off} len {len}: bytes differ"));
+            }
+        }
+        // Past the end: refused as for every strategy.
+        let e = MapOptions::new()
+            .strategy(Strategy::Immutable)
+            .offset(size as u64 + 1)
+            .map(&file);
+        if e.is_ok() {
+            return fail(format!("size {size}: an offset past the end was accepted"));
+        }
+    }
+    Ok(())
+}
+
+fn memfd_fork_case() -> Outcome {
+    let data = pattern(4 * page() + 9, 4);
+    let file = memfd(&data, SealFlags::WRITE | SealFlags::SHRINK)?;
+    let map = MapCopy::map(&file).map_err(|e| format!("map: {e}"))?;
+    drop(file);
+    // SAFETY: the child only reads memory and calls _exit (async-signal
+    // safe); the test harness runs this trial on one thread when forking
+    // matters little: the child touches no lock.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let same = map[..] == data[..];
+        // SAFETY: ends the child at once.
+        unsafe { libc::_exit(if same { 0 } else { 1 }) };
+    }
+    if pid < 0 {
+        return fail(format!("fork: {}", std::io::Error::last_os_error()));
+    }
+    let mut status = 0;
+    // SAFETY: waits for our own child.
+    if unsafe { libc::waitpid(pid, &mut status, 0) } != pid {
+        return fail(format!("waitpid: {}", std::io::Error::last_os_error()));
+    }
+    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        return fail(format!("the child saw other bytes (status {status:#x})"));
+    }
+    Ok(())
+}
+
+fn memfd_partial_seals_case() -> Outcome {
+    let data = pattern(page() + 1, 5);
+    for (seals, missing) in [
+        (SealFlags::WRITE, "F_SEAL_SHRINK"),
+        (SealFlags::SHRINK, "F_SEAL_WRITE"),
+        (SealFlags::empty(), ""),
+    ] {
+        let file = memfd(&data, seals)?;
+        let e = MapOptions::new()
+            .strategy(Strategy::Immutable)
+            .map(&file)
+            .err()
+            .ok_or_else(|| format!("seals {seals:?} were accepted"))?;
+        if e.kind() != ErrorKind::Unsupported || !e.to_string().contains(missing) {
+            return fail(format!("seals {seals:?}: {e}"));
+        }
+        // Auto falls through to a strategy that copies.
+        let map = MapCopy::map(&file).map_err(|e| format!("map: {e}"))?;
+        if map.strategy() == Strategy::Immutable || map[..] != data[..] {
+            return fail(format!("seals {seals:?}: Auto picked {}", map.strategy()));
+        }
+    }
+    Ok(())
+}
+
+/// `F_SEAL_FUTURE_WRITE` is refused: a writable shared mapping made before
+/// the seal still stores into the memfd. The control, a `MAP_PRIVATE`
+/// mapping of it, shows the store; `F_SEAL_WRITE` is refused by the kernel
+/// while that shared mapping exists.
+fn memfd_future_write_case() -> Outcome {
+    let data = pattern(2 * page(), 6);
+    let file = memfd(&data, SealFlags::empty())?;
+    // SAFETY: a fresh shared writable mapping of our own memfd, written
+    // with a volatile store below and unmapped at the end.
+    let shared = unsafe {
+        rustix::mm::mmap(
+            std::ptr::null_mut(),
+            page(),
+            rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+            rustix::mm::MapFlags::SHARED,
+            &file,
+            0,
+        )
+    }
+    .map_err(|e| format!("mmap MAP_SHARED: {e}"))?
+    .cast::<u8>();
+    let result = (|| {
+        match rustix::fs::fcntl_add_seals(&file, SealFlags::WRITE) {
+            Err(rustix::io::Errno::BUSY) => {}
+            other => return fail(format!("F_SEAL_WRITE with a writable mapping: {other:?}")),
+        }
+        rustix::fs::fcntl_add_seals(&file, SealFlags::FUTURE_WRITE | SealFlags::SHRINK)
+            .map_err(|e| format!("F_ADD_SEALS: {e}"))?;
+        let e = MapOptions::new()
+            .strategy(Strategy::Immutable)
+            .map(&file)
+            .err()
+            .ok_or("F_SEAL_FUTURE_WRITE was accepted")?;
+        if !e.to_string().contains("F_SEAL_FUTURE_WRITE is not enough") {
+            return fail(format!("the refusal does not say why: {e}"));
+        }
+        let map = MapCopy::map(&file).map_err(|e| format!("map: {e}"))?;
+        // SAFETY: the control: a private read-only mapping of the memfd,
+        // read with volatile loads (its bytes change), unmapped below.
+        let control = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                page(),
+                rustix::mm::ProtFlags::READ,
+                rustix::mm::MapFlags::PRIVATE,
+                &file,
+                0,
+            )
+        }
+        .map_err(|e| format!("control mmap: {e}"))?
+        .cast::<u8>();
+        // SAFETY: inside both live mappings; the store goes to the memfd.
+        let (before, after) = unsafe {
+            let before = control.add(3).read_volatile();
+            shared.add(3).write_volatile(!data[3]);
+            (before, control.add(3).read_volatile())
+        };
+        // SAFETY: unmaps the control mapping made above.
+        unsafe { rustix::mm::munmap(control.cast(), page()) }
+            .map_err(|e| format!("munmap: {e}"))?;
+        if before != data[3] || after != !data[3] {
+            return fail(format!(
+                "the control did not see the store after F_SEAL_FUTURE_WRITE ({before:#x} -> {after:#x})"
+            ));
+        }
+        if map[3] != data[3] {
+            return fail(format!("Auto's {} mapping changed", map.strategy()));
+        }
+        Ok(())
+    })();
+    // SAFETY: unmaps the shared mapping made above; nothing refers to it.
+    let _ = unsafe { rustix::mm::munmap(shared.cast(), page()) };
+    result
+}
+
+// ---------------------------------------------------------------------------
+// erofs and squashfs
+
+const IMAGE_FILES: [(&str, usize); 3] =
+    [("empty", 0), ("small", 3 * 4096 + 1), ("big", 2 << 20 | 5)];
+
+fn image_case(kind: ReadOnlyKind) -> Outcome {
+    let img = match ReadOnlyImage::new(kind, |src| {
+        for (i, (name, size)) in IMAGE_FILES.iter().enumerate() {
+            std::fs::write(src.join(name), pattern(*size, i as u8))?;
+        }
+        Ok(())
+    }) {
+        Ok(i) => i,
+        Err(why) => return skip(why),
+    };
+    let fs = fixture::fs_name(&img.path()).map_err(|e| format!("statfs: {e}"))?;
+    if fs != kind.name() {
+        return fail(format!("the mount is {fs}, not {kind}"));
+    }
+    for (i, (name, size)) in IMAGE_FILES.iter().enumerate() {
+        let path = img.path().join(name);
+        let data = pattern(*size, i as u8);
+        let file = File::open(&path).map_err(|e| format!("open {}: {e}", path.display()))?;
+        auto_maps_zero_copy(&file, &data)?;
+        let map = MapCopy::map(&file).map_err(|e| format!("map: {e}"))?;
+        let mut refused = writers_refused(&path, *size as u64, &[])?;
+        refused.push(opened_for_writing(&path)?);
+        eprintln!("{kind}/{name}: refused:\n{}", refused.join("\n"));
+        if map[..] != data[..] {
+            return fail(format!("{name}: the mapping changed"));
+        }
+        // An unprivileged reader maps it the same way.
+        let mut cmd = match privilege::as_nobody(&privilege::current_exe_for_nobody()?) {
+            Ok(c) => c,
+            Err(why) => return skip(format!("cannot run as nobody: {why}")),
+        };
+        let out = cmd
+            .env(READER_ENV, &path)
+            .output()
+            .map_err(|e| format!("running the reader as nobody: {e}"))?;
+        let want = format!("immutable {}", checksum(&data));
+        let got = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() || got.trim() != want {
+            return fail(format!(
+                "as nobody, {name}: {} {got:?} (want {want:?}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
+    drop(img);
+    Ok(())
+}
+
+fn checksum(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| {
+        (h ^ x as u64).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+fn reader_main(path: &Path) -> i32 {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("open {}: {e}", path.display());
+            return 1;
+        }
+    };
+    match MapCopy::map(&file) {
+        Ok(m) => {
+            println!("{} {}", m.strategy(), checksum(&m));
+            0
+        }
+        Err(e) => {
+            eprintln!("map: {e}");
+            1
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Files that are not immutable
+
+fn not_immutable_case() -> Outcome {
+    let f = fixture::TestFile::new(2 * page() + 3).map_err(|e| format!("test file: {e}"))?;
+    let file = f.open().map_err(|e| format!("open: {e}"))?;
+    let e = MapOptions::new()
+        .strategy(Strategy::Immutable)
+        .map(&file)
+        .err()
+        .ok_or("a writable file was accepted")?;
+    if e.kind() != ErrorKind::Unsupported || !e.to_string().contains("can be written") {
+        return fail(format!("refusal: {e}"));
+    }
+    let map = MapCopy::map(&file).map_err(|e| format!("map: {e}"))?;
+    if map.strategy() == Strategy::Immutable {
+        return fail("Auto picked immutable for a writable file");
+    }
+    // A read-only bind mount does not make the file immutable.
+    if !privilege::is_root() {
+        return skip("a read-only bind mount needs root");
+    }
+    let mnt = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
+    let run = |args: &[&std::ffi::OsStr]| -> Outcome {
+        let out = Command::new("mount")
+            .args(args)
+            .output()
+            .map_err(|e| format!("mount: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            fail(format!(
+                "mount {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    };
+    run(&[
+        "--bind".as_ref(),
+        "-o".as_ref(),
+        "ro".as_ref(),
+        f.dir().as_os_str(),
+        mnt.path().as_os_str(),
+    ])?;
+    let result = (|| {
+        let name = f.path().file_name().ok_or("no file name")?;
+        let ro = File::open(mnt.path().join(name)).map_err(|e| format!("open: {e}"))?;
+        let e = MapOptions::new()
+            .strategy(Strategy::Immutable)
+            .map(ro.as_fd())
+            .err()
+            .ok_or("a file on a read-only bind mount was accepted")?;
+        if e.kind() != ErrorKind::Unsupported {
+            return fail(format!("refusal: {e}"));
+        }
+        Ok(())
+    })();
+    let _ = Command::new("umount").arg(mnt.path()).status();
+    result
+}
+
+fn trials() -> Vec<Trial> {
+    let mut t = vec![
+        Trial::test("memfd/sealed", memfd_sealed_case),
+        Trial::test("memfd/grow", memfd_grow_case),
+        Trial::test("memfd/sizes", memfd_sizes_case),
+        Trial::test("memfd/fork", memfd_fork_case),
+        Trial::test("memfd/partial-seals", memfd_partial_seals_case),
+        Trial::test("memfd/future-write", memfd_future_write_case),
+        Trial::test("not-immutable", not_immutable_case),
+    ];
+    for kind in ReadOnlyKind::ALL {
+        t.push(Trial::test(format!("{kind}/files"), move || {
+            image_case(kind)
+        }));
+    }
+    // The memfd cases need no privilege: run them as nobody too.
+    for inner in ["memfd/sealed", "memfd/grow", "memfd/partial-seals"] {
+        t.push(Trial::test(format!("nobody/{inner}"), move || {
+            nobody(inner)
+        }));
+    }
+    t
+}
+
+fn nobody(inner: &str) -> Outcome {
+    let mut cmd = match privilege::trial(inner, true) {
+        Ok(c) => c,
+        Err(why) => return skip(format!("cannot run as nobody: {why}")),
+    };
+    let out = cmd
+        .output()
+        .map_err(|e| format!("running {inner} as nobody: {e}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if out.status.success() && stdout.contains("1 passed") {
+        Ok(())
+    } else {
+        fail(format!(
+            "as nobody, {inner} ended with {}:\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+fn main() {
+    mapcopy_check::child::dispatch();
+    if let Some(path) = std::env::var_os(READER_ENV) {
+        std::process::exit(reader_main(Path::new(&path)));
+    }
+    let args = Arguments::from_args();
+    libtest_mimic::run(&args, trials()).exit();
+}
