@@ -9,6 +9,7 @@
 //! the methods so that a noisy neighbour hurts them alike.
 
 mod forkcost;
+mod immutable;
 mod json;
 mod many;
 mod python;
@@ -260,6 +261,9 @@ pub struct Results {
     pub writer: Vec<WriterRow>,
     /// `fork()` with each kind of mapping alive (the largest dense file).
     pub fork: Vec<forkcost::ForkRow>,
+    /// Immutable against MAP_PRIVATE on a sealed memfd (a copy of the
+    /// largest dense file).
+    pub immutable: immutable::ImmResults,
     /// The Python package against numpy's own ways (the largest dense file).
     pub python: python::PyResults,
     pub many: Many,
@@ -450,7 +454,8 @@ fn bench(args: Args) -> Result<(), String> {
         .map(|&w| plan.sizes_of(w).len() * methods.len() * plan.reps)
         .sum::<usize>()
         + 2 * writer_rows * plan.reps
-        + (methods.len() - 1) * plan.reps;
+        + (methods.len() - 1) * plan.reps
+        + immutable::steps(plan.reps);
     progress.total = total;
 
     let loadavg_start = loadavg();
@@ -531,6 +536,7 @@ fn bench(args: Args) -> Result<(), String> {
     let writer = writer_cost(&plan, &methods, &writer_path, &mut progress);
     let largest = plan.sizes[plan.sizes.len() - 1];
     let fork = forkcost::measure(&methods, path_of(largest), plan.reps, &mut progress);
+    let immutable = immutable::measure(path_of(largest), plan.reps, &mut progress);
     progress
         .note("Python: mapcopy.open + numpy.frombuffer against numpy.fromfile and numpy.memmap");
     let python = python::measure(path_of(largest), plan.reps);
@@ -554,6 +560,7 @@ fn bench(args: Args) -> Result<(), String> {
         cells,
         writer,
         fork,
+        immutable,
         python,
         many,
         auto_pick: probe.auto.as_ref().ok().copied(),

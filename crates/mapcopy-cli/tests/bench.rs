@@ -215,8 +215,22 @@ fn bench_quick_writes_a_complete_report() {
         );
     }
 
+    // Immutable on a sealed memfd, against MAP_PRIVATE of it.
+    let imm = &json["immutable"];
+    assert!(imm["error"].is_null(), "{}", imm["error"]);
+    let imm_rows = imm["records"].as_array().expect("immutable records");
+    let methods_imm: Vec<&str> = imm_rows
+        .iter()
+        .map(|r| r["method"].as_str().expect("method"))
+        .collect();
+    assert_eq!(methods_imm, ["MAP_PRIVATE", "immutable", "auto"]);
+    for r in imm_rows {
+        assert!(r["error"].is_null(), "{}", r["error"]);
+        assert!(r["us_median"].as_f64().expect("µs") > 0.0);
+    }
+
     let goals = json["goals"].as_array().expect("goals");
-    assert_eq!(goals.len(), 16);
+    assert_eq!(goals.len(), 17);
     for g in goals {
         assert!(g["met"].is_boolean() || g["met"].is_null());
         assert!(!g["detail"].as_str().expect("detail").is_empty());

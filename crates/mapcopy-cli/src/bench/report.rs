@@ -9,7 +9,7 @@ use mapcopy::Strategy;
 use super::json::Json;
 use super::svg::{self, Axis, Bar, Group};
 use super::workload::{Method, Workload};
-use super::{Results, WriterRow, fmt_secs, fmt_size, forkcost, python, stats};
+use super::{Results, WriterRow, fmt_secs, fmt_size, forkcost, immutable, python, stats};
 
 /// One performance goal of issue 6 and whether this run met it.
 pub struct Goal {
@@ -101,6 +101,15 @@ fn ratio_goal(
 pub fn goals(r: &Results) -> Vec<Goal> {
     let sizes = &r.plan.sizes;
     let mut g = Vec::new();
+    let imm = &r.immutable;
+    g.push(Goal {
+        name: "immutable: map + first byte within 1.2× MAP_PRIVATE's time (a sealed memfd; ratio ≥ 0.83)".into(),
+        met: imm.ratio().map(|x| x >= 1.0 / 1.2),
+        detail: match imm.ratio() {
+            Some(x) => format!("{x:.2} ({})", immutable::rows(imm).iter().map(|row| format!("{} {} µs", row[0], row[1])).collect::<Vec<_>>().join(", ")),
+            None => imm.error.clone().unwrap_or_else(|| "not measured".into()),
+        },
+    });
     for s in [Strategy::Guard, Strategy::Lease, Strategy::Lazy] {
         g.push(ratio_goal(
             r,
@@ -316,6 +325,13 @@ fn fork_title(r: &Results) -> String {
     format!(
         "fork() cost: the parent's time in fork() with a {} mapping alive (first byte read), the child exiting at once",
         fmt_size(r.plan.sizes[r.plan.sizes.len() - 1])
+    )
+}
+
+fn immutable_title(r: &Results) -> String {
+    format!(
+        "immutable files: map + first byte of a {} memfd sealed with F_SEAL_WRITE and F_SEAL_SHRINK (a copy of the largest file), µs per map, median (min … max) of batches of 200",
+        fmt_size(r.immutable.size)
     )
 }
 
@@ -605,6 +621,8 @@ pub fn text(r: &Results, goals: &[Goal]) -> String {
     plain_table(&mut out, WRITER_HEADERS, &writer_rows(r));
     let _ = writeln!(out, "\n{}:", fork_title(r));
     plain_table(&mut out, forkcost::HEADERS, &forkcost::rows(&r.fork));
+    let _ = writeln!(out, "\n{}:", immutable_title(r));
+    plain_table(&mut out, immutable::HEADERS, &immutable::rows(&r.immutable));
     let _ = writeln!(out, "\n{}:", python_title(r));
     plain_table(&mut out, python::HEADERS, &python::rows(&r.python));
     let _ = writeln!(out, "\n{}:", many_title(r));
@@ -646,6 +664,12 @@ fn markdown(r: &Results, goals: &[Goal]) -> String {
         fork_title(r)
     );
     md_table(&mut out, forkcost::HEADERS, &forkcost::rows(&r.fork));
+    let _ = writeln!(
+        out,
+        "\n## Immutable files\n\n{}. The bench's own files are on a writable filesystem, where `immutable` refuses; a sealed memfd is a file it maps.\n",
+        immutable_title(r)
+    );
+    md_table(&mut out, immutable::HEADERS, &immutable::rows(&r.immutable));
     let _ = writeln!(
         out,
         "\n## Python\n\n{} ({}). Ratios: the baseline's median over this method's (above 1: faster).\n",
@@ -803,6 +827,7 @@ fn results_json(r: &Results, goals: &[Goal]) -> Json {
         ("records", Json::Arr(records)),
         ("writer_cost", Json::Arr(writer)),
         ("fork_cost", forkcost::json(&r.fork)),
+        ("immutable", immutable::json(&r.immutable)),
         ("python", python::json(&r.python)),
         ("auto_pick", Json::opt_str(r.auto_pick.map(Strategy::name))),
         (
@@ -1036,6 +1061,7 @@ mod tests {
                 .collect(),
             writer,
             fork: Vec::new(),
+            immutable: Default::default(),
             python: python::PyResults {
                 rows: Err("not run".into()),
                 python: String::new(),
@@ -1090,9 +1116,33 @@ mod tests {
                 error: None,
             },
         ];
-        let r = results(cells, writer);
+        let mut r = results(cells, writer);
         let g = goals(&r);
-        assert_eq!(g.len(), 16);
+        assert_eq!(g.len(), 17);
+        // Immutable not measured: no verdict, the reason.
+        let imm = goal(&g, "immutable: map + first byte");
+        assert_eq!((imm.met, imm.detail.as_str()), (None, "not measured"));
+        // 10 µs against MAP_PRIVATE's 9: met (0.9 ≥ 1/1.2); 12: not.
+        for (us, met) in [(10.0, true), (12.0, false)] {
+            r.immutable = immutable::ImmResults {
+                size: MIB,
+                rows: vec![
+                    immutable::Row {
+                        way: immutable::Way::MapPrivate,
+                        us: vec![9.0],
+                        error: None,
+                    },
+                    immutable::Row {
+                        way: immutable::Way::Named,
+                        us: vec![us],
+                        error: None,
+                    },
+                ],
+                error: None,
+            };
+            let g = goals(&r);
+            assert_eq!(goal(&g, "immutable: map").met, Some(met), "{us} µs");
+        }
         assert_eq!(goal(&g, "guard: full scan").met, Some(false));
         assert_eq!(goal(&g, "eager: full scan").met, Some(true));
         assert_eq!(goal(&g, "guard: map + first byte").met, Some(true));
