@@ -8,6 +8,7 @@
 //! as fast as the baseline and 0.50 twice as slow). Repetitions interleave
 //! the methods so that a noisy neighbour hurts them alike.
 
+mod deref;
 mod forkcost;
 mod json;
 mod many;
@@ -260,6 +261,8 @@ pub struct Results {
     pub writer: Vec<WriterRow>,
     /// `fork()` with each kind of mapping alive (the largest dense file).
     pub fork: Vec<forkcost::ForkRow>,
+    /// Byte-indexed loop against slice loop over each strategy's mapping.
+    pub deref: Vec<deref::DerefRow>,
     /// The Python package against numpy's own ways (the largest dense file).
     pub python: python::PyResults,
     pub many: Many,
@@ -389,6 +392,7 @@ fn bench(args: Args) -> Result<(), String> {
         ));
     }
     let writer_path = tmp.path().join("writer.bin");
+    let deref_path = tmp.path().join("deref.bin");
     for (size, sparse, path) in &files {
         progress.note(&format!(
             "creating {} {} file",
@@ -400,6 +404,8 @@ fn bench(args: Args) -> Result<(), String> {
     }
     create_file(&writer_path, plan.writer_size, false)
         .map_err(|e| format!("creating {}: {e}", writer_path.display()))?;
+    create_file(&deref_path, deref::SIZE, false)
+        .map_err(|e| format!("creating {}: {e}", deref_path.display()))?;
     let path_of = |size: u64| -> &Path {
         &files
             .iter()
@@ -450,7 +456,8 @@ fn bench(args: Args) -> Result<(), String> {
         .map(|&w| plan.sizes_of(w).len() * methods.len() * plan.reps)
         .sum::<usize>()
         + 2 * writer_rows * plan.reps
-        + (methods.len() - 1) * plan.reps;
+        + (methods.len() - 1) * plan.reps
+        + deref::planned(&methods).len() * plan.reps;
     progress.total = total;
 
     let loadavg_start = loadavg();
@@ -531,6 +538,10 @@ fn bench(args: Args) -> Result<(), String> {
     let writer = writer_cost(&plan, &methods, &writer_path, &mut progress);
     let largest = plan.sizes[plan.sizes.len() - 1];
     let fork = forkcost::measure(&methods, path_of(largest), plan.reps, &mut progress);
+    if !plan.cold {
+        warm(&deref_path).map_err(|e| format!("reading {}: {e}", deref_path.display()))?;
+    }
+    let deref = deref::measure(&methods, &deref_path, plan.reps, &mut progress);
     progress
         .note("Python: mapcopy.open + numpy.frombuffer against numpy.fromfile and numpy.memmap");
     let python = python::measure(path_of(largest), plan.reps);
@@ -554,6 +565,7 @@ fn bench(args: Args) -> Result<(), String> {
         cells,
         writer,
         fork,
+        deref,
         python,
         many,
         auto_pick: probe.auto.as_ref().ok().copied(),
