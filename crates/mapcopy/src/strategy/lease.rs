@@ -992,6 +992,37 @@ mod tests {
         assert_eq!(&map2[..], b"changed");
     }
 
+    /// `MapCopy` derefs to the address it read at map time, so a break and
+    /// the fork handler's snapshot must put the copy (or clone) over the
+    /// same range: the snapshot's span and bytes stay where they were.
+    #[test]
+    fn break_and_fork_prepare_keep_the_address() {
+        let data: Vec<u8> = (0..5 * 4096 + 3).map(|i| (i % 251) as u8).collect();
+        let (path, file) = leased(&data);
+        let map = MapOptions::new()
+            .strategy(Strategy::Lease)
+            .map(&file)
+            .unwrap();
+        let at = map.as_ptr();
+        // A writer opens the file: the break snapshots first.
+        std::fs::write(&path, b"changed").unwrap();
+        assert!(map.span_unchanged());
+        assert_eq!(map.as_ptr(), at);
+        assert_eq!(&map[..], &data[..]);
+        // What libc's fork() runs first: every leased mapping snapshotted.
+        std::fs::write(&path, &data).unwrap();
+        let map = MapOptions::new()
+            .strategy(Strategy::Lease)
+            .map(File::open(&path).unwrap())
+            .unwrap();
+        let at = map.as_ptr();
+        prepare_fork();
+        assert!(map.span_unchanged());
+        assert_eq!(map.as_ptr(), at);
+        std::fs::write(&path, b"changed").unwrap();
+        assert_eq!(&map[..], &data[..]);
+    }
+
     #[test]
     fn map_mut_is_private_and_refuses_writable_fd() {
         let (path, file) = leased(b"abc");

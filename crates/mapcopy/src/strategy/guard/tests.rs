@@ -190,6 +190,46 @@ fn shutdown_snapshots_everything_then_lets_writers_go() {
     assert_eq!(&map[..], b"again");
 }
 
+/// `MapCopy` derefs to the address it read at map time, so a detach (before
+/// a truncation) and the fork handler's detach must put the anonymous copy
+/// over the same range: the snapshot's span and bytes stay where they were.
+#[test]
+fn detach_and_fork_prepare_keep_the_address() {
+    if let Err(why) = check(None) {
+        eprintln!("SKIPPED: guard not usable: {why}");
+        assert_ne!(std::env::var("MAPCOPY_REQUIRE_ALL").as_deref(), Ok("1"));
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f");
+    let data: Vec<u8> = (0..6 * 4096 + 9).map(|i| (i / 4096) as u8 + 3).collect();
+    std::fs::write(&path, &data).unwrap();
+    let f = std::fs::File::open(&path).unwrap();
+    let map = crate::MapOptions::new()
+        .strategy(Strategy::Guard)
+        .map(&f)
+        .unwrap();
+    let other = crate::MapOptions::new()
+        .strategy(Strategy::Guard)
+        .map(&f)
+        .unwrap();
+    let (at, other_at) = (map.as_ptr(), other.as_ptr());
+    // Another process truncates: the guard detaches from page 2 on first.
+    let st = std::process::Command::new("timeout")
+        .args(["20", "truncate", "-s", "8192"])
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(st.success(), "truncate: {st}");
+    assert!(map.span_unchanged() && other.span_unchanged());
+    assert!(map[..] == data[..]);
+    // What libc's fork() runs first: every mapping detached completely.
+    prepare_fork();
+    assert!(map.span_unchanged() && other.span_unchanged());
+    assert_eq!((map.as_ptr(), other.as_ptr()), (at, other_at));
+    assert!(map[..] == data[..] && other[..] == data[..]);
+}
+
 #[test]
 fn file_part_rounds_to_pages() {
     assert_eq!(file_part(0, 8192, 5000, 4096), 8192);
