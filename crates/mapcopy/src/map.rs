@@ -15,7 +15,9 @@ use crate::{Error, MapOptions, Strategy};
 /// snapshot that no other writer can change (the contract in the crate docs).
 ///
 /// It derefs to `[u8]`, is `Send + Sync + 'static`, and its address is stable
-/// for its whole life, so it can back zero-copy buffers
+/// for its whole life. `Deref` is an inline pointer and length, as
+/// memmap2's: indexing the map byte by byte (`map[i]` in a loop) costs what
+/// indexing a slice does. Being stable, it can back zero-copy buffers
 /// (`bytes::Bytes::from_owner`, Arrow buffers) directly. `clone` is cheap:
 /// clones share one mapping, unmapped when the last one goes. With the
 /// `stable_deref_trait` feature it is `StableDeref` (owning_ref, yoke); with
@@ -193,9 +195,10 @@ impl Advice {
 
 #[cfg(feature = "stable_deref_trait")]
 // SAFETY: the bytes live in memory the snapshot owns (never in `MapCopy`
-// itself), at an address that does not change for the snapshot's life, and
-// clones share that snapshot: moving a `MapCopy` never moves what it derefs
-// to.
+// itself), at an address that does not change for the snapshot's life
+// (`Snapshot`'s promises; `MapCopy` keeps that address from construction
+// on), and clones share that snapshot and that address: moving a `MapCopy`
+// never moves what it derefs to.
 #[allow(unsafe_code)]
 unsafe impl stable_deref_trait::StableDeref for MapCopy {}
 
