@@ -8,6 +8,7 @@
 //! as fast as the baseline and 0.50 twice as slow). Repetitions interleave
 //! the methods so that a noisy neighbour hurts them alike.
 
+mod deref;
 mod forkcost;
 mod immutable;
 mod json;
@@ -264,6 +265,8 @@ pub struct Results {
     /// Immutable against MAP_PRIVATE on a sealed memfd (a copy of the
     /// largest dense file).
     pub immutable: immutable::ImmResults,
+    /// Byte-indexed loop against slice loop over each strategy's mapping.
+    pub deref: Vec<deref::DerefRow>,
     /// The Python package against numpy's own ways (the largest dense file).
     pub python: python::PyResults,
     pub many: Many,
@@ -393,6 +396,7 @@ fn bench(args: Args) -> Result<(), String> {
         ));
     }
     let writer_path = tmp.path().join("writer.bin");
+    let deref_path = tmp.path().join("deref.bin");
     for (size, sparse, path) in &files {
         progress.note(&format!(
             "creating {} {} file",
@@ -404,6 +408,8 @@ fn bench(args: Args) -> Result<(), String> {
     }
     create_file(&writer_path, plan.writer_size, false)
         .map_err(|e| format!("creating {}: {e}", writer_path.display()))?;
+    create_file(&deref_path, deref::SIZE, false)
+        .map_err(|e| format!("creating {}: {e}", deref_path.display()))?;
     let path_of = |size: u64| -> &Path {
         &files
             .iter()
@@ -455,7 +461,8 @@ fn bench(args: Args) -> Result<(), String> {
         .sum::<usize>()
         + 2 * writer_rows * plan.reps
         + (methods.len() - 1) * plan.reps
-        + immutable::steps(plan.reps);
+        + immutable::steps(plan.reps)
+        + deref::planned(&methods).len() * plan.reps;
     progress.total = total;
 
     let loadavg_start = loadavg();
@@ -537,6 +544,10 @@ fn bench(args: Args) -> Result<(), String> {
     let largest = plan.sizes[plan.sizes.len() - 1];
     let fork = forkcost::measure(&methods, path_of(largest), plan.reps, &mut progress);
     let immutable = immutable::measure(path_of(largest), plan.reps, &mut progress);
+    if !plan.cold {
+        warm(&deref_path).map_err(|e| format!("reading {}: {e}", deref_path.display()))?;
+    }
+    let deref = deref::measure(&methods, &deref_path, plan.reps, &mut progress);
     progress
         .note("Python: mapcopy.open + numpy.frombuffer against numpy.fromfile and numpy.memmap");
     let python = python::measure(path_of(largest), plan.reps);
@@ -561,6 +572,7 @@ fn bench(args: Args) -> Result<(), String> {
         writer,
         fork,
         immutable,
+        deref,
         python,
         many,
         auto_pick: probe.auto.as_ref().ok().copied(),

@@ -5,16 +5,19 @@ use std::fs::File;
 use std::ops::{Deref, DerefMut};
 use std::os::fd::AsFd;
 use std::path::Path;
+use std::ptr::NonNull;
 use std::sync::Arc;
 
-use crate::strategy::Snapshot;
+use crate::strategy::{Snapshot, Span};
 use crate::{Error, MapOptions, Strategy};
 
 /// A read-only copy mapping: the file's bytes as `&[u8]`, each page a
 /// snapshot that no other writer can change (the contract in the crate docs).
 ///
 /// It derefs to `[u8]`, is `Send + Sync + 'static`, and its address is stable
-/// for its whole life, so it can back zero-copy buffers
+/// for its whole life. `Deref` is an inline pointer and length, as
+/// memmap2's: indexing the map byte by byte (`map[i]` in a loop) costs what
+/// indexing a slice does. Being stable, it can back zero-copy buffers
 /// (`bytes::Bytes::from_owner`, Arrow buffers) directly. `clone` is cheap:
 /// clones share one mapping, unmapped when the last one goes. With the
 /// `stable_deref_trait` feature it is `StableDeref` (owning_ref, yoke); with
@@ -32,8 +35,23 @@ use crate::{Error, MapOptions, Strategy};
 /// ```
 #[derive(Clone)]
 pub struct MapCopy {
+    /// The user's first byte: `inner`'s span, read once at construction
+    /// (fixed for the snapshot's life, see `Snapshot`).
+    ptr: NonNull<u8>,
+    len: usize,
+    /// Owns the bytes; never asked for them again.
     inner: Arc<dyn Snapshot>,
 }
+
+// SAFETY: `MapCopy` is a shared, read-only view of bytes that never change
+// (`Snapshot`'s promises) plus the `Arc` that owns them, which is `Send +
+// Sync` (`Snapshot: Send + Sync`). Sending it or sharing it between threads
+// hands out only `&[u8]` into immutable memory, like an `Arc<[u8]>`.
+#[allow(unsafe_code)]
+unsafe impl Send for MapCopy {}
+// SAFETY: as above.
+#[allow(unsafe_code)]
+unsafe impl Sync for MapCopy {}
 
 impl MapCopy {
     /// Opens `path` read-only and maps the whole file with [`Strategy::Auto`].
@@ -117,9 +135,34 @@ impl MapCopy {
     }
 
     pub(crate) fn from_snapshot(inner: Box<dyn Snapshot>) -> Result<MapCopy, Error> {
+        let Span { ptr, len } = inner.span();
         Ok(MapCopy {
+            ptr,
+            len,
             inner: Arc::from(inner),
         })
+    }
+
+    /// Does the snapshot still say its bytes are where this value points?
+    /// (Always, by `Snapshot`'s promises; checked in debug builds when a
+    /// value is dropped, after whatever detach, lease break or fork it went
+    /// through, and by the strategies' tests.)
+    pub(crate) fn span_unchanged(&self) -> bool {
+        self.inner.span()
+            == Span {
+                ptr: self.ptr,
+                len: self.len,
+            }
+    }
+}
+
+impl Drop for MapCopy {
+    fn drop(&mut self) {
+        debug_assert!(
+            self.span_unchanged(),
+            "a {} snapshot moved its bytes",
+            self.inner.strategy()
+        );
     }
 }
 
@@ -152,9 +195,10 @@ impl Advice {
 
 #[cfg(feature = "stable_deref_trait")]
 // SAFETY: the bytes live in memory the snapshot owns (never in `MapCopy`
-// itself), at an address that does not change for the snapshot's life, and
-// clones share that snapshot: moving a `MapCopy` never moves what it derefs
-// to.
+// itself), at an address that does not change for the snapshot's life
+// (`Snapshot`'s promises; `MapCopy` keeps that address from construction
+// on), and clones share that snapshot and that address: moving a `MapCopy`
+// never moves what it derefs to.
 #[allow(unsafe_code)]
 unsafe impl stable_deref_trait::StableDeref for MapCopy {}
 
@@ -173,23 +217,36 @@ impl From<MapCopy> for bytes::Bytes {
 
 impl Deref for MapCopy {
     type Target = [u8];
+    #[inline]
     fn deref(&self) -> &[u8] {
-        self.inner.bytes()
+        #[allow(unsafe_code)]
+        // SAFETY: `ptr` and `len` are the span of `inner` (read once in
+        // `from_snapshot`), which `self` keeps alive for at least as long as
+        // the returned borrow of `self`. `Snapshot`'s promises: that span is
+        // the same for the snapshot's whole life (a detach, lease break or
+        // fork handler swaps pages in place, never moves them), mapped,
+        // readable without a fatal fault, non-null and trivially aligned for
+        // `u8`, and its bytes never change — a snapshot behind a `MapCopy`
+        // was made for `map`, so not even a `MapCopyMut` writes it. A span
+        // lies inside one mapping, so `len <= isize::MAX`.
+        unsafe {
+            std::slice::from_raw_parts(self.ptr.as_ptr(), self.len)
+        }
     }
 }
 
 impl AsRef<[u8]> for MapCopy {
+    #[inline]
     fn as_ref(&self) -> &[u8] {
-        self.inner.bytes()
+        self
     }
 }
 
 impl fmt::Debug for MapCopy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let b = self.inner.bytes();
         f.debug_struct("MapCopy")
-            .field("ptr", &b.as_ptr())
-            .field("len", &b.len())
+            .field("ptr", &self.ptr)
+            .field("len", &self.len)
             .field("strategy", &self.strategy())
             .finish()
     }
@@ -214,8 +271,23 @@ impl fmt::Debug for MapCopy {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct MapCopyMut {
+    /// The user's first byte: `inner`'s span, read once at construction
+    /// (fixed for the snapshot's life, see `Snapshot`).
+    ptr: NonNull<u8>,
+    len: usize,
+    /// Owns the bytes; never asked for them again.
     inner: Box<dyn Snapshot>,
 }
+
+// SAFETY: `MapCopyMut` owns its bytes exclusively (a `map_mut` snapshot:
+// nothing but this value writes them, `Snapshot`'s promises) together with
+// the `Box` that keeps them, which is `Send + Sync`; like a `Box<[u8]>`,
+// `&mut` access needs `&mut self` and `&self` gives only `&[u8]`.
+#[allow(unsafe_code)]
+unsafe impl Send for MapCopyMut {}
+// SAFETY: as above.
+#[allow(unsafe_code)]
+unsafe impl Sync for MapCopyMut {}
 
 impl MapCopyMut {
     /// The strategy that made this mapping (never [`Strategy::Auto`]).
@@ -230,42 +302,83 @@ impl MapCopyMut {
         self.inner.strategy()
     }
 
+    /// Made from a snapshot of a `map_mut` request (`Request::writable`).
     pub(crate) fn from_snapshot(inner: Box<dyn Snapshot>) -> Result<MapCopyMut, Error> {
-        Ok(MapCopyMut { inner })
+        let Span { ptr, len } = inner.span();
+        Ok(MapCopyMut { ptr, len, inner })
+    }
+
+    /// As [`MapCopy`]'s: does the snapshot still say its bytes are where
+    /// this value points?
+    pub(crate) fn span_unchanged(&self) -> bool {
+        self.inner.span()
+            == Span {
+                ptr: self.ptr,
+                len: self.len,
+            }
+    }
+}
+
+impl Drop for MapCopyMut {
+    fn drop(&mut self) {
+        debug_assert!(
+            self.span_unchanged(),
+            "a {} snapshot moved its bytes",
+            self.inner.strategy()
+        );
     }
 }
 
 impl Deref for MapCopyMut {
     type Target = [u8];
+    #[inline]
     fn deref(&self) -> &[u8] {
-        self.inner.bytes()
+        #[allow(unsafe_code)]
+        // SAFETY: as in `MapCopy`'s `deref`: the span of `inner`, alive as
+        // long as `self`, at an address fixed for the snapshot's life,
+        // readable without a fatal fault. Its bytes change only by stores
+        // through `deref_mut`, which needs `&mut self`, so none happens
+        // while this shared borrow lives.
+        unsafe {
+            std::slice::from_raw_parts(self.ptr.as_ptr(), self.len)
+        }
     }
 }
 
 impl DerefMut for MapCopyMut {
+    #[inline]
     fn deref_mut(&mut self) -> &mut [u8] {
-        self.inner.bytes_mut()
+        #[allow(unsafe_code)]
+        // SAFETY: as in `deref`, and: `inner` was made for `map_mut`, so the
+        // span is mapped writable and nothing but this value writes or
+        // hands out references into it (`Snapshot`'s promises); `&mut self`
+        // makes this the only live reference. The span is outside the
+        // `Box`'s allocation, so the borrow aliases nothing Rust owns.
+        unsafe {
+            std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len)
+        }
     }
 }
 
 impl AsRef<[u8]> for MapCopyMut {
+    #[inline]
     fn as_ref(&self) -> &[u8] {
-        self.inner.bytes()
+        self
     }
 }
 
 impl AsMut<[u8]> for MapCopyMut {
+    #[inline]
     fn as_mut(&mut self) -> &mut [u8] {
-        self.inner.bytes_mut()
+        self
     }
 }
 
 impl fmt::Debug for MapCopyMut {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let b = self.inner.bytes();
         f.debug_struct("MapCopyMut")
-            .field("ptr", &b.as_ptr())
-            .field("len", &b.len())
+            .field("ptr", &self.ptr)
+            .field("len", &self.len)
             .field("strategy", &self.strategy())
             .finish()
     }

@@ -9,7 +9,7 @@ use mapcopy::Strategy;
 use super::json::Json;
 use super::svg::{self, Axis, Bar, Group};
 use super::workload::{Method, Workload};
-use super::{Results, WriterRow, fmt_secs, fmt_size, forkcost, immutable, python, stats};
+use super::{Results, WriterRow, deref, fmt_secs, fmt_size, forkcost, immutable, python, stats};
 
 /// One performance goal of issue 6 and whether this run met it.
 pub struct Goal {
@@ -335,6 +335,14 @@ fn immutable_title(r: &Results) -> String {
     )
 }
 
+fn deref_title() -> String {
+    format!(
+        "indexing through Deref: `for i in 0..m.len() {{ s += m[i] }}` against `for &b in &m[..]` over a populated {} mapping, {} pairs of runs per repetition, interleaved (goal: byte / slice ≤ 1.10× for every strategy)",
+        fmt_size(deref::SIZE),
+        deref::PAIRS
+    )
+}
+
 fn many_title(r: &Results) -> String {
     format!(
         "many files: {} files of {}–{} ({} in all), each opened, mapped (or read) and read once, all kept live",
@@ -623,6 +631,8 @@ pub fn text(r: &Results, goals: &[Goal]) -> String {
     plain_table(&mut out, forkcost::HEADERS, &forkcost::rows(&r.fork));
     let _ = writeln!(out, "\n{}:", immutable_title(r));
     plain_table(&mut out, immutable::HEADERS, &immutable::rows(&r.immutable));
+    let _ = writeln!(out, "\n{}:", deref_title());
+    plain_table(&mut out, deref::HEADERS, &deref::rows(&r.deref));
     let _ = writeln!(out, "\n{}:", python_title(r));
     plain_table(&mut out, python::HEADERS, &python::rows(&r.python));
     let _ = writeln!(out, "\n{}:", many_title(r));
@@ -670,6 +680,12 @@ fn markdown(r: &Results, goals: &[Goal]) -> String {
         immutable_title(r)
     );
     md_table(&mut out, immutable::HEADERS, &immutable::rows(&r.immutable));
+    let _ = writeln!(
+        out,
+        "\n## Indexing through Deref\n\n{}. Code ported from memmap2 indexes the mapping directly; \"byte / slice\" is the byte loop's median over the slice loop's (1.00×: as fast).\n",
+        deref_title()
+    );
+    md_table(&mut out, deref::HEADERS, &deref::rows(&r.deref));
     let _ = writeln!(
         out,
         "\n## Python\n\n{} ({}). Ratios: the baseline's median over this method's (above 1: faster).\n",
@@ -828,6 +844,7 @@ fn results_json(r: &Results, goals: &[Goal]) -> Json {
         ("writer_cost", Json::Arr(writer)),
         ("fork_cost", forkcost::json(&r.fork)),
         ("immutable", immutable::json(&r.immutable)),
+        ("deref", deref::json(&r.deref)),
         ("python", python::json(&r.python)),
         ("auto_pick", Json::opt_str(r.auto_pick.map(Strategy::name))),
         (
@@ -1062,6 +1079,7 @@ mod tests {
             writer,
             fork: Vec::new(),
             immutable: Default::default(),
+            deref: Vec::new(),
             python: python::PyResults {
                 rows: Err("not run".into()),
                 python: String::new(),

@@ -30,7 +30,7 @@
 
 use rustix::mm::{Advice, MprotectFlags, ProtFlags};
 
-use super::{Request, Snapshot, Strategy};
+use super::{Request, Snapshot, Span, Strategy};
 use crate::sys::change::Stamp;
 use crate::sys::file::read_full;
 use crate::sys::mmap::{HUGE_PAGE, Region};
@@ -132,21 +132,19 @@ struct Eager {
     len: usize,
 }
 
-impl Snapshot for Eager {
+// SAFETY: (`Snapshot`'s promises) the span is `[head, head + len)` of
+// `region`, which is never remapped: the address is fixed for the value's
+// life. Private anonymous memory, filled once by `fill` before this value
+// existed; afterwards only a `MapCopyMut`'s stores write it (map_mut
+// requests leave it writable, others are made read-only). Anonymous memory
+// never faults fatally, and no fork handler touches it (a child inherits it
+// as ordinary private memory).
+unsafe impl Snapshot for Eager {
     fn strategy(&self) -> Strategy {
         Strategy::Eager
     }
 
-    fn bytes(&self) -> &[u8] {
-        // SAFETY: private anonymous memory filled once by `fill` before this
-        // value existed; afterwards only `bytes_mut` (through `&mut self`)
-        // writes it. Anonymous memory never faults fatally.
-        unsafe { self.region.as_slice(self.head, self.len) }
-    }
-
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as above; the region stayed writable for map_mut requests
-        // (the only ones that reach here) and `&mut self` is exclusive.
-        unsafe { self.region.as_mut_slice(self.head, self.len) }
+    fn span(&self) -> Span {
+        self.region.span(self.head, self.len)
     }
 }

@@ -68,7 +68,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Once, OnceLock, PoisonError};
 
 use rustix::mm::{Advice, ProtFlags};
 
-use super::{Request, Snapshot, Strategy};
+use super::{Request, Snapshot, Span, Strategy};
 use crate::Error;
 use crate::sys::fanotify::{self, Event, FAN_PRE_ACCESS, Group, LeaseProbe, Response};
 use crate::sys::mmap::{HUGE_PAGE, Region};
@@ -1217,34 +1217,31 @@ impl Guard {
     }
 }
 
-impl Snapshot for Guard {
+// SAFETY: (`Snapshot`'s promises) the span is `[head, head + len)` of the
+// mapping's region, which is never remapped elsewhere: `Mapping::detach`
+// moves its anonymous copy over the same range (`mremap(MREMAP_FIXED)` onto
+// `region.as_ptr() + off`), `Mapping::copy_pages` maps zeros `MAP_FIXED` at
+// the same page, and the fork handler (`prepare_fork`) detaches the same
+// way, so the address is fixed for the value's life, in the parent and in a
+// forked child (which inherits the detached region as it is). Contents:
+// every page is either anonymous (private from the start), already a
+// private copy, or the page cache's page of a file that nobody can modify
+// without first raising a fanotify event that this process answers only
+// after copying that page into this mapping (or, if the guard thread fails,
+// after copying every page); each of those steps replaces pages with the
+// same bytes. No writer held the file open when the mapping was registered
+// (read lease). Reads never fault fatally: before any truncation is
+// allowed, the pages it could remove are detached into anonymous memory.
+// map_mut snapshots are all anonymous, read-write memory, detached from
+// the file and unregistered before `map` returned, so the guard thread
+// never touches them; only the `MapCopyMut` writes them.
+unsafe impl Snapshot for Guard {
     fn strategy(&self) -> Strategy {
         Strategy::Guard
     }
 
-    fn bytes(&self) -> &[u8] {
-        let m = self.mapping();
-        assert!(self.head + self.len <= m.region.len());
-        // SAFETY: in bounds of our live region. Stability: every page is
-        // either anonymous (private from the start), already a private copy,
-        // or the page cache's page of a file that nobody can modify without
-        // first raising a fanotify event that this process answers only
-        // after copying that page into this mapping (or, if the guard thread
-        // fails, after copying every page). No writer held the file open
-        // when the mapping was registered (read lease). Reads never fault
-        // fatally: before any truncation is allowed, the pages it could
-        // remove are detached into anonymous memory (`Mapping::detach`).
-        unsafe { std::slice::from_raw_parts(m.region.as_ptr().add(self.head), self.len) }
-    }
-
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        let m = self.mapping();
-        assert!(self.head + self.len <= m.region.len());
-        // SAFETY: as in `bytes`, and only `map_mut` snapshots get here:
-        // their region is all anonymous, read-write memory, detached from
-        // the file and unregistered before `map` returned, so the guard thread never
-        // touches it; `&mut self` is the only way to it.
-        unsafe { std::slice::from_raw_parts_mut(m.region.as_ptr().add(self.head), self.len) }
+    fn span(&self) -> Span {
+        self.mapping().region.span(self.head, self.len)
     }
 }
 

@@ -44,7 +44,7 @@
 use rustix::fs::SealFlags;
 use rustix::mm::ProtFlags;
 
-use super::{Request, Snapshot, Strategy};
+use super::{Request, Snapshot, Span, Strategy};
 use crate::Error;
 use crate::sys::fs::magic;
 use crate::sys::mmap::Region;
@@ -158,26 +158,21 @@ struct Immutable {
     len: usize,
 }
 
-impl Snapshot for Immutable {
+// SAFETY: (`Snapshot`'s promises) the span is `[head, head + len)` of
+// `region`, which is never remapped: the address is fixed for the value's
+// life. `map` checked that the kernel refuses every change to the file's
+// bytes and every shrink, for every process and for good (seals cannot be
+// removed; fs-verity cannot be turned off; erofs and squashfs have no write
+// path), so the pages of this MAP_PRIVATE mapping never change and never
+// fault fatally (pages past the size seen at map time are anonymous zeros).
+// map_mut requests map it writable (MAP_PRIVATE: stores stay in this
+// process, S4); only the `MapCopyMut` writes it.
+unsafe impl Snapshot for Immutable {
     fn strategy(&self) -> Strategy {
         Strategy::Immutable
     }
 
-    fn bytes(&self) -> &[u8] {
-        // SAFETY: `map` checked that the kernel refuses every change to the
-        // file's bytes and every shrink, for every process and for good
-        // (seals cannot be removed; fs-verity cannot be turned off; erofs
-        // and squashfs have no write path), so the pages of this
-        // MAP_PRIVATE mapping never change and never fault fatally (pages
-        // past the size seen at map time are anonymous zeros). Only
-        // `bytes_mut` (through `&mut self`) writes, into private copies.
-        unsafe { self.region.as_slice(self.head, self.len) }
-    }
-
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as above; map_mut requests map the region writable
-        // (MAP_PRIVATE: stores stay in this process, S4) and `&mut self`
-        // makes this the only reference.
-        unsafe { self.region.as_mut_slice(self.head, self.len) }
+    fn span(&self) -> Span {
+        self.region.span(self.head, self.len)
     }
 }

@@ -100,7 +100,7 @@ use rustix::io::Errno;
 use rustix::mm::{Advice, MprotectFlags, ProtFlags};
 use rustix::process::Pid;
 
-use super::{Request, Snapshot, Strategy};
+use super::{Request, Snapshot, Span, Strategy};
 use crate::Error;
 use crate::sys::mmap::{HUGE_PAGE, Region};
 use crate::sys::procfs;
@@ -1021,7 +1021,6 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
         region: ManuallyDrop::new(region),
         head: start - base + req.head,
         len: req.len,
-        writable: req.writable,
     };
     if !req.populate {
         lazy.prefill()?;
@@ -1048,7 +1047,6 @@ struct Lazy {
     /// Offset of the user's first byte in `region`.
     head: usize,
     len: usize,
-    writable: bool,
 }
 
 impl Lazy {
@@ -1126,27 +1124,25 @@ impl Lazy {
     }
 }
 
-impl Snapshot for Lazy {
+// SAFETY: (`Snapshot`'s promises) the span is `[head, head + len)` of
+// `region`, which is never remapped: pages are installed *into* it
+// (UFFDIO_COPY, UFFDIO_MOVE at the faulting address), and the fork handlers
+// (`forked`) only change its inheritance and register the same range with
+// a child's userfaultfd, so the address is fixed for the value's life, in
+// the parent and in a forked child. A page of the region is either
+// missing — then touching it blocks until a server installs the file's
+// bytes (or the process aborts) — or present, and then it never changes:
+// UFFDIO_COPY and UFFDIO_MOVE only fill missing pages, nothing else writes
+// a read-only mapping, and stores to a writable one (map_mut requests)
+// come only from the `MapCopyMut`. Anonymous memory never faults fatally
+// in this process (MADV_DONTFORK only affects children).
+unsafe impl Snapshot for Lazy {
     fn strategy(&self) -> Strategy {
         Strategy::Lazy
     }
 
-    fn bytes(&self) -> &[u8] {
-        // SAFETY: a page of the region is either missing — then touching it
-        // blocks until the server installs the file's bytes (or the process
-        // aborts) — or present, and then it never changes: UFFDIO_COPY and
-        // UFFDIO_MOVE only fill missing pages, nothing else writes a
-        // read-only mapping, and stores to a writable one come only through
-        // `bytes_mut` (`&mut self`). Anonymous memory never faults fatally
-        // in this process (MADV_DONTFORK only affects children).
-        unsafe { self.region.as_slice(self.head, self.len) }
-    }
-
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        debug_assert!(self.writable);
-        // SAFETY: as above; the region is writable for map_mut requests
-        // (the only ones that reach here) and `&mut self` is exclusive.
-        unsafe { self.region.as_mut_slice(self.head, self.len) }
+    fn span(&self) -> Span {
+        self.region.span(self.head, self.len)
     }
 }
 

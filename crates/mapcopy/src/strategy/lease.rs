@@ -108,7 +108,7 @@ use rustix::fs::{Mode, OFlags};
 use rustix::mm::{Advice, MprotectFlags, ProtFlags};
 use rustix::process::Pid;
 
-use super::{Request, Snapshot, Strategy};
+use super::{Request, Snapshot, Span, Strategy};
 use crate::Error;
 use crate::sys::clone::{CloneDir, CloneError};
 use crate::sys::file::{fs_name, read_full};
@@ -623,37 +623,30 @@ struct LeaseMap {
     len: usize,
 }
 
-impl Snapshot for LeaseMap {
+// SAFETY: (`Snapshot`'s promises) the span is `[head, head + len)` of the
+// entry's region, which is never remapped elsewhere: a break (or the fork
+// handler, `prepare_fork`, which does the same) replaces `[0, file_len)` in
+// place, by mapping the clone `MAP_FIXED` over it (`Region::overlay_file`)
+// or moving the copy onto it (`Region::move_into`, `mremap(MREMAP_FIXED)`),
+// so the address is fixed for the value's life, in the parent and in a
+// forked child. Contents: until the lease is released the region's first
+// `file_len` bytes map the file privately while the kernel guarantees that
+// no one has it open for writing (a read lease exists only then, and any
+// open for writing, O_TRUNC open or truncate(2) waits for the lease to go),
+// so its bytes cannot change and it cannot shrink (no SIGBUS). The lease is
+// released only after `Entry::resolve` replaced that part with a private
+// snapshot of the same bytes (clone or copy) — or after this value is gone
+// (drop). The rest of the region is anonymous zeros. map_mut requests are
+// mapped read-write and snapshotted before `map` returned (clone or copy,
+// lease released), so only the `MapCopyMut` writes them; the watcher no
+// longer touches a released entry. Others are read-only.
+unsafe impl Snapshot for LeaseMap {
     fn strategy(&self) -> Strategy {
         Strategy::Lease
     }
 
-    fn bytes(&self) -> &[u8] {
-        // SAFETY: until the lease is released the region's first `file_len`
-        // bytes map the file privately while the kernel guarantees that no
-        // one has it open for writing (a read lease exists only then, and any
-        // open for writing, O_TRUNC open or truncate(2) waits for the lease to
-        // go), so its bytes cannot change and it cannot shrink (no SIGBUS).
-        // The lease is released only after `Entry::resolve` replaced that part
-        // with a private snapshot of the same bytes (clone or copy) — or
-        // after this value is gone (drop). The rest of the region is
-        // anonymous zeros. Nothing writes the region: it is read-only and
-        // `bytes_mut` is never reached (map_mut is refused).
-        unsafe { self.entry.region.as_slice(self.head, self.len) }
-    }
-
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        let e = &self.entry;
-        assert!(
-            e.writable && self.head + self.len <= e.region.len(),
-            "bytes_mut on a read-only Lease mapping"
-        );
-        // SAFETY: only map_mut requests reach here (asserted): their region
-        // is mapped read-write and was snapshotted before `map` returned
-        // (clone or copy, lease released), so nothing but this process's own
-        // stores changes it. `&mut self` is the only way to the bytes; the
-        // watcher no longer touches a released entry. In bounds (asserted).
-        unsafe { std::slice::from_raw_parts_mut(e.region.as_ptr().add(self.head), self.len) }
+    fn span(&self) -> Span {
+        self.entry.region.span(self.head, self.len)
     }
 }
 
@@ -997,6 +990,37 @@ mod tests {
             .map(&file)
             .unwrap();
         assert_eq!(&map2[..], b"changed");
+    }
+
+    /// `MapCopy` derefs to the address it read at map time, so a break and
+    /// the fork handler's snapshot must put the copy (or clone) over the
+    /// same range: the snapshot's span and bytes stay where they were.
+    #[test]
+    fn break_and_fork_prepare_keep_the_address() {
+        let data: Vec<u8> = (0..5 * 4096 + 3).map(|i| (i % 251) as u8).collect();
+        let (path, file) = leased(&data);
+        let map = MapOptions::new()
+            .strategy(Strategy::Lease)
+            .map(&file)
+            .unwrap();
+        let at = map.as_ptr();
+        // A writer opens the file: the break snapshots first.
+        std::fs::write(&path, b"changed").unwrap();
+        assert!(map.span_unchanged());
+        assert_eq!(map.as_ptr(), at);
+        assert_eq!(&map[..], &data[..]);
+        // What libc's fork() runs first: every leased mapping snapshotted.
+        std::fs::write(&path, &data).unwrap();
+        let map = MapOptions::new()
+            .strategy(Strategy::Lease)
+            .map(File::open(&path).unwrap())
+            .unwrap();
+        let at = map.as_ptr();
+        prepare_fork();
+        assert!(map.span_unchanged());
+        assert_eq!(map.as_ptr(), at);
+        std::fs::write(&path, b"changed").unwrap();
+        assert_eq!(&map[..], &data[..]);
     }
 
     #[test]

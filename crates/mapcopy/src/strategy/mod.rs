@@ -16,6 +16,7 @@ use std::str::FromStr;
 
 use crate::Error;
 use crate::sys::file::Meta;
+pub(crate) use crate::sys::mmap::Span;
 
 mod auto;
 pub(crate) mod eager;
@@ -137,16 +138,44 @@ impl Request<'_> {
     }
 }
 
-/// The memory behind a [`crate::MapCopy`]: a strategy-owned snapshot that
-/// stays valid and unchanged until dropped.
-pub(crate) trait Snapshot: Send + Sync + fmt::Debug {
+/// The memory behind a [`crate::MapCopy`] or [`crate::MapCopyMut`]: a
+/// strategy-owned snapshot that stays valid and unchanged until dropped.
+///
+/// `MapCopy` reads [`Snapshot::span`] once, when it is made, and from then
+/// on derefs to that pointer and length inline (no call per index), so the
+/// address range is part of the contract, not only the contents.
+///
+/// # Safety
+///
+/// An implementor promises, for the span `s` returned by the first call of
+/// [`Snapshot::span`] and for the whole life of the value (until its `Drop`
+/// starts, in every process that holds it, forked children included):
+///
+/// * **stable address**: every call returns the same `s`. Nothing moves the
+///   bytes elsewhere: a step that swaps the pages behind them (a detach, a
+///   lease break, a fork handler's snapshot) puts the new pages over the
+///   very same range (`MAP_FIXED`, `mremap(MREMAP_FIXED)` onto it,
+///   `UFFDIO_COPY`/`UFFDIO_MOVE` into it), never somewhere new;
+/// * **valid**: `s.len` bytes from `s.ptr` are mapped and readable, and
+///   reading them never faults fatally (no `SIGBUS`, no `SIGSEGV`); a read
+///   may block while a fault handler fills a page;
+/// * **unchanged** (S1–S3): no byte of the range changes, except by stores
+///   through the [`crate::MapCopyMut`] that owns a snapshot made for
+///   `map_mut` (`Request::writable`);
+/// * **writable, private** for snapshots made for `map_mut`: the range is
+///   mapped writable, nothing but that `MapCopyMut` writes it, and its
+///   stores reach no file and no other process (S4). Snapshots made for
+///   `map` may be read-only.
+///
+/// `Send + Sync` are required: `MapCopy` shares the snapshot between
+/// threads.
+#[allow(unsafe_code)] // the promise `MapCopy`'s Deref relies on
+pub(crate) unsafe trait Snapshot: Send + Sync + fmt::Debug {
     /// The strategy that made it (never `Auto`).
     fn strategy(&self) -> Strategy;
-    /// The user's bytes. Their contents never change (S1–S3).
-    fn bytes(&self) -> &[u8];
-    /// The user's bytes, writable; only called on snapshots made for
-    /// `map_mut`. Stores stay private (S4).
-    fn bytes_mut(&mut self) -> &mut [u8];
+    /// Where the user's bytes are: the same span for the snapshot's whole
+    /// life (see the trait's safety section).
+    fn span(&self) -> Span;
 }
 
 /// Is `s` able to map this request? `Ok` says on what grounds, `Err` why

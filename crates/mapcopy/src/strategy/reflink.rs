@@ -37,7 +37,7 @@
 
 use rustix::mm::ProtFlags;
 
-use super::{Request, Snapshot, Strategy};
+use super::{Request, Snapshot, Span, Strategy};
 use crate::Error;
 use crate::sys::clone::{self, CloneDir, CloneError};
 use crate::sys::mmap::Region;
@@ -111,30 +111,25 @@ struct Reflink {
     len: usize,
 }
 
-impl Snapshot for Reflink {
+// SAFETY: (`Snapshot`'s promises) the span is `[head, head + len)` of
+// `region`, which is never remapped: the address is fixed for the value's
+// life. The region maps (MAP_PRIVATE) an unlinked O_TMPFILE that only this
+// process ever had open, through an fd closed right after mapping: no
+// directory entry, no fd, no shared mapping of it exists, so nothing can
+// write, truncate or punch it (a process able to ptrace us could reach it
+// through /proc/PID/map_files, but it could equally write our memory). Its
+// extents are shared with the original file, and the filesystem's
+// copy-on-write gives every later write to the original new blocks, so the
+// clone's bytes never change. Its size never changes, so its pages never
+// fault fatally; pages past its end are anonymous zeros. map_mut requests
+// map it writable (MAP_PRIVATE: stores stay in this process, S4); only the
+// `MapCopyMut` writes it.
+unsafe impl Snapshot for Reflink {
     fn strategy(&self) -> Strategy {
         Strategy::Reflink
     }
 
-    fn bytes(&self) -> &[u8] {
-        // SAFETY: the region maps (MAP_PRIVATE) an unlinked O_TMPFILE that
-        // only this process ever had open, through an fd closed right after
-        // mapping: no directory entry, no fd, no shared mapping of it exists,
-        // so nothing can write, truncate or punch it (a process able to
-        // ptrace us could reach it through /proc/PID/map_files, but it could
-        // equally write our memory). Its extents are shared with the original
-        // file, and the filesystem's copy-on-write gives every later write to
-        // the original new blocks, so the clone's bytes never change. Its size
-        // never changes, so its pages never fault fatally; pages past its end
-        // are anonymous zeros. Only `bytes_mut` (through `&mut self`) writes,
-        // into private copies.
-        unsafe { self.region.as_slice(self.head, self.len) }
-    }
-
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as above; map_mut requests map the region writable
-        // (MAP_PRIVATE, so stores stay in this process, S4) and `&mut self`
-        // makes this the only reference.
-        unsafe { self.region.as_mut_slice(self.head, self.len) }
+    fn span(&self) -> Span {
+        self.region.span(self.head, self.len)
     }
 }

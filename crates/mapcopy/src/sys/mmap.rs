@@ -16,9 +16,10 @@ pub(crate) const HUGE_PAGE: usize = 2 << 20;
 /// on drop. Nothing else holds its address range, so dropping it cannot pull
 /// memory from under another owner.
 ///
-/// Reading the memory is `unsafe` ([`Region::as_slice`]): whether its bytes
-/// can change while a `&[u8]` is alive depends on what the caller put there,
-/// and only the strategy that made it can argue that.
+/// Reading the memory is `unsafe` (a slice made from [`Region::span`], or
+/// [`Region::as_mut_slice`]): whether its bytes can change while a `&[u8]`
+/// is alive depends on what the caller put there, and only the strategy
+/// that made it can argue that (`strategy::Snapshot`).
 #[derive(Debug)]
 pub(crate) struct Region {
     ptr: NonNull<u8>,
@@ -31,7 +32,42 @@ unsafe impl Send for Region {}
 // SAFETY: as above; `&Region` gives no access to the memory without `unsafe`.
 unsafe impl Sync for Region {}
 
+/// Where some bytes live: the first one and how many. Carries no borrow,
+/// so it says nothing about who may read or write them; what they mean is
+/// up to whoever hands it out (see `strategy::Snapshot::span`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Span {
+    pub(crate) ptr: NonNull<u8>,
+    pub(crate) len: usize,
+}
+
+impl Span {
+    /// No bytes at all, at a well-aligned non-null address (a valid empty
+    /// slice).
+    pub(crate) const EMPTY: Span = Span {
+        ptr: NonNull::dangling(),
+        len: 0,
+    };
+}
+
 impl Region {
+    /// Bytes `[off, off + len)` of the region as a [`Span`]. Its address is
+    /// the region's for as long as the region lives: nothing in `Region`
+    /// moves it (`overlay_file` and `move_into` replace pages *inside* it).
+    ///
+    /// # Panics
+    /// If the range is not inside the region (a bug in the caller).
+    pub(crate) fn span(&self, off: usize, len: usize) -> Span {
+        assert!(
+            off <= self.len && len <= self.len - off,
+            "span outside region"
+        );
+        // SAFETY: `off <= self.len` (asserted), so the result stays inside
+        // (or one past the end of) this live mapping.
+        let ptr = unsafe { self.ptr.add(off) };
+        Span { ptr, len }
+    }
+
     /// Fresh zero-filled private anonymous memory of `len` bytes (rounded up
     /// to pages), starting at a multiple of `align` (a power of two, at least
     /// a page). With `noreserve` the mapping is not charged to overcommit.
@@ -196,13 +232,15 @@ impl Region {
         Ok(unsafe { mm::madvise(self.ptr.as_ptr().add(off).cast(), len, advice) }?)
     }
 
-    /// The region's bytes.
+    /// The region's bytes (tests only: the crate reads snapshots through
+    /// `strategy::Snapshot::span`).
     ///
     /// # Safety
     /// The caller guarantees that the bytes in `[off, off + len)` do not
     /// change while the returned slice is alive (nobody writes them, the file
     /// behind a file mapping is not modified, no fault handler fills them
     /// with different data) and that reading them cannot fault fatally.
+    #[cfg(test)]
     pub(crate) unsafe fn as_slice(&self, off: usize, len: usize) -> &[u8] {
         assert!(
             off <= self.len && len <= self.len - off,
@@ -216,7 +254,11 @@ impl Region {
     /// The region's bytes, writable.
     ///
     /// # Safety
-    /// As [`Region::as_slice`], and `[off, off + len)` is mapped writable.
+    /// The caller guarantees that the bytes in `[off, off + len)` do not
+    /// change while the returned slice is alive except through it (nobody
+    /// else writes them, no fault handler fills them with different data),
+    /// that reading them cannot fault fatally, and that the range is mapped
+    /// writable.
     pub(crate) unsafe fn as_mut_slice(&mut self, off: usize, len: usize) -> &mut [u8] {
         assert!(
             off <= self.len && len <= self.len - off,

@@ -147,11 +147,16 @@ fn open_with_o_trunc_copies_everything() {
     assert_eq!(classify(&e, &f(1), &o2), Action::Detach(0));
 }
 
+/// Tests that map with the process's guard group: one shuts it down, so
+/// they take turns (a map racing the shutdown is refused, as it must be).
+static GROUP_USERS: Mutex<()> = Mutex::new(());
+
 /// The guard-thread failure path: `shutdown` takes every page, then releases
 /// the group; a truncation afterwards raises no event (nobody waits for
 /// an answer) and the mapping still reads the old bytes, no SIGBUS.
 #[test]
 fn shutdown_snapshots_everything_then_lets_writers_go() {
+    let _turn = lock(&GROUP_USERS);
     if let Err(why) = check(None) {
         eprintln!("SKIPPED: guard not usable: {why}");
         assert_ne!(std::env::var("MAPCOPY_REQUIRE_ALL").as_deref(), Ok("1"));
@@ -188,6 +193,47 @@ fn shutdown_snapshots_everything_then_lets_writers_go() {
     assert!(!Arc::ptr_eq(&g, &g2));
     std::fs::write(&path, b"AGAIN!").unwrap();
     assert_eq!(&map[..], b"again");
+}
+
+/// `MapCopy` derefs to the address it read at map time, so a detach (before
+/// a truncation) and the fork handler's detach must put the anonymous copy
+/// over the same range: the snapshot's span and bytes stay where they were.
+#[test]
+fn detach_and_fork_prepare_keep_the_address() {
+    let _turn = lock(&GROUP_USERS);
+    if let Err(why) = check(None) {
+        eprintln!("SKIPPED: guard not usable: {why}");
+        assert_ne!(std::env::var("MAPCOPY_REQUIRE_ALL").as_deref(), Ok("1"));
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f");
+    let data: Vec<u8> = (0..6 * 4096 + 9).map(|i| (i / 4096) as u8 + 3).collect();
+    std::fs::write(&path, &data).unwrap();
+    let f = std::fs::File::open(&path).unwrap();
+    let map = crate::MapOptions::new()
+        .strategy(Strategy::Guard)
+        .map(&f)
+        .unwrap();
+    let other = crate::MapOptions::new()
+        .strategy(Strategy::Guard)
+        .map(&f)
+        .unwrap();
+    let (at, other_at) = (map.as_ptr(), other.as_ptr());
+    // Another process truncates: the guard detaches from page 2 on first.
+    let st = std::process::Command::new("timeout")
+        .args(["20", "truncate", "-s", "8192"])
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(st.success(), "truncate: {st}");
+    assert!(map.span_unchanged() && other.span_unchanged());
+    assert!(map[..] == data[..]);
+    // What libc's fork() runs first: every mapping detached completely.
+    prepare_fork();
+    assert!(map.span_unchanged() && other.span_unchanged());
+    assert_eq!((map.as_ptr(), other.as_ptr()), (at, other_at));
+    assert!(map[..] == data[..] && other[..] == data[..]);
 }
 
 #[test]

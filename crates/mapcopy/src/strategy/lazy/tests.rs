@@ -735,6 +735,9 @@ fn forked_child_reads_the_file_and_never_zeros() {
         );
     }
     assert!(map[..] == data[..]);
+    // The fork handlers served the same range: nothing moved.
+    assert!(map.span_unchanged());
+    assert_eq!(map.as_ptr() as usize, base);
 }
 
 /// A forked child that maps with Lazy itself (getting its own server
