@@ -167,6 +167,17 @@
 //!   `EAGAIN` meanwhile (kernel lease semantics). If the mapping process does
 //!   not answer within `fs.lease-break-time` (45 s; e.g. it is stopped in a
 //!   debugger) the kernel lets the writer through.
+//! * **A stopped mapper** (`SIGSTOP`, a debugger stopping every thread, a
+//!   cgroup v2 freeze; `tests/stopped.rs` does all three): `Eager`, `Lazy`,
+//!   `Reflink` and `Immutable` make nobody wait and keep their bytes.
+//!   `Lease` makes no reader wait; a writer's `open` waits
+//!   `fs.lease-break-time`, then the kernel lets it through before the
+//!   stopped mapper has taken its snapshot, and the mapping shows the write
+//!   (and faults past a truncation): the snapshot is lost, not kept. `Guard`
+//!   keeps its bytes, but every read and write of the file by any process
+//!   waits until the mapper runs again, without bound (fanotify permission
+//!   events have no timeout). A mapper that may be stopped for long should
+//!   name a copying strategy, or `Reflink`.
 //! * **fork**: a child made by libc's `fork()` (what Python, gunicorn and
 //!   `multiprocessing` call) inherits every mapping and reads exactly the
 //!   parent's snapshot for its whole life (after the parent unmaps or

@@ -113,7 +113,7 @@ fn lacks(s: Strategy) -> Vec<&'static str> {
             "writes through an overlay mounted in another mount namespace (a rootless container's) whose upper layer holds the file: the overlay writes it through an internal backing file that raises no fanotify event (an overlay mounted in this namespace is seen, and the map refused)",
             "writes through a loop device attached to the file after the map: the loop driver writes with ->write_iter directly and raises no fanotify event, so those pages change under the mapping (a loop device attached before the map holds the file open for writing, and the map is refused)",
             "fork(): a child inherits the mapping, but the first fork() after mapping copies its data into anonymous memory (a child has no guard thread), so that fork() costs a copy of the range's data and the mapping stops sharing the page cache; a child made without libc's fork handlers (a raw clone) gets SIGSEGV touching it",
-            "cost to others: every read, write, mmap and open of the file by any process waits for this process's guard thread (a fanotify round trip)",
+            "cost to others: every read, write, mmap and open of the file by any process waits for this process's guard thread (a fanotify round trip), and while this process is stopped (SIGSTOP, a debugger, a cgroup freeze) they wait until it runs again, without bound",
             "read errors: a page that cannot be read (EIO) raises SIGBUS when touched, as with any file mapping (populate(true) turns it into a map error)",
         ],
         Strategy::Lease => vec![
@@ -121,7 +121,7 @@ fn lacks(s: Strategy) -> Vec<&'static str> {
             "truncate(2) by path through an overlay mounted in another mount namespace (a rootless container's) whose upper layer holds the file: it breaks no lease (an overlay mounted in this namespace is seen, and the map refused)",
             "fork(): a child inherits the mapping, but the first fork() after mapping snapshots it as a lease break does (a reflink clone where the filesystem has one, else a copy of the range) and releases the lease; a child made without libc's fork handlers (a raw clone) gets SIGSEGV touching it",
             "writers wait: a writer's open for writing (or truncate) waits until the snapshot is taken (a clone: milliseconds; else a copy of the range); an O_NONBLOCK open fails with EAGAIN meanwhile",
-            "a process stopped longer than fs.lease-break-time (45 s by default; e.g. in a debugger) when a writer comes lets that writer through before its snapshot",
+            "a process stopped longer than fs.lease-break-time (45 s by default; SIGSTOP, a debugger, a cgroup freeze) when a writer comes lets that writer through before its snapshot: the mapping then shows the write (and faults past a truncation)",
         ],
         Strategy::Reflink => vec![
             "per-page atomicity against stores through another process's MAP_SHARED mapping: a page being stored to while the clone is taken may hold part of those stores (it never changes afterwards; write() and other syscalls are atomic against the clone)",

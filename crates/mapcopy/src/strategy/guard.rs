@@ -43,6 +43,11 @@
 //! refuses while any writable fd exists; then the writer is reported as
 //! [`crate::ErrorKind::Unsupported`].
 //!
+//! A stopped process (SIGSTOP, a debugger, a cgroup freeze) answers no
+//! event: every read and write of a guarded file by any process waits
+//! until it runs again (fanotify permission events have no timeout;
+//! `tests/stopped.rs`). The mapping keeps its bytes.
+//!
 //! Failure: if the guard thread fails, [`Guards::shutdown`] first copies every
 //! page of every guarded mapping, then releases the group, so the kernel
 //! allows whatever is pending: no writer hangs, no snapshot is lost.

@@ -76,7 +76,10 @@
 //!   or at copy speed (0.3–4 s per GiB from the page cache on the loaded
 //!   test machine); but a
 //!   process that is stopped (SIGSTOP, a debugger) or frozen longer than
-//!   that lets the writer through before its snapshot is taken.
+//!   that lets the writer through before its snapshot is taken: the
+//!   mapping then shows the write (`tests/stopped.rs` shows it for all
+//!   three ways to stop a process, with the writer's wait bounded by the
+//!   sysctl).
 //! * `fork()`: a child has no watcher to serve a break, so before libc's
 //!   `fork()` every leased mapping is snapshotted as on a break (a clone
 //!   where the filesystem clones, else a copy of the range) and its lease
