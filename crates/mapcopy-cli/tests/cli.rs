@@ -22,11 +22,8 @@ fn run(cmd: &mut Command) -> Output {
 /// Skips (returns false) when the test needs something the machine lacks;
 /// with `MAPCOPY_REQUIRE_ALL=1` a skip is a failure.
 fn require(ok: bool, what: &str) -> bool {
-    if !ok {
-        if std::env::var_os("MAPCOPY_REQUIRE_ALL").is_some_and(|v| v == "1") {
-            panic!("MAPCOPY_REQUIRE_ALL=1 but this test needs {what}");
-        }
-        eprintln!("SKIPPED: needs {what}");
+    if !ok && let Err(e) = mapcopy_check::fixture::skip_or_fail(format!("needs {what}")) {
+        panic!("{e}");
     }
     ok
 }

@@ -198,11 +198,9 @@ fn run(cmd: &mut Command) -> Result<String, String> {
 
 /// A skipped test: prints why; a failure under `MAPCOPY_REQUIRE_ALL=1`.
 fn skip(why: &str) -> Result<(), Failed> {
-    if std::env::var_os("MAPCOPY_REQUIRE_ALL").is_some_and(|v| v == "1") {
-        return Err(format!("skip not allowed (MAPCOPY_REQUIRE_ALL=1): {why}").into());
-    }
-    eprintln!("skipped: {why}");
-    Ok(())
+    mapcopy_check::fixture::skip_or_fail(why)
+        .map(drop)
+        .map_err(Failed::from)
 }
 
 fn with_fs(kind: Kind, f: impl FnOnce(&Path) -> Result<(), Failed>) -> Result<(), Failed> {

@@ -14,11 +14,7 @@ fn usable() -> bool {
     match check(None) {
         Ok(_) => true,
         Err(why) => {
-            eprintln!("skipped: lazy strategy unusable: {why}");
-            assert!(
-                std::env::var_os("MAPCOPY_REQUIRE_ALL").is_none(),
-                "MAPCOPY_REQUIRE_ALL=1 but lazy is unusable: {why}"
-            );
+            mapcopy_check::fixture::skip_or_fail(format!("lazy strategy unusable: {why}")).unwrap();
             false
         }
     }
