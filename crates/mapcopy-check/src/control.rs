@@ -5,6 +5,10 @@
 //! Reading it after another process shrank the file raises `SIGBUS`, so
 //! [`PrivateMap::read_pages`] reads it in a forked child, one page at a
 //! time, and reports which pages faulted instead of dying.
+//!
+//! Unsafe: it is a raw `mmap` whose bytes change under it, read with
+//! volatile loads, in a forked child.
+#![allow(unsafe_code)]
 
 use std::fs::File;
 use std::io::{self, Read};

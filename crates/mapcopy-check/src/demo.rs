@@ -29,19 +29,12 @@ pub fn fill(version: u32, offset: u64, buf: &mut [u8]) {
     let mut i = 0;
     while i < buf.len() {
         let at = offset + i as u64;
-        let word = splitmix64(((version as u64) << 48) ^ (at / 8)).to_le_bytes();
+        let word = crate::prng::splitmix64(((version as u64) << 48) ^ (at / 8)).to_le_bytes();
         let start = (at % 8) as usize;
         let n = (8 - start).min(buf.len() - i);
         buf[i..i + n].copy_from_slice(&word[start..start + n]);
         i += n;
     }
-}
-
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// Writes `len` bytes of version `version` to `file` at its current

@@ -12,8 +12,13 @@
 //! * [`child`]: re-executing the current binary as a separate process.
 //! * [`rewrite`]: a process that replaces a file's contents with a new
 //!   version, optionally holding it open before the map.
+//! * [`prng`]: the seeded splitmix64 generator of the torture and the bench.
+//!
+//! Unsafe code is denied here and allowed only in the modules that map or
+//! signal (each says why).
 
 #![warn(missing_docs)]
+#![deny(unsafe_code)]
 
 pub mod bench_writer;
 pub mod child;
@@ -24,6 +29,7 @@ pub mod modify;
 pub mod oracle;
 pub mod pattern;
 pub mod privilege;
+pub mod prng;
 pub mod rewrite;
 pub mod torture;
 

@@ -55,6 +55,9 @@ impl Source for Volatile<'_> {
     fn len(&self) -> usize {
         self.0.len()
     }
+    // A volatile read, so that a change the contract forbids is seen
+    // rather than optimised away.
+    #[allow(unsafe_code)]
     fn read(&self, start: usize, out: &mut [u8]) -> Result<(), String> {
         for (i, o) in out.iter_mut().enumerate() {
             // SAFETY: `start + i` is in bounds of the slice (checked by the

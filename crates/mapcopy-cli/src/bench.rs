@@ -72,16 +72,10 @@ pub struct Args {
     pub many_files: Option<usize>,
 }
 
-/// `12`, `4K`, `64M`, `1G`: bytes.
+/// A size (the CLI's grammar, [`crate::size::parse`]) that is a whole
+/// number of 4 KiB pages.
 fn parse_size(s: &str) -> Result<u64, String> {
-    let (num, mult) = match s.trim().to_ascii_uppercase() {
-        t if t.ends_with('K') => (t[..t.len() - 1].to_string(), 1 << 10),
-        t if t.ends_with('M') => (t[..t.len() - 1].to_string(), MIB),
-        t if t.ends_with('G') => (t[..t.len() - 1].to_string(), GIB),
-        t => (t, 1),
-    };
-    let n: u64 = num.parse().map_err(|e| format!("bad size {s:?}: {e}"))?;
-    n.checked_mul(mult)
+    Some(crate::size::parse(s)?)
         .filter(|&b| b >= 4096 && b % 4096 == 0)
         .ok_or_else(|| format!("size {s:?} must be a multiple of 4 KiB, at least 4K"))
 }

@@ -37,31 +37,12 @@ macro_rules! say {
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Size of the demo file: bytes, or with a K/M/G suffix (powers of 1024).
-    #[arg(long, default_value = "64M", value_parser = parse_size)]
+    #[arg(long, default_value = "64M", value_parser = crate::size::parse)]
     size: u64,
     /// Directory to make the temporary file in (default: the system's
     /// temporary directory). Try one on xfs or btrfs to see other strategies.
     #[arg(long)]
     dir: Option<PathBuf>,
-}
-
-/// Parses `4096`, `64K`, `64M`, `1G`, `1GiB`, `16MB` (all powers of 1024).
-fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(digits);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size (e.g. 65536, 64K, 64M, 1G)"))?;
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        _ => return Err(format!("unknown size unit in {s:?} (use K, M or G)")),
-    };
-    n.checked_mul(1 << shift)
-        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// Modifications, in the order of the table's columns, with their
@@ -579,17 +560,6 @@ fn human_bytes(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_sizes() {
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("64K"), Ok(64 << 10));
-        assert_eq!(parse_size("64M"), Ok(64 << 20));
-        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
-        assert!(parse_size("").is_err());
-        assert!(parse_size("12Q").is_err());
-        assert!(parse_size("99999999999G").is_err());
-    }
 
     #[test]
     fn geometry_keeps_touched_and_untouched_apart() {

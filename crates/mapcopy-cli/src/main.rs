@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod demo;
 mod probe;
+mod size;
 mod torture;
 
 /// MAP_COPY for Linux: file mappings that other writers cannot change.

@@ -109,100 +109,44 @@ fn to_text(p: &Probe) -> String {
     out
 }
 
-/// Hand-written JSON (the schema is small and fixed; no serde needed).
+/// `probe --json`: the same facts as the text, for programs. A strategy's
+/// explanation is under `how` when it is usable, else `reason`.
 fn to_json(p: &Probe) -> String {
-    let mut o = String::from("{\n");
-    let _ = writeln!(o, "  \"kernel\": {},", js(&p.kernel));
-    let _ = writeln!(
-        o,
-        "  \"path\": {},",
-        p.path
-            .as_ref()
-            .map_or("null".into(), |x| js(&x.display().to_string()))
-    );
-    let fs = match &p.filesystem {
-        Some(Ok(fs)) => format!("{{\"name\": {}}}", js(fs)),
-        Some(Err(e)) => format!("{{\"error\": {}}}", js(e)),
-        None => "null".into(),
+    use serde_json::{Value, json};
+    let filesystem = match &p.filesystem {
+        Some(Ok(fs)) => json!({ "name": fs }),
+        Some(Err(e)) => json!({ "error": e }),
+        None => Value::Null,
     };
-    let _ = writeln!(o, "  \"filesystem\": {fs},");
-    o.push_str("  \"facts\": [\n");
-    for (i, f) in p.facts.iter().enumerate() {
-        let avail = f
-            .available
-            .map_or("null", |b| if b { "true" } else { "false" });
-        let _ = write!(
-            o,
-            "    {{\"topic\": {}, \"available\": {avail}, \"finding\": {}}}",
-            js(f.topic),
-            js(&f.finding)
-        );
-        o.push_str(if i + 1 < p.facts.len() { ",\n" } else { "\n" });
-    }
-    o.push_str("  ],\n  \"strategies\": [\n");
-    for (i, s) in p.strategies.iter().enumerate() {
-        let (usable, text) = match &s.usable {
-            Ok(how) => (true, how),
-            Err(why) => (false, why),
-        };
-        let lacks: Vec<String> = s.lacks.iter().map(|l| js(l)).collect();
-        let _ = write!(
-            o,
-            "    {{\"strategy\": {}, \"usable\": {usable}, \"{}\": {}, \"lacks\": [{}]}}",
-            js(s.strategy.name()),
-            if usable { "how" } else { "reason" },
-            js(text),
-            lacks.join(", ")
-        );
-        o.push_str(if i + 1 < p.strategies.len() {
-            ",\n"
-        } else {
-            "\n"
-        });
-    }
-    o.push_str("  ],\n");
-    match &p.auto {
-        Ok(s) => {
-            let _ = writeln!(o, "  \"auto\": {},\n  \"auto_error\": null", js(s.name()));
-        }
-        Err(e) => {
-            let _ = writeln!(o, "  \"auto\": null,\n  \"auto_error\": {}", js(e));
-        }
-    }
-    o.push('}');
-    o
-}
-
-/// A JSON string literal for `s` (RFC 8259 escaping).
-fn js(s: &str) -> String {
-    let mut o = String::with_capacity(s.len() + 2);
-    o.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => o.push_str("\\\""),
-            '\\' => o.push_str("\\\\"),
-            '\n' => o.push_str("\\n"),
-            '\r' => o.push_str("\\r"),
-            '\t' => o.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(o, "\\u{:04x}", c as u32);
-            }
-            c => o.push(c),
-        }
-    }
-    o.push('"');
-    o
-}
-
-#[cfg(test)]
-mod tests {
-    use super::js;
-
-    #[test]
-    fn escapes_json_strings() {
-        assert_eq!(js("plain"), "\"plain\"");
-        assert_eq!(js("a\"b\\c"), "\"a\\\"b\\\\c\"");
-        assert_eq!(js("l1\nl2\t\u{1}"), "\"l1\\nl2\\t\\u0001\"");
-        assert_eq!(js("ünï"), "\"ünï\"");
-    }
+    let facts: Vec<Value> = p
+        .facts
+        .iter()
+        .map(|f| json!({ "topic": f.topic, "available": f.available, "finding": f.finding }))
+        .collect();
+    let strategies: Vec<Value> = p
+        .strategies
+        .iter()
+        .map(|s| {
+            let (key, text) = match &s.usable {
+                Ok(how) => ("how", how),
+                Err(why) => ("reason", why),
+            };
+            let mut o = serde_json::Map::new();
+            o.insert("strategy".into(), json!(s.strategy.name()));
+            o.insert("usable".into(), json!(s.usable.is_ok()));
+            o.insert(key.into(), json!(text));
+            o.insert("lacks".into(), json!(s.lacks));
+            Value::Object(o)
+        })
+        .collect();
+    let v = json!({
+        "kernel": p.kernel,
+        "path": p.path.as_ref().map(|x| x.display().to_string()),
+        "filesystem": filesystem,
+        "facts": facts,
+        "strategies": strategies,
+        "auto": p.auto.as_ref().ok().map(|s| s.name()),
+        "auto_error": p.auto.as_ref().err(),
+    });
+    serde_json::to_string_pretty(&v).expect("a JSON value always serializes")
 }

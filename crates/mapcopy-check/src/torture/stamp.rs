@@ -21,13 +21,8 @@ pub const CHUNKS: usize = PAGE / CHUNK;
 
 const MAGIC: u64 = 0x4d43_5452; // "MCTR"
 
-/// splitmix64 finalizer: a cheap, good 64-bit mixer.
-pub fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
+/// The hash stamps are made of.
+pub use crate::prng::splitmix64 as mix;
 
 /// What one chunk holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use mapcopy::Strategy;
 
-use super::json::Json;
+use super::json::{self, Json};
 use super::workload::Method;
 use super::{Progress, Stats, stats};
 
@@ -233,19 +233,19 @@ pub fn rows(rows: &[DerefRow]) -> Vec<[String; 4]> {
 
 /// The rows for results.json.
 pub fn json(rows: &[DerefRow]) -> Json {
-    Json::Arr(
+    Json::Array(
         rows.iter()
             .map(|r| {
                 let (i, s) = (stats(&r.indexed), stats(&r.slice));
-                Json::obj([
-                    ("strategy", Json::Str(r.strategy.name().into())),
+                json::obj([
+                    ("strategy", Json::String(r.strategy.name().into())),
                     ("map_mut", Json::Bool(r.writable)),
-                    ("indexed_secs_median", Json::num(i.map(|s| s.median))),
-                    ("indexed_secs_min", Json::num(i.map(|s| s.min))),
-                    ("slice_secs_median", Json::num(s.map(|s| s.median))),
-                    ("slice_secs_min", Json::num(s.map(|s| s.min))),
-                    ("indexed_over_slice", Json::num(r.ratio())),
-                    ("error", Json::opt_str(r.error.as_deref())),
+                    ("indexed_secs_median", json::num(i.map(|s| s.median))),
+                    ("indexed_secs_min", json::num(i.map(|s| s.min))),
+                    ("slice_secs_median", json::num(s.map(|s| s.median))),
+                    ("slice_secs_min", json::num(s.map(|s| s.min))),
+                    ("indexed_over_slice", json::num(r.ratio())),
+                    ("error", json::opt_str(r.error.as_deref())),
                 ])
             })
             .collect(),

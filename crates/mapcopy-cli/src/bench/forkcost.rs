@@ -8,7 +8,7 @@ use std::fs::File;
 use std::path::Path;
 use std::time::Instant;
 
-use super::json::Json;
+use super::json::{self, Json};
 use super::workload::Method;
 use super::{Progress, Stats, raw, stats};
 
@@ -149,20 +149,20 @@ pub fn rows(rows: &[ForkRow]) -> Vec<[String; 5]> {
 
 /// The rows for results.json.
 pub fn json(rows: &[ForkRow]) -> Json {
-    Json::Arr(
+    Json::Array(
         rows.iter()
             .map(|r| {
                 let (a, b) = (stats(&r.first_us), stats(&r.second_us));
-                Json::obj([
+                json::obj([
                     (
                         "mapping",
-                        Json::Str(r.method.map_or("none", Method::key).into()),
+                        Json::String(r.method.map_or("none", Method::key).into()),
                     ),
-                    ("first_fork_us_median", Json::num(a.map(|s| s.median))),
-                    ("first_fork_us_min", Json::num(a.map(|s| s.min))),
-                    ("first_fork_us_max", Json::num(a.map(|s| s.max))),
-                    ("second_fork_us_median", Json::num(b.map(|s| s.median))),
-                    ("error", Json::opt_str(r.error.as_deref())),
+                    ("first_fork_us_median", json::num(a.map(|s| s.median))),
+                    ("first_fork_us_min", json::num(a.map(|s| s.min))),
+                    ("first_fork_us_max", json::num(a.map(|s| s.max))),
+                    ("second_fork_us_median", json::num(b.map(|s| s.median))),
+                    ("error", json::opt_str(r.error.as_deref())),
                 ])
             })
             .collect(),

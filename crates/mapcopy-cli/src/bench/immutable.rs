@@ -12,7 +12,7 @@ use std::time::Instant;
 use mapcopy::{MapCopy, MapOptions, Strategy};
 use rustix::fs::{MemfdFlags, SealFlags};
 
-use super::json::Json;
+use super::json::{self, Json};
 use super::{Progress, Stats, raw, stats};
 
 /// Maps (and first bytes) per timed batch: one map is a few µs.
@@ -196,22 +196,22 @@ pub fn rows(r: &ImmResults) -> Vec<[String; 3]> {
 
 /// The rows for results.json.
 pub fn json(r: &ImmResults) -> Json {
-    Json::obj([
-        ("size", Json::Int(r.size as i64)),
-        ("error", Json::opt_str(r.error.as_deref())),
+    json::obj([
+        ("size", json::int(r.size as i64)),
+        ("error", json::opt_str(r.error.as_deref())),
         (
             "records",
-            Json::Arr(
+            Json::Array(
                 r.rows
                     .iter()
                     .map(|row| {
                         let s = stats(&row.us);
-                        Json::obj([
-                            ("method", Json::Str(row.way.label().into())),
-                            ("us_median", Json::num(s.map(|s| s.median))),
-                            ("us_min", Json::num(s.map(|s| s.min))),
-                            ("us_max", Json::num(s.map(|s| s.max))),
-                            ("error", Json::opt_str(row.error.as_deref())),
+                        json::obj([
+                            ("method", Json::String(row.way.label().into())),
+                            ("us_median", json::num(s.map(|s| s.median))),
+                            ("us_min", json::num(s.map(|s| s.min))),
+                            ("us_max", json::num(s.map(|s| s.max))),
+                            ("error", json::opt_str(row.error.as_deref())),
                         ])
                     })
                     .collect(),

@@ -34,7 +34,7 @@ pub fn create(dir: &Path, n: usize) -> std::io::Result<Files> {
     let mut bytes = 0;
     let mut buf = Vec::new();
     for i in 0..n {
-        let size = MIN_FILE + rng.next() % (MAX_FILE - MIN_FILE + 1);
+        let size = MIN_FILE + rng.next_u64() % (MAX_FILE - MIN_FILE + 1);
         buf.clear();
         buf.extend((0..size).map(|k| (k as u8) ^ (i as u8)));
         let path = dir.join(format!("f{i:05}.bin"));

@@ -10,7 +10,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use super::json::Json;
+use super::json::{self, Json};
 use super::{Stats, stats};
 
 /// One way of reading the file from Python, and its times.
@@ -166,22 +166,22 @@ pub fn rows(r: &PyResults) -> Vec<[String; 4]> {
 /// For results.json.
 pub fn json(r: &PyResults) -> Json {
     match &r.rows {
-        Err(why) => Json::obj([
-            ("python", Json::Str(r.python.clone())),
-            ("error", Json::Str(why.clone())),
+        Err(why) => json::obj([
+            ("python", Json::String(r.python.clone())),
+            ("error", Json::String(why.clone())),
         ]),
-        Ok(rows) => Json::obj([
-            ("python", Json::Str(r.python.clone())),
+        Ok(rows) => json::obj([
+            ("python", Json::String(r.python.clone())),
             (
                 "records",
-                Json::Arr(
+                Json::Array(
                     rows.iter()
                         .map(|row| {
-                            Json::obj([
-                                ("method", Json::Str(row.method.clone())),
+                            json::obj([
+                                ("method", Json::String(row.method.clone())),
                                 (
                                     "samples_s",
-                                    Json::Arr(row.secs.iter().map(|&x| Json::Num(x)).collect()),
+                                    Json::Array(row.secs.iter().map(|&x| json::float(x)).collect()),
                                 ),
                             ])
                         })

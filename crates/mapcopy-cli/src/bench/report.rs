@@ -6,7 +6,7 @@ use std::path::Path;
 
 use mapcopy::Strategy;
 
-use super::json::Json;
+use super::json::{self, Json};
 use super::svg::{self, Axis, Bar, Group};
 use super::workload::{Method, Workload};
 use super::{Results, WriterRow, deref, fmt_secs, fmt_size, forkcost, immutable, python, stats};
@@ -708,34 +708,34 @@ fn results_json(r: &Results, goals: &[Goal]) -> Json {
         .iter()
         .map(|c| {
             let s = c.stats();
-            Json::obj([
-                ("strategy", Json::Str(c.method.key().into())),
+            json::obj([
+                ("strategy", Json::String(c.method.key().into())),
                 ("baseline", Json::Bool(c.method.is_baseline())),
-                ("workload", Json::Str(c.workload.key().into())),
-                ("size_bytes", Json::Int(c.size as i64)),
-                ("runs", Json::Int(c.secs.len() as i64)),
-                ("median_s", Json::num(s.map(|s| s.median))),
-                ("min_s", Json::num(s.map(|s| s.min))),
-                ("max_s", Json::num(s.map(|s| s.max))),
+                ("workload", Json::String(c.workload.key().into())),
+                ("size_bytes", json::int(c.size as i64)),
+                ("runs", json::int(c.secs.len() as i64)),
+                ("median_s", json::num(s.map(|s| s.median))),
+                ("min_s", json::num(s.map(|s| s.min))),
+                ("max_s", json::num(s.map(|s| s.max))),
                 (
                     "ratio_to_map_private",
-                    Json::num(r.ratio(c.method, Method::MapPrivate, c.workload, c.size)),
+                    json::num(r.ratio(c.method, Method::MapPrivate, c.workload, c.size)),
                 ),
                 (
                     "ratio_to_fs_read",
-                    Json::num(r.ratio(c.method, Method::FsRead, c.workload, c.size)),
+                    json::num(r.ratio(c.method, Method::FsRead, c.workload, c.size)),
                 ),
                 (
                     "ratio_to_thp_copy",
-                    Json::num(r.ratio(c.method, Method::ThpCopy, c.workload, c.size)),
+                    json::num(r.ratio(c.method, Method::ThpCopy, c.workload, c.size)),
                 ),
-                ("private_bytes", Json::Int(c.anon)),
-                ("rss_private_bytes", Json::Int(c.private)),
+                ("private_bytes", json::int(c.anon)),
+                ("rss_private_bytes", json::int(c.private)),
                 (
                     "samples_s",
-                    Json::Arr(c.secs.iter().map(|&x| Json::Num(x)).collect()),
+                    Json::Array(c.secs.iter().map(|&x| json::float(x)).collect()),
                 ),
-                ("error", Json::opt_str(c.error.as_deref())),
+                ("error", json::opt_str(c.error.as_deref())),
             ])
         })
         .collect();
@@ -745,72 +745,72 @@ fn results_json(r: &Results, goals: &[Goal]) -> Json {
         .map(|w| {
             let s = stats(&w.us_per_write);
             let o = stats(&w.open_us);
-            Json::obj([
+            json::obj([
                 (
                     "mapping",
-                    Json::Str(w.method.map_or("none", Method::key).into()),
+                    Json::String(w.method.map_or("none", Method::key).into()),
                 ),
                 (
                     "us_per_read_median",
-                    Json::num(stats(&w.us_per_read).map(|s| s.median)),
+                    json::num(stats(&w.us_per_read).map(|s| s.median)),
                 ),
-                ("us_per_write_median", Json::num(s.map(|s| s.median))),
-                ("us_per_write_min", Json::num(s.map(|s| s.min))),
-                ("us_per_write_max", Json::num(s.map(|s| s.max))),
-                ("open_us_median", Json::num(o.map(|s| s.median))),
+                ("us_per_write_median", json::num(s.map(|s| s.median))),
+                ("us_per_write_min", json::num(s.map(|s| s.min))),
+                ("us_per_write_max", json::num(s.map(|s| s.max))),
+                ("open_us_median", json::num(o.map(|s| s.median))),
                 ("page0_kept", w.page0_kept.map_or(Json::Null, Json::Bool)),
-                ("error", Json::opt_str(w.error.as_deref())),
+                ("error", json::opt_str(w.error.as_deref())),
             ])
         })
         .collect();
-    Json::obj([
+    json::obj([
         (
             "tool",
-            Json::Str(format!("mapcopy bench {}", env!("CARGO_PKG_VERSION"))),
+            Json::String(format!("mapcopy bench {}", env!("CARGO_PKG_VERSION"))),
         ),
-        ("command", Json::Str(r.command.clone())),
-        ("started_utc", Json::Str(r.started_utc.clone())),
-        ("elapsed_s", Json::Num(r.elapsed_secs)),
+        ("command", Json::String(r.command.clone())),
+        ("started_utc", Json::String(r.started_utc.clone())),
+        ("elapsed_s", json::float(r.elapsed_secs)),
         ("quick", Json::Bool(r.plan.quick)),
         ("cold", Json::Bool(r.plan.cold)),
-        ("reps", Json::Int(r.plan.reps as i64)),
+        ("reps", json::int(r.plan.reps as i64)),
         (
             "machine",
-            Json::obj([
-                ("kernel", Json::Str(r.kernel.clone())),
-                ("cpus", Json::Int(r.cpus as i64)),
-                ("loadavg_start", Json::Str(r.loadavg_start.clone())),
-                ("loadavg_end", Json::Str(r.loadavg_end.clone())),
+            json::obj([
+                ("kernel", Json::String(r.kernel.clone())),
+                ("cpus", json::int(r.cpus as i64)),
+                ("loadavg_start", Json::String(r.loadavg_start.clone())),
+                ("loadavg_end", Json::String(r.loadavg_end.clone())),
                 ("busy", Json::Bool(busy(r))),
-                ("thp", Json::Str(r.thp.clone())),
-                ("filesystem", Json::Str(r.filesystem.clone())),
-                ("priority", Json::Str(r.priority.clone())),
-                ("fresh_memory_fault_gbps", Json::num(r.memory.map(|m| m.0))),
+                ("thp", Json::String(r.thp.clone())),
+                ("filesystem", Json::String(r.filesystem.clone())),
+                ("priority", Json::String(r.priority.clone())),
+                ("fresh_memory_fault_gbps", json::num(r.memory.map(|m| m.0))),
                 (
                     "resident_memory_write_gbps",
-                    Json::num(r.memory.map(|m| m.1)),
+                    json::num(r.memory.map(|m| m.1)),
                 ),
             ]),
         ),
-        ("ratio_definition", Json::Str(RATIO_NOTE.into())),
+        ("ratio_definition", Json::String(RATIO_NOTE.into())),
         (
             "methods",
-            Json::Arr(
+            Json::Array(
                 r.methods
                     .iter()
-                    .map(|m| Json::Str(m.key().into()))
+                    .map(|m| Json::String(m.key().into()))
                     .collect(),
             ),
         ),
         (
             "skipped",
-            Json::Arr(
+            Json::Array(
                 r.skipped
                     .iter()
                     .map(|(s, why)| {
-                        Json::obj([
-                            ("strategy", Json::Str(s.name().into())),
-                            ("reason", Json::Str(why.clone())),
+                        json::obj([
+                            ("strategy", Json::String(s.name().into())),
+                            ("reason", Json::String(why.clone())),
                         ])
                     })
                     .collect(),
@@ -818,20 +818,20 @@ fn results_json(r: &Results, goals: &[Goal]) -> Json {
         ),
         (
             "workloads",
-            Json::Arr(
+            Json::Array(
                 Workload::ALL
                     .iter()
                     .map(|&w| {
-                        Json::obj([
-                            ("workload", Json::Str(w.key().into())),
-                            ("title", Json::Str(w.title().into())),
+                        json::obj([
+                            ("workload", Json::String(w.key().into())),
+                            ("title", Json::String(w.title().into())),
                             (
                                 "sizes",
-                                Json::Arr(
+                                Json::Array(
                                     r.plan
                                         .sizes_of(w)
                                         .iter()
-                                        .map(|&s| Json::Int(s as i64))
+                                        .map(|&s| json::int(s as i64))
                                         .collect(),
                                 ),
                             ),
@@ -840,56 +840,58 @@ fn results_json(r: &Results, goals: &[Goal]) -> Json {
                     .collect(),
             ),
         ),
-        ("records", Json::Arr(records)),
-        ("writer_cost", Json::Arr(writer)),
+        ("records", Json::Array(records)),
+        ("writer_cost", Json::Array(writer)),
         ("fork_cost", forkcost::json(&r.fork)),
         ("immutable", immutable::json(&r.immutable)),
         ("deref", deref::json(&r.deref)),
         ("python", python::json(&r.python)),
-        ("auto_pick", Json::opt_str(r.auto_pick.map(Strategy::name))),
+        ("auto_pick", json::opt_str(r.auto_pick.map(Strategy::name))),
         (
             "many_files",
-            Json::obj([
-                ("files", Json::Int(r.many.files as i64)),
-                ("bytes", Json::Int(r.many.bytes as i64)),
+            json::obj([
+                ("files", json::int(r.many.files as i64)),
+                ("bytes", json::int(r.many.bytes as i64)),
                 (
                     "records",
-                    Json::Arr(
+                    Json::Array(
                         r.many
                             .rows
                             .iter()
                             .map(|row| {
                                 let s = stats(&row.secs);
-                                Json::obj([
-                                    ("strategy", Json::Str(row.method.key().into())),
-                                    ("median_s", Json::num(s.map(|s| s.median))),
-                                    ("min_s", Json::num(s.map(|s| s.min))),
-                                    ("max_s", Json::num(s.map(|s| s.max))),
+                                json::obj([
+                                    ("strategy", Json::String(row.method.key().into())),
+                                    ("median_s", json::num(s.map(|s| s.median))),
+                                    ("min_s", json::num(s.map(|s| s.min))),
+                                    ("max_s", json::num(s.map(|s| s.max))),
                                     (
                                         "ratio_to_map_private",
-                                        Json::num(r.many.ratio(row.method, Method::MapPrivate)),
+                                        json::num(r.many.ratio(row.method, Method::MapPrivate)),
                                     ),
                                     (
                                         "ratio_to_fs_read",
-                                        Json::num(r.many.ratio(row.method, Method::FsRead)),
+                                        json::num(r.many.ratio(row.method, Method::FsRead)),
                                     ),
-                                    ("fds_per_live_map", Json::Num(row.fds_per_map)),
+                                    ("fds_per_live_map", json::float(row.fds_per_map)),
                                     (
                                         "picked",
-                                        Json::Obj(
+                                        Json::Object(
                                             row.picked
                                                 .iter()
                                                 .map(|(s, n)| {
-                                                    (s.name().to_string(), Json::Int(*n as i64))
+                                                    (s.name().to_string(), json::int(*n as i64))
                                                 })
                                                 .collect(),
                                         ),
                                     ),
                                     (
                                         "samples_s",
-                                        Json::Arr(row.secs.iter().map(|&x| Json::Num(x)).collect()),
+                                        Json::Array(
+                                            row.secs.iter().map(|&x| json::float(x)).collect(),
+                                        ),
                                     ),
-                                    ("error", Json::opt_str(row.error.as_deref())),
+                                    ("error", json::opt_str(row.error.as_deref())),
                                 ])
                             })
                             .collect(),
@@ -899,14 +901,14 @@ fn results_json(r: &Results, goals: &[Goal]) -> Json {
         ),
         (
             "goals",
-            Json::Arr(
+            Json::Array(
                 goals
                     .iter()
                     .map(|g| {
-                        Json::obj([
-                            ("goal", Json::Str(g.name.clone())),
+                        json::obj([
+                            ("goal", Json::String(g.name.clone())),
                             ("met", g.met.map_or(Json::Null, Json::Bool)),
-                            ("detail", Json::Str(g.detail.clone())),
+                            ("detail", Json::String(g.detail.clone())),
                         ])
                     })
                     .collect(),
@@ -1014,7 +1016,7 @@ pub fn write_dir(dir: &Path, r: &Results, goals: &[Goal]) -> std::io::Result<()>
     std::fs::write(dir.join("report.md"), markdown(r, goals))?;
     std::fs::write(
         dir.join("results.json"),
-        format!("{}\n", results_json(r, goals)),
+        format!("{}\n", json::pretty(&results_json(r, goals))),
     )?;
     for w in Workload::ALL {
         std::fs::write(dir.join(format!("{}.svg", w.key())), workload_svg(r, w))?;

@@ -165,7 +165,7 @@ fn random_pages(bytes: &[u8]) -> u64 {
     let mut rng = SplitMix(0x6d61_7063_6f70_7921);
     let mut sum = 0u64;
     for _ in 0..pages.div_ceil(100) {
-        let off = (rng.next() % pages as u64) as usize * PAGE;
+        let off = (rng.next_u64() % pages as u64) as usize * PAGE;
         let v = match bytes.get(off..off + 8) {
             Some(w) => u64::from_le_bytes(w.try_into().expect("8 bytes")),
             None => bytes[off] as u64,
@@ -176,26 +176,7 @@ fn random_pages(bytes: &[u8]) -> u64 {
 }
 
 /// splitmix64: the file contents and the random page choice.
-pub struct SplitMix(pub u64);
-
-impl SplitMix {
-    /// The value at position `i` of the stream seeded with 0.
-    pub fn at(i: u64) -> u64 {
-        mix(i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
-    }
-
-    /// Next value.
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        mix(self.0)
-    }
-}
-
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
+pub use mapcopy_check::prng::SplitMix;
 
 /// Memory of this process from `/proc/self/smaps_rollup`, in bytes.
 #[derive(Clone, Copy, Debug, Default)]
