@@ -20,10 +20,24 @@ pub const CHILD_ENV: &str = "MAPCOPY_CHECK_CHILD";
 /// with the command-line arguments and exits with its status. Otherwise
 /// returns at once.
 pub fn dispatch() {
+    dispatch_with(&[]);
+}
+
+/// An entry point of one binary: its name and what it runs (the
+/// command-line arguments in, the exit status out).
+pub type Entry = (&'static str, fn(&[String]) -> i32);
+
+/// [`dispatch`], with the binary's own entry points `local` tried first:
+/// how a test binary runs pieces of itself as other processes (start them
+/// with [`command`]).
+pub fn dispatch_with(local: &[Entry]) {
     let Ok(name) = std::env::var(CHILD_ENV) else {
         return;
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some((_, run)) = local.iter().find(|(n, _)| *n == name) {
+        std::process::exit(run(&args));
+    }
     let code = match name.as_str() {
         // Entry points, one line each: "name" => module::child_main(&args),
         crate::demo::WRITER => crate::demo::writer_main(&args),
@@ -47,9 +61,22 @@ pub fn dispatch() {
 
 /// A `Command` that runs entry point `name` with `args` in a new process
 /// (this same executable, re-executed).
-pub fn command(name: &str, args: &[String]) -> Command {
+pub fn command<S: AsRef<std::ffi::OsStr>>(name: &str, args: &[S]) -> Command {
+    wrapped(&[], name, args)
+}
+
+/// [`command`] run through `wrapper` (e.g. `["timeout", "60"]`): the
+/// wrapper's program with its arguments, then this executable.
+pub fn wrapped<S: AsRef<std::ffi::OsStr>>(wrapper: &[&str], name: &str, args: &[S]) -> Command {
     let exe = std::env::current_exe().expect("path of the running executable");
-    let mut cmd = Command::new(exe);
+    let mut cmd = match wrapper.split_first() {
+        Some((prog, rest)) => {
+            let mut c = Command::new(prog);
+            c.args(rest).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
     cmd.env(CHILD_ENV, name).args(args);
     cmd
 }

@@ -80,7 +80,10 @@ pub fn current_exe_for_nobody() -> Result<PathBuf, String> {
 }
 
 /// A [`crate::child`] entry point run as `nobody`.
-pub fn child_as_nobody(name: &str, args: &[String]) -> Result<Command, String> {
+pub fn child_as_nobody<S: AsRef<std::ffi::OsStr>>(
+    name: &str,
+    args: &[S],
+) -> Result<Command, String> {
     let exe = current_exe_for_nobody()?;
     let mut cmd = as_nobody(&exe)?;
     cmd.env(child::CHILD_ENV, name).args(args);

@@ -18,7 +18,7 @@
 //!
 //! Tests that need root, loop devices or dmsetup print why they skip; with
 //! `MAPCOPY_REQUIRE_ALL=1` a skip is a failure. Own harness: the children
-//! are this binary re-executed (env `FAULTS_CHILD`).
+//! are this binary re-executed (`mapcopy_check::child` entry points).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -35,8 +35,6 @@ use common::{skip, usable_for};
 use mapcopy::{ErrorKind, Strategy};
 use mapcopy_check::fixture::FsKind;
 
-const CHILD_ENV: &str = "FAULTS_CHILD";
-
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 1)
@@ -44,9 +42,7 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 }
 
 fn child(kind: &str, args: &[&str]) -> Command {
-    let mut c = Command::new(std::env::current_exe().unwrap());
-    c.env(CHILD_ENV, kind).args(args);
-    c
+    mapcopy_check::child::command(kind, args)
 }
 
 /// Drops the file's clean pages from the page cache, so reads go to disk.
@@ -498,18 +494,12 @@ fn child_nofile(args: &[String]) -> i32 {
 }
 
 fn main() {
-    if let Ok(kind) = std::env::var(CHILD_ENV) {
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        let code = match kind.as_str() {
-            "eio" => child_eio(&args),
-            "hold" => child_hold(&args),
-            "write" => child_write(&args),
-            "nofile" => child_nofile(&args),
-            _ => 2,
-        };
-        std::process::exit(code);
-    }
-    mapcopy_check::child::dispatch();
+    mapcopy_check::child::dispatch_with(&[
+        ("eio", child_eio),
+        ("hold", child_hold),
+        ("write", child_write),
+        ("nofile", child_nofile),
+    ]);
     let mut args = Arguments::from_args();
     // Loop devices and dm names are global: one at a time.
     args.test_threads = Some(1);

@@ -7,14 +7,28 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::Path;
-use std::process::Command;
 
 use mapcopy::{Consistency, MapOptions, Strategy};
 use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 
 const FILES: usize = 10_000;
 const SOFT: u64 = 1024;
-const CHILD_ENV: &str = "MAPCOPY_FD_LIMIT_CHILD";
+/// The entry point that maps every file of a directory.
+const CHILD: &str = "fd-limit-child";
+
+fn child_main(args: &[String]) -> i32 {
+    let Some(dir) = args.first() else {
+        eprintln!("fd_limit child: needs a directory");
+        return 2;
+    };
+    match child(Path::new(dir)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("fd_limit child: {e}");
+            1
+        }
+    }
+}
 
 fn contents(i: usize) -> Vec<u8> {
     let len = 1 + (i * 7919) % 20_000;
@@ -24,15 +38,7 @@ fn contents(i: usize) -> Vec<u8> {
 }
 
 fn main() {
-    if let Ok(dir) = std::env::var(CHILD_ENV) {
-        std::process::exit(match child(Path::new(&dir)) {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("fd_limit child: {e}");
-                1
-            }
-        });
-    }
+    mapcopy_check::child::dispatch_with(&[(CHILD, child_main)]);
     let tmp = tempfile::Builder::new()
         .prefix("mapcopy-fd-limit-")
         .tempdir()
@@ -40,8 +46,7 @@ fn main() {
     for i in 0..FILES {
         std::fs::write(tmp.path().join(format!("{i:05}")), contents(i)).expect("write");
     }
-    let out = Command::new(std::env::current_exe().expect("exe"))
-        .env(CHILD_ENV, tmp.path())
+    let out = mapcopy_check::child::command(CHILD, &[tmp.path()])
         .output()
         .expect("spawn child");
     print!("{}", String::from_utf8_lossy(&out.stdout));

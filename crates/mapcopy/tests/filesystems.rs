@@ -40,8 +40,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::FileExt;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use mapcopy::{Consistency, ErrorKind, MapCopy, MapOptions, Strategy};
@@ -53,8 +53,8 @@ use mapcopy_check::pattern;
 
 type Outcome = Result<Completion, Failed>;
 
-/// Env var naming the method a re-executed reader maps with.
-const READER_ENV: &str = "MAPCOPY_FS_READER";
+/// The reader's entry point (`METHOD PATH`).
+const READER: &str = "fs-reader";
 
 /// A reader still running after this long is hung: killed, the trial fails.
 const READER_LIMIT_SECS: u64 = 120;
@@ -214,15 +214,13 @@ fn read_around(
     path: &Path,
     write: impl FnOnce() -> std::io::Result<()>,
 ) -> Result<Read, Failed> {
-    let exe = std::env::current_exe().map_err(|e| Failed::from(e.to_string()))?;
-    let mut child = Command::new(exe)
-        .env(READER_ENV, method.name())
-        .arg(path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| Failed::from(format!("starting the reader: {e}")))?;
+    let mut child =
+        mapcopy_check::child::command(READER, &[method.name().as_ref(), path.as_os_str()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| Failed::from(format!("starting the reader: {e}")))?;
     // No reader may hang the suite (a fault never served, a writer stuck):
     // past the limit it is killed and the trial fails.
     let (finished, watch) = std::sync::mpsc::channel::<()>();
@@ -696,18 +694,13 @@ fn trials() -> Vec<Trial> {
 }
 
 fn main() {
-    mapcopy_check::child::dispatch();
-    if let Ok(method) = std::env::var(READER_ENV) {
-        let path: Option<PathBuf> = std::env::args_os().nth(1).map(Into::into);
-        let code = match path {
-            Some(p) => reader_main(&method, &p),
-            None => {
-                eprintln!("the reader needs a path");
-                2
-            }
-        };
-        std::process::exit(code);
-    }
+    mapcopy_check::child::dispatch_with(&[(READER, |args| match args {
+        [method, path] => reader_main(method, Path::new(path)),
+        _ => {
+            eprintln!("the reader needs a method and a path");
+            2
+        }
+    })]);
     let args = Arguments::from_args();
     libtest_mimic::run(&args, trials()).exit();
 }

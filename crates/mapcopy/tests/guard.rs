@@ -13,9 +13,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use libtest_mimic::{Arguments, Trial};
 use mapcopy::{ErrorKind, MapCopy, MapOptions, Strategy};
 
 const PAGE: usize = 4096;
+
+/// The name of [`guard_child`] as an entry point.
+const GUARD_CHILD: &str = "guard-child";
 
 /// Whether Guard can run here; prints the reason when not.
 fn usable(test: &str) -> bool {
@@ -112,7 +116,6 @@ fn holds(name: &str, pages: usize, tail: usize, modify: impl FnOnce(&Path)) {
     );
 }
 
-#[test]
 fn write_by_dd() {
     holds("write_by_dd", 8, 100, |p| {
         sh(&format!(
@@ -122,7 +125,6 @@ fn write_by_dd() {
     });
 }
 
-#[test]
 fn pwrite_and_pwritev_by_xfs_io() {
     holds("pwrite_and_pwritev_by_xfs_io", 8, 100, |p| {
         sh(&format!(
@@ -132,7 +134,6 @@ fn pwrite_and_pwritev_by_xfs_io() {
     });
 }
 
-#[test]
 fn append_into_the_last_partial_page() {
     // The mapping reaches past the end of the file: the tail of the last
     // page must keep reading zeros, whether or not it was read before.
@@ -157,7 +158,6 @@ fn append_into_the_last_partial_page() {
     }
 }
 
-#[test]
 fn truncate_by_path_to_zero_and_regrow() {
     holds("truncate_by_path_to_zero_and_regrow", 6, 123, |p| {
         sh(&format!("truncate -s 0 {0} && truncate -s 5000 {0}", q(p)));
@@ -168,7 +168,6 @@ fn truncate_by_path_to_zero_and_regrow() {
     });
 }
 
-#[test]
 fn ftruncate_into_the_middle() {
     holds("ftruncate_into_the_middle", 6, 0, |p| {
         // xfs_io truncate is ftruncate(2) on its own fd.
@@ -176,7 +175,6 @@ fn ftruncate_into_the_middle() {
     });
 }
 
-#[test]
 fn open_with_o_trunc() {
     holds("open_with_o_trunc", 5, 7, |p| {
         sh(&format!(": > {}", q(p)));
@@ -184,7 +182,6 @@ fn open_with_o_trunc() {
     });
 }
 
-#[test]
 fn fallocate_punch_zero_and_collapse() {
     holds("fallocate_punch_zero_and_collapse", 16, 0, |p| {
         sh(&format!("fallocate -p -o 4096 -l 8192 {}", q(p)));
@@ -194,7 +191,6 @@ fn fallocate_punch_zero_and_collapse() {
     });
 }
 
-#[test]
 fn copy_file_range_into_the_file() {
     if !usable("copy_file_range_into_the_file") {
         return;
@@ -219,7 +215,6 @@ fn copy_file_range_into_the_file() {
     assert!(map[..] == fx.original[..]);
 }
 
-#[test]
 fn o_direct_write() {
     holds("o_direct_write", 8, 0, |p| {
         sh(&format!(
@@ -229,7 +224,6 @@ fn o_direct_write() {
     });
 }
 
-#[test]
 fn shared_mapping_made_after_ours() {
     holds("shared_mapping_made_after_ours", 4, 0, |p| {
         sh(&format!(
@@ -239,7 +233,6 @@ fn shared_mapping_made_after_ours() {
     });
 }
 
-#[test]
 fn second_hard_link() {
     holds("second_hard_link", 4, 0, |p| {
         let link = p.with_file_name("link");
@@ -251,7 +244,6 @@ fn second_hard_link() {
     });
 }
 
-#[test]
 fn cp_over_the_file() {
     holds("cp_over_the_file", 4, 10, |p| {
         let other = p.with_file_name("other");
@@ -261,7 +253,6 @@ fn cp_over_the_file() {
     });
 }
 
-#[test]
 fn open_rdonly_trunc_by_another_process() {
     // Linux truncates on open(O_RDONLY|O_TRUNC) given write permission; no
     // lease breaks for it, but a guard sees the open (FAN_OPEN_PERM).
@@ -299,7 +290,6 @@ impl Drop for LoopDev {
     }
 }
 
-#[test]
 fn loop_device_over_the_file_is_refused() {
     // A loop device holds its backing file open for writing: the read-lease
     // proof sees it.
@@ -317,7 +307,6 @@ fn loop_device_over_the_file_is_refused() {
     assert!(err.to_string().contains("open for writing"), "{err}");
 }
 
-#[test]
 fn loop_device_attached_after_the_map_is_a_documented_hole() {
     // The loop driver writes its backing file with ->write_iter directly,
     // not through vfs_write, so no fanotify event is raised and the guard
@@ -342,14 +331,12 @@ fn loop_device_attached_after_the_map_is_a_documented_hole() {
     );
 }
 
-#[test]
 fn io_uring_write_by_a_child() {
     holds("io_uring_write_by_a_child", 4, 0, |p| {
         child("uring_write", p, "");
     });
 }
 
-#[test]
 fn writer_holding_the_file_open_is_refused() {
     if !usable("writer_holding_the_file_open_is_refused") {
         return;
@@ -386,7 +373,6 @@ fn writer_holding_the_file_open_is_refused() {
     assert!(map[..] == fx.original[..]);
 }
 
-#[test]
 fn writable_fd_is_refused() {
     if !usable("writable_fd_is_refused") {
         return;
@@ -405,7 +391,6 @@ fn writable_fd_is_refused() {
     assert!(e.to_string().contains("open for writing"), "{e}");
 }
 
-#[test]
 fn map_mut_keeps_own_stores_through_truncation() {
     if !usable("map_mut_keeps_own_stores_through_truncation") {
         return;
@@ -428,7 +413,6 @@ fn map_mut_keeps_own_stores_through_truncation() {
     assert_eq!(fs::metadata(&fx.path).unwrap().len(), 0);
 }
 
-#[test]
 fn many_mappings_of_one_file() {
     holds("many_mappings_of_one_file", 16, 5, |p| {
         let f = File::open(p).unwrap();
@@ -459,7 +443,6 @@ fn many_mappings_of_one_file() {
     });
 }
 
-#[test]
 fn own_process_writes() {
     holds("own_process_writes", 6, 0, |p| {
         // An fd this process opens after mapping; written from this thread
@@ -476,7 +459,6 @@ fn own_process_writes() {
     });
 }
 
-#[test]
 fn sparse_64_gib_maps_without_reserving() {
     if !usable("sparse_64_gib_maps_without_reserving") {
         return;
@@ -499,7 +481,6 @@ fn sparse_64_gib_maps_without_reserving() {
     assert_eq!(map[1 << 30], 0);
 }
 
-#[test]
 fn kernel_reads_the_mapping() {
     if !usable("kernel_reads_the_mapping") {
         return;
@@ -513,7 +494,6 @@ fn kernel_reads_the_mapping() {
     assert_eq!(fs::read(&out).unwrap(), fx.original);
 }
 
-#[test]
 fn hundred_files_under_a_thousand_writes() {
     if !usable("hundred_files_under_a_thousand_writes") {
         return;
@@ -542,7 +522,6 @@ fn hundred_files_under_a_thousand_writes() {
     }
 }
 
-#[test]
 fn dropping_the_last_mapping_removes_the_mark() {
     if !usable("dropping_the_last_mapping_removes_the_mark") {
         return;
@@ -576,7 +555,6 @@ fn marked(ino: u64) -> bool {
     })
 }
 
-#[test]
 fn control_plain_map_private_is_caught() {
     // The same check on a plain MAP_PRIVATE mapping must fail: it shows the
     // check above can see a broken snapshot.
@@ -611,7 +589,6 @@ fn control_plain_map_private_is_caught() {
     );
 }
 
-#[test]
 fn nobody_gets_unsupported_with_the_reason() {
     if !usable("nobody_gets_unsupported_with_the_reason") {
         return;
@@ -621,33 +598,28 @@ fn nobody_gets_unsupported_with_the_reason() {
     let dir = fx.path.parent().unwrap();
     fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
     fs::set_permissions(&fx.path, fs::Permissions::from_mode(0o644)).unwrap();
-    let exe = std::env::current_exe().unwrap();
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(&exe)
-        .args(["child_entry", "--exact", "--nocapture", "--ignored"])
-        .env("GUARD_CHILD", "as_nobody")
-        .env("GUARD_PATH", &fx.path)
-        .output()
-        .unwrap();
+    let out = mapcopy_check::privilege::child_as_nobody(
+        GUARD_CHILD,
+        &["as_nobody".as_ref(), fx.path.as_os_str(), "".as_ref()],
+    )
+    .unwrap()
+    .output()
+    .unwrap();
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "child failed: {text}");
     assert!(text.contains("NOBODY-OK"), "{text}");
 }
 
-/// Runs `child_entry` of this test binary in a new process.
+/// Runs [`guard_child`] in a new process.
 fn child(op: &str, path: &Path, arg: &str) {
-    let exe = std::env::current_exe().unwrap();
-    let out = Command::new("timeout")
-        .arg("60")
-        .arg(&exe)
-        .args(["child_entry", "--exact", "--nocapture", "--ignored"])
-        .env("GUARD_CHILD", op)
-        .env("GUARD_PATH", path)
-        .env("GUARD_ARG", arg)
-        .output()
-        .unwrap();
+    let out = mapcopy_check::child::wrapped(
+        &["timeout", "60"],
+        GUARD_CHILD,
+        &[op.as_ref(), path.as_os_str(), arg.as_ref()],
+    )
+    .output()
+    .unwrap();
     assert!(
         out.status.success(),
         "child {op} failed: {}{}",
@@ -656,14 +628,14 @@ fn child(op: &str, path: &Path, arg: &str) {
     );
 }
 
-/// Not a test: the entry point of the child processes above (run only with
-/// `GUARD_CHILD` set, by `child` and `nobody_gets_unsupported_with_the_reason`).
-#[test]
-#[ignore = "entry point of child processes, run by the other tests"]
-fn child_entry() {
-    let op = std::env::var("GUARD_CHILD").expect("run by child()");
-    let path = PathBuf::from(std::env::var("GUARD_PATH").unwrap());
-    let arg = std::env::var("GUARD_ARG").unwrap_or_default();
+/// The entry point of the child processes above (`OP PATH ARG`, run by
+/// `child` and the tests that re-execute this binary).
+fn guard_child(args: &[String]) -> i32 {
+    let [op, path, arg] = args else {
+        eprintln!("guard child: expected OP PATH ARG, got {args:?}");
+        return 2;
+    };
+    let path = PathBuf::from(path);
     match op.as_str() {
         "as_nobody" => {
             assert_ne!(rustix::process::geteuid().as_raw(), 0);
@@ -706,7 +678,8 @@ fn child_entry() {
             }
         }
         "many_writes" => {
-            let files: Vec<File> = std::env::var("GUARD_PATH")
+            let files: Vec<File> = path
+                .to_str()
                 .unwrap()
                 .lines()
                 .map(|p| OpenOptions::new().write(true).open(p).unwrap())
@@ -745,12 +718,12 @@ fn child_entry() {
         }
         other => panic!("unknown child op {other}"),
     }
+    0
 }
 
 /// Auto takes Guard for reads only where neither a lease nor a clone can be
 /// had (a guard taxes every other reader of the file), and never for
 /// map_mut where something copies less.
-#[test]
 fn auto_prefers_lease_over_guard_for_reads_and_not_guard_for_map_mut() {
     if !usable("auto_prefers_lease_over_guard_for_reads_and_not_guard_for_map_mut") {
         return;
@@ -813,7 +786,6 @@ fn fs_has_reflink(p: &Path) -> bool {
     t.contains("xfs") || t.contains("btrfs") || t.contains("bcachefs")
 }
 
-#[test]
 fn forked_child_never_holds_writers_up() {
     // A child forked (without exec) by a guarding process keeps a copy of
     // the fanotify fd unless the fork handler drops it; after the parent
@@ -822,14 +794,13 @@ fn forked_child_never_holds_writers_up() {
         return;
     }
     let fx = fixture(2, 0);
-    let exe = std::env::current_exe().unwrap();
-    let out = Command::new(&exe)
-        .args(["child_entry", "--exact", "--nocapture", "--ignored"])
-        .env("GUARD_CHILD", "fork_and_exit")
-        .env("GUARD_PATH", &fx.path)
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap();
+    let out = mapcopy_check::child::command(
+        GUARD_CHILD,
+        &["fork_and_exit".as_ref(), fx.path.as_os_str(), "".as_ref()],
+    )
+    .stderr(Stdio::inherit())
+    .output()
+    .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("FORKED"), "{text}");
     let grandchild: i32 = text
@@ -859,7 +830,6 @@ fn forked_child_never_holds_writers_up() {
 /// A forked child has no guard thread: libc's fork() detaches the mapping
 /// first, so the child reads the snapshot, not the file rewritten after
 /// the fork.
-#[test]
 fn forked_child_reads_the_snapshot_not_the_rewritten_file() {
     if !usable("forked_child_reads_the_snapshot_not_the_rewritten_file") {
         return;
@@ -898,4 +868,141 @@ fn forked_child_reads_the_snapshot_not_the_rewritten_file() {
     );
     assert_eq!(map[0], want);
     drop(map);
+}
+
+fn main() {
+    mapcopy_check::child::dispatch_with(&[(GUARD_CHILD, guard_child)]);
+    let args = Arguments::from_args();
+    let trials = vec![
+        Trial::test("write_by_dd", || {
+            write_by_dd();
+            Ok(())
+        }),
+        Trial::test("pwrite_and_pwritev_by_xfs_io", || {
+            pwrite_and_pwritev_by_xfs_io();
+            Ok(())
+        }),
+        Trial::test("append_into_the_last_partial_page", || {
+            append_into_the_last_partial_page();
+            Ok(())
+        }),
+        Trial::test("truncate_by_path_to_zero_and_regrow", || {
+            truncate_by_path_to_zero_and_regrow();
+            Ok(())
+        }),
+        Trial::test("ftruncate_into_the_middle", || {
+            ftruncate_into_the_middle();
+            Ok(())
+        }),
+        Trial::test("open_with_o_trunc", || {
+            open_with_o_trunc();
+            Ok(())
+        }),
+        Trial::test("fallocate_punch_zero_and_collapse", || {
+            fallocate_punch_zero_and_collapse();
+            Ok(())
+        }),
+        Trial::test("copy_file_range_into_the_file", || {
+            copy_file_range_into_the_file();
+            Ok(())
+        }),
+        Trial::test("o_direct_write", || {
+            o_direct_write();
+            Ok(())
+        }),
+        Trial::test("shared_mapping_made_after_ours", || {
+            shared_mapping_made_after_ours();
+            Ok(())
+        }),
+        Trial::test("second_hard_link", || {
+            second_hard_link();
+            Ok(())
+        }),
+        Trial::test("cp_over_the_file", || {
+            cp_over_the_file();
+            Ok(())
+        }),
+        Trial::test("open_rdonly_trunc_by_another_process", || {
+            open_rdonly_trunc_by_another_process();
+            Ok(())
+        }),
+        Trial::test("loop_device_over_the_file_is_refused", || {
+            loop_device_over_the_file_is_refused();
+            Ok(())
+        }),
+        Trial::test(
+            "loop_device_attached_after_the_map_is_a_documented_hole",
+            || {
+                loop_device_attached_after_the_map_is_a_documented_hole();
+                Ok(())
+            },
+        ),
+        Trial::test("io_uring_write_by_a_child", || {
+            io_uring_write_by_a_child();
+            Ok(())
+        }),
+        Trial::test("writer_holding_the_file_open_is_refused", || {
+            writer_holding_the_file_open_is_refused();
+            Ok(())
+        }),
+        Trial::test("writable_fd_is_refused", || {
+            writable_fd_is_refused();
+            Ok(())
+        }),
+        Trial::test("map_mut_keeps_own_stores_through_truncation", || {
+            map_mut_keeps_own_stores_through_truncation();
+            Ok(())
+        }),
+        Trial::test("many_mappings_of_one_file", || {
+            many_mappings_of_one_file();
+            Ok(())
+        }),
+        Trial::test("own_process_writes", || {
+            own_process_writes();
+            Ok(())
+        }),
+        Trial::test("sparse_64_gib_maps_without_reserving", || {
+            sparse_64_gib_maps_without_reserving();
+            Ok(())
+        }),
+        Trial::test("kernel_reads_the_mapping", || {
+            kernel_reads_the_mapping();
+            Ok(())
+        }),
+        Trial::test("hundred_files_under_a_thousand_writes", || {
+            hundred_files_under_a_thousand_writes();
+            Ok(())
+        }),
+        Trial::test("dropping_the_last_mapping_removes_the_mark", || {
+            dropping_the_last_mapping_removes_the_mark();
+            Ok(())
+        }),
+        Trial::test("control_plain_map_private_is_caught", || {
+            control_plain_map_private_is_caught();
+            Ok(())
+        }),
+        Trial::test("nobody_gets_unsupported_with_the_reason", || {
+            nobody_gets_unsupported_with_the_reason();
+            Ok(())
+        }),
+        Trial::test(
+            "auto_prefers_lease_over_guard_for_reads_and_not_guard_for_map_mut",
+            || {
+                auto_prefers_lease_over_guard_for_reads_and_not_guard_for_map_mut();
+                Ok(())
+            },
+        ),
+        Trial::test("forked_child_never_holds_writers_up", || {
+            forked_child_never_holds_writers_up();
+            Ok(())
+        }),
+        Trial::test(
+            "forked_child_reads_the_snapshot_not_the_rewritten_file",
+            || {
+                forked_child_reads_the_snapshot_not_the_rewritten_file();
+                Ok(())
+            },
+        ),
+    ];
+    libtest_mimic::run(&args, trials).exit();
 }

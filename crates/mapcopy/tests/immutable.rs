@@ -35,9 +35,9 @@ use rustix::fs::SealFlags;
 
 type Outcome = Result<(), Failed>;
 
-/// Env var: map the file at this path with Auto, print the strategy and a
-/// checksum, exit (the unprivileged reader of an image).
-const READER_ENV: &str = "MAPCOPY_IMMUTABLE_READER";
+/// Entry point: map the file at the path given with Auto, print the
+/// strategy and a checksum, exit (the unprivileged reader of an image).
+const READER: &str = "immutable-reader";
 
 fn page() -> usize {
     rustix::param::page_size()
@@ -488,12 +488,11 @@ fn image_case(kind: ReadOnlyKind) -> Outcome {
             return fail(format!("{name}: the mapping changed"));
         }
         // An unprivileged reader maps it the same way.
-        let mut cmd = match privilege::as_nobody(&privilege::current_exe_for_nobody()?) {
+        let mut cmd = match privilege::child_as_nobody(READER, &[&path]) {
             Ok(c) => c,
             Err(why) => return skip(format!("cannot run as nobody: {why}")),
         };
         let out = cmd
-            .env(READER_ENV, &path)
             .output()
             .map_err(|e| format!("running the reader as nobody: {e}"))?;
         let want = format!("immutable {}", checksum(&data));
@@ -642,10 +641,10 @@ fn nobody(inner: &str) -> Outcome {
 }
 
 fn main() {
-    mapcopy_check::child::dispatch();
-    if let Some(path) = std::env::var_os(READER_ENV) {
-        std::process::exit(reader_main(Path::new(&path)));
-    }
+    mapcopy_check::child::dispatch_with(&[(READER, |args| match args {
+        [path] => reader_main(Path::new(path)),
+        _ => 2,
+    })]);
     let mut args = Arguments::from_args();
     // One at a time: the zero-copy check counts this process's fds and
     // threads around a map, which parallel trials would change.

@@ -31,7 +31,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -42,8 +42,8 @@ use mapcopy_check::privilege;
 
 type Outcome = Result<(), Failed>;
 
-/// Env var: run as the mapper (`STRATEGY PATH` in the arguments).
-const MAPPER_ENV: &str = "MAPCOPY_STOPPED_MAPPER";
+/// The mapper's entry point (`STRATEGY PATH`).
+const MAPPER: &str = "stopped-mapper";
 
 /// How long a call may wait for a stopped mapper before the test resumes
 /// it anyway.
@@ -354,11 +354,7 @@ fn case(s: Strategy, how: Stop, dir: &Path) -> Outcome {
         Stop::Freeze => Some(Cgroup::new().map_err(|e| format!("cgroup: {e}"))?),
         _ => None,
     };
-    let mut child = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
-        .env(MAPPER_ENV, "1")
-        .env_remove(mapcopy_check::child::CHILD_ENV)
-        .arg(s.name())
-        .arg(&path)
+    let mut child = mapcopy_check::child::command(MAPPER, &[s.name().as_ref(), path.as_os_str()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -485,11 +481,7 @@ impl Drop for LeaseBreakTime {
 }
 
 fn main() {
-    mapcopy_check::child::dispatch();
-    if std::env::var_os(MAPPER_ENV).is_some() {
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        std::process::exit(mapper_main(&args));
-    }
+    mapcopy_check::child::dispatch_with(&[(MAPPER, mapper_main)]);
     let mut args = Arguments::from_args();
     // One at a time: the trials time calls and share the sysctl.
     args.test_threads = Some(1);

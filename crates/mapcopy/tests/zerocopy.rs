@@ -17,14 +17,18 @@ use std::time::{Duration, Instant};
 use libtest_mimic::{Arguments, Failed, Trial};
 use mapcopy::{ErrorKind, MapCopy, MapOptions, Strategy};
 
-/// Entry point of this binary re-executed as a child (see `child_main`).
-const CHILD_ENV: &str = "MAPCOPY_ZC_CHILD";
-
 fn main() {
-    if let Ok(name) = std::env::var(CHILD_ENV) {
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        std::process::exit(child_main(&name, &args));
-    }
+    mapcopy_check::child::dispatch_with(&[
+        ("lease-foreign", |a| child_main("lease-foreign", a)),
+        ("lease-hold", |a| child_main("lease-hold", a)),
+        ("lease-refused", |a| child_main("lease-refused", a)),
+        ("rdonly-trunc", |a| child_main("rdonly-trunc", a)),
+        ("reflink-hold", |a| child_main("reflink-hold", a)),
+        ("reflink-map", |a| child_main("reflink-map", a)),
+        ("reflink-refused", |a| child_main("reflink-refused", a)),
+        ("shared-map-hold", |a| child_main("shared-map-hold", a)),
+        ("truncate", |a| child_main("truncate", a)),
+    ]);
     let args = Arguments::from_args();
     let mut trials = Vec::new();
     for fs in [Kind::Xfs, Kind::Btrfs] {
@@ -248,7 +252,7 @@ const WRITERS: &[(&str, &str)] = &[
     // file instead, with O_NONBLOCK; that case is the next one).
     (
         "truncate(2) by path",
-        r#"MAPCOPY_ZC_CHILD=truncate "$ZC_EXE" "$1" 0"#,
+        r#"MAPCOPY_CHECK_CHILD=truncate "$ZC_EXE" "$1" 0"#,
     ),
     // An O_NONBLOCK open for writing gets EAGAIN while a lease is being
     // broken (kernel semantics), and succeeds once the snapshot is taken.
@@ -258,7 +262,7 @@ const WRITERS: &[(&str, &str)] = &[
     ),
     (
         "truncate then regrow",
-        r#"MAPCOPY_ZC_CHILD=truncate "$ZC_EXE" "$1" 0 && dd if=/dev/zero of="$1" bs=64k count=40 conv=notrunc status=none"#,
+        r#"MAPCOPY_CHECK_CHILD=truncate "$ZC_EXE" "$1" 0 && dd if=/dev/zero of="$1" bs=64k count=40 conv=notrunc status=none"#,
     ),
     (
         "MAP_SHARED store after our mapping",
@@ -280,7 +284,7 @@ const WRITERS: &[(&str, &str)] = &[
 /// permission), and that open does not break read leases.
 const RDONLY_TRUNC: (&str, &str) = (
     "open(O_RDONLY|O_TRUNC)",
-    r#"MAPCOPY_ZC_CHILD=rdonly-trunc "$ZC_EXE" "$1""#,
+    r#"MAPCOPY_CHECK_CHILD=rdonly-trunc "$ZC_EXE" "$1""#,
 );
 
 /// Runs writer `script` on `path` in a shell; returns how long it took.
@@ -361,7 +365,7 @@ fn past_eof(s: Strategy, dir: &Path) -> Result<(), Failed> {
     make_file(&path, b"short file")?;
     let file = File::open(&path)?;
     let map = mapcopy_check::options(s).len(3 * 4096 + 7).map(&file)?;
-    write_with(r#"MAPCOPY_ZC_CHILD=truncate "$ZC_EXE" "$1" 0"#, &path)?;
+    write_with(r#"MAPCOPY_CHECK_CHILD=truncate "$ZC_EXE" "$1" 0"#, &path)?;
     ensure(&map[..10] == b"short file", || "head changed".into())?;
     ensure(map[10..].iter().all(|&b| b == 0), || "tail not zero".into())?;
     Ok(())
@@ -806,12 +810,7 @@ fn lease_as_nobody(dir: &Path) -> Result<(), Failed> {
     let data = pattern(1 << 20, 8);
     make_file(&mine, &data)?;
     std::os::unix::fs::chown(&mine, Some(65534), Some(65534))?;
-    let exe = std::env::current_exe()?;
-    let mut cmd = Command::new("setpriv");
-    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(exe)
-        .arg(&mine)
-        .env(CHILD_ENV, "lease-hold");
+    let cmd = mapcopy_check::privilege::child_as_nobody("lease-hold", &[&mine])?;
     let holder = Holder::start(cmd)?;
     let took = write_with(r#"printf new > "$1""#, &mine)?;
     eprintln!("  root's writer broke nobody's lease in {took:?}");
@@ -859,20 +858,12 @@ fn lease_own_writes() -> Result<(), Failed> {
 // ----------------------------------------------------------------- children
 
 fn child_cmd(name: &str, args: &[&str]) -> Command {
-    let mut cmd = Command::new(std::env::current_exe().expect("own path"));
-    cmd.env(CHILD_ENV, name).args(args);
-    cmd
+    mapcopy_check::child::command(name, args)
 }
 
 /// Runs child entry point `args[0]` as user nobody; its stdout.
 fn as_nobody(args: &[&str]) -> Result<String, Failed> {
-    let exe = std::env::current_exe()?;
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(exe)
-        .args(&args[1..])
-        .env(CHILD_ENV, args[0])
-        .output()?;
+    let out = mapcopy_check::privilege::child_as_nobody(args[0], &args[1..])?.output()?;
     let so = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
         return Err(format!(
