@@ -105,6 +105,9 @@ start=$(date +%s)
 timeout 3600 sh "$here/run-vm.sh" "$out/arch/x86/boot/bzImage" "$work" \
 	guest-test.sh </dev/null >"$log" 2>&1 || true
 echo "VM ran $(($(date +%s) - start)) s"
+# The serial console ends its lines with CR LF: the checks below match ends
+# of lines.
+sed -i 's/\r$//' "$log"
 # The guest's own output; kernel messages (timestamped) are summarised below.
 grep -a -v '^\[ *[0-9]*\.[0-9]*\]' "$log" | grep -a -v '^GUEST\[' || true
 
