@@ -110,9 +110,9 @@
 //! first writer's `open` wait for the snapshot (bounded by
 //! `fs.lease-break-time` even if the mapper is stopped); a Reflink costs
 //! them nothing (the mapper reads a cold clone); a Guard makes every read
-//! of the file by anybody wait for a fanotify round trip (+19 µs per 4 KiB
-//! `pread` measured, 30× the read) and stops them all while the mapper is
-//! stopped. The price of Lease first: `open(O_RDONLY | O_TRUNC)` (below),
+//! of the file by anybody wait for a fanotify round trip (tens of µs, many
+//! times the read: `mapcopy bench`'s "cost to another process" table) and
+//! stops them all while the mapper is stopped. The price of Lease first: `open(O_RDONLY | O_TRUNC)` (below),
 //! which a guard sees. Immutable comes first: for a file nobody can change
 //! it costs nobody anything and the mapper a private mapping, and
 //! elsewhere it refuses for free (the facts it needs are read by every
@@ -128,7 +128,9 @@
 //! fd to give, so thousands of live mappings never exhaust the process's
 //! fds.
 //!
-//! Properties some strategies lack:
+//! Properties some strategies lack (the list per strategy is
+//! [`StrategyProbe::lacks`], what `mapcopy probe` prints; the repository
+//! README renders it):
 //!
 //! * **Point-in-time against a writer already holding the file open**
 //!   (`Eager`): every modifying syscall and a shared mapping's first store
@@ -193,8 +195,9 @@
 //!   or `Lazy` mapping, never changed bytes or zeros.
 //! * **Cost to other processes**: while a `Guard` mapping exists, every
 //!   read, write, mmap and open of the file by any process waits for this
-//!   process's watcher thread to classify it (about 20 µs median per access
-//!   measured; writes also wait for the copy of the pages they touch).
+//!   process's watcher thread to classify it (a fanotify round trip,
+//!   measured by `mapcopy bench`; writes also wait for the copy of the
+//!   pages they touch).
 //! * **Read errors after mapping**: a `Lazy` mapping reads the file when a
 //!   page is first touched. If that read fails (`EIO`, ...) the faulting
 //!   thread can be given neither an error nor invented bytes, and must not

@@ -79,12 +79,11 @@ static CURRENT: Mutex<Option<Arc<Watcher>>> = Mutex::new(None);
 /// fault handler) keeps polling for the next one after serving one, instead
 /// of going back to sleep. The next event of a writer loop or a random
 /// reader usually comes within this, and waking a sleeping thread costs
-/// more than serving the event: on the 2-vCPU VM this was measured on, an
-/// idle vCPU halts at once and takes 25–40 µs to wake. Polling took another
-/// process's guarded 4 KiB `pread` from +85 µs to +29 µs
-/// (`examples/guard_cost`) and a random Lazy first touch from 63.6 µs to
-/// 19.5–23 µs (`examples/lazy_random`); `tools/floors` has the bare kernel
-/// round trips, sleeping and polling.
+/// more than serving the event: on a VM whose idle vCPUs halt at once, a
+/// wakeup crosses the hypervisor. `examples/guard_cost` (another process's
+/// guarded `pread`) and `examples/lazy_random` (random Lazy first touches)
+/// measure what polling saves, `tools/floors` the bare kernel round trips,
+/// sleeping and polling; the README gives the figures.
 pub(crate) const POLL_AFTER_EVENT: Duration = Duration::from_micros(60);
 
 /// Calls `serve` (which handles what is pending and returns how many events

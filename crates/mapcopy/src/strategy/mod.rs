@@ -220,31 +220,30 @@ fn map_named(s: Strategy, req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error>
 /// The order `Auto` tries strategies in for read-only maps (`map`), chosen
 /// by what each costs *other* processes (a read-only snapshot taken by
 /// default must not slow down everybody else's reads) and then the mapper.
-/// Measured with `mapcopy bench` (ext4, 2 CPUs, quick run, another process
-/// doing 1,024 × 4 KiB `pread` then `pwrite` while the mapping lives; no
-/// mapping: 0.66 µs per read, 2.33 µs per write):
+/// `mapcopy bench` measures both, in the same run: its "cost to another
+/// process" table (another process's 4 KiB `pread` and `pwrite` while each
+/// kind of mapping lives) and its per-workload tables against
+/// `MAP_PRIVATE`; the README quotes a run.
 ///
 /// * `Immutable` first: where the kernel lets nobody change the file it
-///   costs nobody anything and the mapper only a private mapping (map +
-///   first byte within 1.2× `MAP_PRIVATE`); elsewhere it refuses at no
-///   cost (the facts it needs are read by every map).
-/// * `Lease` next: other processes' reads cost the same (+0.4 µs, noise),
-///   their writes too (+0.06 µs); only the first writer's `open` waits for
-///   the snapshot (2.6 ms for 16 MiB copied on ext4; a reflink clone on
-///   xfs and btrfs), and a stopped mapper holds it up at most
-///   `fs.lease-break-time`. For the mapper it is as cheap as any (map +
-///   first byte 45 µs at 1 GiB against Guard's 84 µs; full scan 0.98×
-///   `MAP_PRIVATE`). Its one hole, `open(O_RDONLY | O_TRUNC)` by a process
-///   with write permission (truncates without breaking the lease), is
-///   listed by `probe`.
+///   costs nobody anything and the mapper only a private mapping (its
+///   bench goal: map + first byte within 1.2× `MAP_PRIVATE`); elsewhere it
+///   refuses at no cost (the facts it needs are read by every map).
+/// * `Lease` next: other processes' reads and writes cost what they cost
+///   without it (within the bench's noise); only the first writer's `open`
+///   waits, for the snapshot (a copy of the range; a reflink clone on xfs
+///   and btrfs), and a stopped mapper holds it up at most
+///   `fs.lease-break-time`. For the mapper it is as cheap as `MAP_PRIVATE`.
+///   Its one hole, `open(O_RDONLY | O_TRUNC)` by a process with write
+///   permission (truncates without breaking the lease), is listed by
+///   `probe`.
 /// * `Reflink` next: nothing to other processes at all and no hole, but
-///   the clone's page cache starts cold for the mapper (a full scan
-///   measured 0.15× `MAP_PRIVATE` on xfs).
+///   the clone's page cache starts cold for the mapper (its full scan is
+///   the bench's slowest zero-copy one).
 /// * `Guard` only then (where a lease cannot be had: another owner without
-///   `CAP_LEASE`, leases disabled): every read of the file by any other
-///   process waits for a fanotify round trip (+19 µs per 4 KiB `pread`,
-///   30× the read; +25 µs per `pwrite`), and a stopped mapper stops them
-///   all without bound.
+///   `CAP_LEASE`, leases disabled): every read and write of the file by any
+///   other process waits for a fanotify round trip (tens of µs, many times
+///   the read itself), and a stopped mapper stops them all without bound.
 /// * `Lazy`, then `Eager`: copy what the owner touches, or everything.
 pub(crate) fn auto_order() -> &'static [Strategy] {
     &Strategy::ALL
