@@ -70,7 +70,8 @@ use rustix::mm::{Advice, ProtFlags};
 
 use super::{Request, Snapshot, Span, Strategy};
 use crate::Error;
-use crate::sys::fanotify::{self, Event, FAN_PRE_ACCESS, Group, LeaseProbe, Response};
+use crate::sys::fanotify::{self, Event, FAN_PRE_ACCESS, Group, Response};
+use crate::sys::lease::{LeaseProbe, try_read_lease};
 use crate::sys::mmap::{HUGE_PAGE, Region};
 use crate::sys::proc_pid::{self, FdInfo, Syscall};
 use crate::sys::{self, detect, file};
@@ -178,21 +179,21 @@ fn group_error(e: io::Error) -> String {
 
 const WRITER_OPEN: &str = "file is open for writing by another process (a read lease was refused); its writes would raise no events";
 
-/// [`fanotify::try_read_lease`], tried a few times over ~10 ms: a
+/// [`try_read_lease`], tried a few times over ~10 ms: a
 /// writable fd can exist for a moment without a writer (a child between
 /// `fork` and `exec` holds copies of its parent's fds until `O_CLOEXEC`
 /// closes them).
 fn lease_probe(fd: BorrowedFd<'_>, patient: bool) -> io::Result<LeaseProbe> {
     if !patient {
-        return fanotify::try_read_lease(fd);
+        return try_read_lease(fd);
     }
     for _ in 0..5 {
-        match fanotify::try_read_lease(fd)? {
+        match try_read_lease(fd)? {
             LeaseProbe::NoWriter => return Ok(LeaseProbe::NoWriter),
             LeaseProbe::WriterExists => std::thread::sleep(std::time::Duration::from_millis(2)),
         }
     }
-    fanotify::try_read_lease(fd)
+    try_read_lease(fd)
 }
 
 fn kernel_ok() -> Result<String, String> {
@@ -202,18 +203,14 @@ fn kernel_ok() -> Result<String, String> {
 }
 
 fn kernel_release_ok() -> Result<String, String> {
-    let uname = rustix::system::uname();
-    let release = uname.release().to_string_lossy().into_owned();
-    let mut parts = release.split(|c: char| !c.is_ascii_digit());
-    let major: u32 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-    let minor: u32 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-    if (major, minor) < MIN_KERNEL {
+    let kernel = detect::Kernel::running();
+    if !kernel.at_least(MIN_KERNEL.0, MIN_KERNEL.1) {
         return Err(format!(
-            "kernel {release} predates fanotify pre-content events (FAN_PRE_ACCESS, Linux {}.{})",
-            MIN_KERNEL.0, MIN_KERNEL.1
+            "kernel {} predates fanotify pre-content events (FAN_PRE_ACCESS, Linux {}.{})",
+            kernel.release, MIN_KERNEL.0, MIN_KERNEL.1
         ));
     }
-    Ok(release)
+    Ok(kernel.release)
 }
 
 /// A fresh read-only open file description of the same file (through

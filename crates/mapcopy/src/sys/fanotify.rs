@@ -1,12 +1,10 @@
-//! fanotify pre-content groups and marks, and the read-lease probe the
-//! `Guard` strategy uses as its "no writer holds the file open" proof.
+//! fanotify pre-content groups and marks.
 //!
 //! `libc` has `fanotify_init`, `fanotify_mark` and the event/response
 //! structs; `rustix` has none of fanotify. What neither has yet (Linux 6.14
 //! additions) is defined here once, from `include/uapi/linux/fanotify.h`:
 //! [`FAN_PRE_ACCESS`], [`FAN_EVENT_INFO_TYPE_RANGE`] and
-//! [`FanotifyEventInfoRange`]. [`try_read_lease`] is the lease probe on
-//! top of [`super::lease`].
+//! [`FanotifyEventInfoRange`].
 #![allow(unsafe_code)]
 
 use std::ffi::CStr;
@@ -229,37 +227,6 @@ fn parse_events(data: &[u8]) -> Vec<Event> {
         off += len;
     }
     out
-}
-
-/// Outcome of [`try_read_lease`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum LeaseProbe {
-    /// A read lease was granted (and released again): no writable fd of the
-    /// file existed at that instant.
-    NoWriter,
-    /// `EAGAIN`: some process holds the file open for writing (or maps it
-    /// shared and writable).
-    WriterExists,
-}
-
-/// Takes and immediately drops a read lease on `file` (`F_SETLEASE F_RDLCK`
-/// then `F_UNLCK`, through [`super::lease`]). The kernel refuses a read
-/// lease with `EAGAIN` while any writable fd of the file is open, which is
-/// the proof the `Guard` needs. `file` should be this crate's own
-/// read-only fd (a lease belongs to the open file description).
-pub(crate) fn try_read_lease(file: BorrowedFd<'_>) -> io::Result<LeaseProbe> {
-    use super::lease::{Lease, set_lease, set_signal};
-    // Should a writer open the file in the microseconds the lease is held,
-    // the kernel signals the holder; the default SIGIO would kill this
-    // process, SIGURG is ignored by default (as in `sys::detect`).
-    set_signal(file, libc::SIGURG)?;
-    match set_lease(file, Lease::Read) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => return Ok(LeaseProbe::WriterExists),
-        Err(e) => return Err(e),
-    }
-    set_lease(file, Lease::Unlock)?;
-    Ok(LeaseProbe::NoWriter)
 }
 
 /// Opens `path` (a C string) with `flags`; for `/dev/null` and
