@@ -66,13 +66,13 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Once, OnceLock, PoisonError};
 
-use rustix::mm::{Advice, ProtFlags};
+use rustix::mm::ProtFlags;
 
 use super::{Request, Snapshot, Span, Strategy};
 use crate::Error;
 use crate::sys::fanotify::{self, Event, FAN_PRE_ACCESS, Group, Response};
 use crate::sys::lease::{LeaseProbe, try_read_lease};
-use crate::sys::mmap::{HUGE_PAGE, Region};
+use crate::sys::mmap::{Advice, HUGE_PAGE, Region};
 use crate::sys::proc_pid::{self, FdInfo, Syscall};
 use crate::sys::{self, detect, file};
 use crate::watcher;
@@ -274,7 +274,7 @@ impl Mapping {
         let off = (lo - self.offset) as usize;
         let len = (hi - lo) as usize;
         loop {
-            match self.region.advise(off, len, Advice::LinuxPopulateWrite) {
+            match self.region.advise(off, len, Advice::PopulateWrite) {
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                 Err(e) if e.raw_os_error() == Some(libc::EFAULT) => {
                     self.copy_pages(off, len, fd)?
@@ -297,7 +297,7 @@ impl Mapping {
     fn copy_pages(&self, off: usize, len: usize, fd: BorrowedFd<'_>) -> io::Result<()> {
         let page = sys::page_size();
         for p in (off..off + len).step_by(page) {
-            match self.region.advise(p, page, Advice::LinuxPopulateWrite) {
+            match self.region.advise(p, page, Advice::PopulateWrite) {
                 Ok(()) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EFAULT) => {
                     let size = rustix::fs::fstat(fd)?.st_size as u64;
@@ -343,8 +343,7 @@ impl Mapping {
     /// inherit it. Called under `Guards::inodes`.
     fn make_inheritable(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
         self.detach(0, fd)?;
-        self.region
-            .advise(0, self.region.len(), Advice::LinuxDoFork)?;
+        self.region.advise(0, self.region.len(), Advice::DoFork)?;
         self.inherited.store(true, Ordering::Release);
         Ok(())
     }
@@ -377,7 +376,7 @@ impl Mapping {
         let tmp = Region::anonymous(len, rw, true, if huge { HUGE_PAGE } else { page as usize })?;
         if huge {
             // Only advice: without THP the copy is made of small pages.
-            let _ = tmp.advise(0, len, Advice::LinuxHugepage);
+            let _ = tmp.advise(0, len, Advice::Hugepage);
         }
         let mut ranges = data_extents(fd, lo, end, page);
         ranges.extend(
@@ -392,7 +391,7 @@ impl Mapping {
             let src = (a - self.offset) as usize;
             if let Err(e) = self
                 .region
-                .advise(src, (b - a) as usize, Advice::LinuxPopulateRead)
+                .advise(src, (b - a) as usize, Advice::PopulateRead)
             {
                 return Err(io::Error::other(format!(
                     "reading the file between {a} and {b} failed ({e})"
@@ -503,7 +502,11 @@ extern "C" fn child_after_fork() {
     let g = GROUP_FD.load(Ordering::Relaxed);
     let n = DEVNULL_FD.load(Ordering::Relaxed);
     if g >= 0 && n >= 0 {
-        Group::detach_raw(g, n);
+        // SAFETY: `g` and `n` are the fds of the group in `CURRENT` (which
+        // holds it, so neither is closed while published: `guards` withdraws
+        // the numbers before it lets a group go), its own group fd and its
+        // /dev/null.
+        unsafe { Group::detach_raw(g, n) };
     }
 }
 
@@ -516,6 +519,11 @@ fn guards() -> Result<Arc<Guards>, Error> {
     {
         return Ok(g.clone());
     }
+    // The published numbers name only the group in `CURRENT`: the one
+    // taken out below may be closed (and its number reused) while no new
+    // one is published yet.
+    GROUP_FD.store(-1, Ordering::Relaxed);
+    DEVNULL_FD.store(-1, Ordering::Relaxed);
     if let Some(old) = cur.take()
         && old.pid != pid
     {
@@ -671,7 +679,7 @@ impl Guards {
         self.dead.store(true, Ordering::Release);
         inodes.clear();
         drop(inodes);
-        Group::detach_raw(self.group.as_fd().as_raw_fd(), self.devnull.as_raw_fd());
+        self.group.detach(self.devnull.as_fd());
     }
 
     /// Classifies one event, copies what it needs, answers it.
@@ -696,18 +704,14 @@ impl Guards {
             Response::Deny(_) if ev.mask & FAN_PRE_ACCESS == 0 => Response::Deny(0),
             r => r,
         };
-        match self.group.respond(fd.as_raw_fd(), response) {
+        match self.group.respond(fd.as_fd(), response) {
             // ENOENT: the task was killed while waiting; nothing to answer.
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
             // Never leave a writer waiting: fall back to a plain answer.
             Err(_) => {
-                if self
-                    .group
-                    .respond(fd.as_raw_fd(), Response::Deny(0))
-                    .is_err()
-                {
-                    let _ = self.group.respond(fd.as_raw_fd(), Response::Allow);
+                if self.group.respond(fd.as_fd(), Response::Deny(0)).is_err() {
+                    let _ = self.group.respond(fd.as_fd(), Response::Allow);
                 }
             }
         }
@@ -1178,7 +1182,7 @@ fn make_region(
 fn finish_region(region: Region, offset: u64, file_len: usize) -> Result<Mapping, Error> {
     // A child made by fork() would get file pages nobody guards for it.
     region
-        .advise(0, region.len(), Advice::LinuxDontFork)
+        .advise(0, region.len(), Advice::DontFork)
         .map_err(|e| Error::io("madvise(MADV_DONTFORK)", e))?;
     Ok(Mapping {
         region,

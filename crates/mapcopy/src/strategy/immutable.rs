@@ -134,7 +134,7 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
             .advise(
                 0,
                 in_file.next_multiple_of(crate::sys::page_size()),
-                rustix::mm::Advice::LinuxPopulateRead,
+                crate::sys::mmap::Advice::PopulateRead,
             )
             .map_err(|e| {
                 Error::io(

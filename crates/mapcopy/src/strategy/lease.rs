@@ -105,7 +105,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use rustix::fs::{Mode, OFlags};
-use rustix::mm::{Advice, MprotectFlags, ProtFlags};
+use rustix::mm::{MprotectFlags, ProtFlags};
 use rustix::process::Pid;
 
 use super::{Request, Snapshot, Span, Strategy};
@@ -113,7 +113,7 @@ use crate::Error;
 use crate::sys::clone::{CloneDir, CloneError};
 use crate::sys::file::{fs_name, read_full};
 use crate::sys::lease::{self, Lease};
-use crate::sys::mmap::{HUGE_PAGE, Region};
+use crate::sys::mmap::{Advice, HUGE_PAGE, Region};
 use crate::sys::overlay;
 use crate::sys::{procfs, signal};
 use crate::watcher::{self, Registration, Source};
@@ -363,7 +363,7 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
         };
         // A child must not inherit a mapping only our lease keeps stable.
         region
-            .advise(0, region.len(), Advice::LinuxDontFork)
+            .advise(0, region.len(), Advice::DontFork)
             .map_err(|e| Error::io("madvise(MADV_DONTFORK)", e))?;
         Ok(Entry {
             region,
@@ -420,7 +420,7 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
         // is reported here instead of as SIGBUS on first touch.
         entry
             .region
-            .advise(0, entry.file_len, Advice::LinuxPopulateRead)
+            .advise(0, entry.file_len, Advice::PopulateRead)
             .map_err(|e| Error::io("reading every page now (populate): a page could not be read, an I/O error (MADV_POPULATE_READ)", e))?;
     }
     Ok(Box::new(LeaseMap {
@@ -509,7 +509,7 @@ impl Entry {
         if !self.abandoned.load(Ordering::Acquire)
             && self
                 .region
-                .advise(0, self.region.len(), Advice::LinuxDoFork)
+                .advise(0, self.region.len(), Advice::DoFork)
                 .is_ok()
         {
             self.inherited.store(true, Ordering::Release);
@@ -573,13 +573,15 @@ impl Entry {
         let len = self.file_len;
         let mut copy = Region::anonymous(len, ProtFlags::READ | ProtFlags::WRITE, false, HUGE_PAGE)
             .map_err(|e| format!("{note}allocating {len} bytes for the copy: {e}"))?;
-        let _ = copy.advise(0, len, Advice::LinuxHugepage);
+        let _ = copy.advise(0, len, Advice::Hugepage);
         // SAFETY: fresh anonymous memory, borrowed exclusively here.
         let buf = unsafe { copy.as_mut_slice(0, len) };
         read_full(file, buf, self.offset)
             .map_err(|(at, e)| format!("{note}reading the file at offset {at}: {e}"))?;
         if !self.writable {
-            copy.protect(0, len, MprotectFlags::READ)
+            // SAFETY: the slice `read_full` filled is gone and nothing else
+            // borrows the fresh copy, so no reference loses write access.
+            unsafe { copy.protect(0, len, MprotectFlags::READ) }
                 .map_err(|e| format!("{note}mprotect: {e}"))?;
         }
         // SAFETY: `copy` holds the file's bytes read under our lease — the

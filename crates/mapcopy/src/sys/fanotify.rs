@@ -131,17 +131,23 @@ impl Group {
         // SAFETY: the kernel wrote `n` bytes into `buf`; viewing the u64
         // buffer as bytes is always valid.
         let data = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n as usize) };
-        Ok(parse_events(data))
+        // SAFETY: `data` is what the kernel just returned from this group's
+        // fd: every event fd in it was installed for this read and is known
+        // to nobody else.
+        Ok(unsafe { parse_events(data) })
     }
 
-    /// Answers the permission event whose fd is `fd`.
-    pub(crate) fn respond(&self, fd: RawFd, response: Response) -> io::Result<()> {
+    /// Answers the permission event whose fd is `fd` (an [`Event`]'s).
+    pub(crate) fn respond(&self, fd: BorrowedFd<'_>, response: Response) -> io::Result<()> {
         let response = match response {
             Response::Allow => libc::FAN_ALLOW,
             Response::Deny(0) => libc::FAN_DENY,
             Response::Deny(errno) => libc::FAN_DENY | ((errno as u32 & 0xff) << FAN_ERRNO_SHIFT),
         };
-        let r = libc::fanotify_response { fd, response };
+        let r = libc::fanotify_response {
+            fd: fd.as_raw_fd(),
+            response,
+        };
         // SAFETY: writes the fully initialised `r` (a plain C struct) from a
         // live stack location of exactly that size.
         let n = unsafe {
@@ -157,14 +163,28 @@ impl Group {
         Ok(())
     }
 
-    /// Replaces the group's fd number with `/dev/null` (so the number stays
-    /// valid for whoever still holds it) and thereby releases this process's
-    /// reference to the group: once no process holds it, the kernel allows
-    /// every pending event and drops the marks. Async-signal-safe (`dup3`
-    /// only), so it may run in a `pthread_atfork` child handler.
-    pub(crate) fn detach_raw(group_fd: RawFd, devnull: RawFd) {
-        // SAFETY: dup3 only changes this process's fd table; both numbers are
-        // plain integers, an invalid one just fails.
+    /// Replaces the group's fd with a duplicate of `devnull` under the same
+    /// number, so the `Group` goes on owning a valid fd (closed on drop) and
+    /// this process's reference to the group is released: once no process
+    /// holds it, the kernel allows every pending event and drops the marks.
+    pub(crate) fn detach(&self, devnull: BorrowedFd<'_>) {
+        // SAFETY: the number is our own `OwnedFd`'s, which keeps owning
+        // whatever it refers to afterwards; `devnull` is live for the call.
+        unsafe { Group::detach_raw(self.fd.as_raw_fd(), devnull.as_raw_fd()) }
+    }
+
+    /// [`Group::detach`] by fd numbers, for where no `Group` can be
+    /// reached: async-signal-safe (`dup3` only, no lock), so it may run in
+    /// a `pthread_atfork` child handler.
+    ///
+    /// # Safety
+    /// `group_fd` is the number of a `Group`'s fd in this process (or of a
+    /// fd nobody uses any more): `dup3` makes it refer to `/dev/null`, which
+    /// would silently change what any other owner of that number reads and
+    /// writes. `devnull` is an open fd of `/dev/null`.
+    pub(crate) unsafe fn detach_raw(group_fd: RawFd, devnull: RawFd) {
+        // SAFETY: dup3 only changes this process's fd table and takes no
+        // memory; which number it replaces is the caller's promise above.
         unsafe {
             libc::dup3(devnull, group_fd, libc::O_CLOEXEC);
         }
@@ -179,7 +199,12 @@ impl AsFd for Group {
 
 /// Splits a buffer of `struct fanotify_event_metadata` records (each
 /// followed by info records) into [`Event`]s, taking ownership of their fds.
-fn parse_events(data: &[u8]) -> Vec<Event> {
+///
+/// # Safety
+/// Every non-negative `fd` field in `data` is an open fd of this process
+/// that nobody else owns (as in a buffer just read from a group): each
+/// becomes an `OwnedFd`, closed when its event is dropped.
+unsafe fn parse_events(data: &[u8]) -> Vec<Event> {
     let meta_len = std::mem::size_of::<libc::fanotify_event_metadata>();
     let mut out = Vec::new();
     let mut off = 0;
@@ -193,8 +218,8 @@ fn parse_events(data: &[u8]) -> Vec<Event> {
             break;
         }
         let fd = (m.fd >= 0).then(|| {
-            // SAFETY: the kernel installed this fd in our table for this
-            // event and nobody else knows it; we take ownership once.
+            // SAFETY: an unowned open fd (the caller's promise); each event
+            // is parsed once, so ownership is taken once.
             unsafe { OwnedFd::from_raw_fd(m.fd) }
         });
         let mut range = None;
@@ -278,7 +303,8 @@ mod tests {
             std::ptr::write_unaligned(buf.as_mut_ptr().cast(), m);
             std::ptr::write_unaligned(buf[meta_len..].as_mut_ptr().cast(), r);
         }
-        let ev = parse_events(&buf);
+        // SAFETY: the only fd field is -1 (FAN_NOFD): no fd is taken.
+        let ev = unsafe { parse_events(&buf) };
         assert_eq!(ev.len(), 1);
         assert_eq!(ev[0].mask, FAN_PRE_ACCESS);
         assert_eq!(ev[0].pid, 42);

@@ -6,7 +6,7 @@ use std::io;
 use std::os::fd::AsFd;
 use std::ptr::NonNull;
 
-use rustix::mm::{self, Advice, MapFlags, MprotectFlags, ProtFlags};
+use rustix::mm::{self, MapFlags, MprotectFlags, ProtFlags};
 
 /// Alignment and granule of transparent huge pages on x86-64 and arm64 (4 KiB
 /// base pages).
@@ -31,6 +31,40 @@ pub(crate) struct Region {
 unsafe impl Send for Region {}
 // SAFETY: as above; `&Region` gives no access to the memory without `unsafe`.
 unsafe impl Sync for Region {}
+
+/// Advice for [`Region::advise`]: only advices that never change what a
+/// page holds or whether it can be read in this process, so they are safe
+/// whatever borrows the range (memmap2 draws the same line between
+/// `Advice` and `UncheckedAdvice`). The rest (`MADV_DONTNEED`, ...) goes
+/// through the `unsafe` [`Region::unchecked_advise`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Advice {
+    /// `MADV_HUGEPAGE`: back the range with transparent huge pages.
+    Hugepage,
+    /// `MADV_DONTFORK`: a forked child does not inherit the range.
+    DontFork,
+    /// `MADV_DOFORK`: undoes `DontFork`.
+    DoFork,
+    /// `MADV_POPULATE_READ`: fault every page in for reading now (an
+    /// unreadable page is an error here, not a signal later).
+    PopulateRead,
+    /// `MADV_POPULATE_WRITE`: fault every page in for writing now; in a
+    /// private mapping (every `Region` is one) a file page becomes a private
+    /// copy holding the same bytes.
+    PopulateWrite,
+}
+
+impl Advice {
+    fn raw(self) -> mm::Advice {
+        match self {
+            Advice::Hugepage => mm::Advice::LinuxHugepage,
+            Advice::DontFork => mm::Advice::LinuxDontFork,
+            Advice::DoFork => mm::Advice::LinuxDoFork,
+            Advice::PopulateRead => mm::Advice::LinuxPopulateRead,
+            Advice::PopulateWrite => mm::Advice::LinuxPopulateWrite,
+        }
+    }
+}
 
 /// Where some bytes live: the first one and how many. Carries no borrow,
 /// so it says nothing about who may read or write them; what they mean is
@@ -214,21 +248,50 @@ impl Region {
     }
 
     /// Changes the protection of `[off, off + len)` (page-aligned, inside).
-    pub(crate) fn protect(&self, off: usize, len: usize, prot: MprotectFlags) -> io::Result<()> {
+    ///
+    /// # Safety
+    /// Every live reference into the range stays valid under `prot`: no
+    /// `&[u8]` or [`Span`] someone reads loses read access, and no
+    /// `&mut [u8]` loses write access (a store would fault, and a reference
+    /// to memory that cannot be accessed is undefined behaviour).
+    pub(crate) unsafe fn protect(
+        &self,
+        off: usize,
+        len: usize,
+        prot: MprotectFlags,
+    ) -> io::Result<()> {
         self.check(off, len)?;
-        // SAFETY: the range is inside this region (checked); changing its
-        // protection cannot affect memory outside it. Callers that make it
-        // read-only hold no `&mut` into it (they take `&self` here and every
-        // `&mut` view comes from `&mut self`).
+        // SAFETY: the range is inside this region (checked), so changing its
+        // protection cannot affect memory outside it; the references into it
+        // are the caller's promise.
         Ok(unsafe { mm::mprotect(self.ptr.as_ptr().add(off).cast(), len, prot) }?)
     }
 
-    /// Gives the kernel advice about `[off, off + len)`.
+    /// Gives the kernel advice about `[off, off + len)` that cannot change
+    /// what it holds ([`Advice`]).
     pub(crate) fn advise(&self, off: usize, len: usize, advice: Advice) -> io::Result<()> {
+        // SAFETY: none of the `Advice` values discards, replaces or hides a
+        // page of this process's range (see its doc).
+        unsafe { self.unchecked_advise(off, len, advice.raw()) }
+    }
+
+    /// Gives the kernel any advice about `[off, off + len)`, including the
+    /// kinds that drop pages (`MADV_DONTNEED`: a private page reads as
+    /// zeros, or the file's current bytes, again).
+    ///
+    /// # Safety
+    /// Nothing borrows the range, or every borrow of it may see whatever the
+    /// advice makes of its pages.
+    pub(crate) unsafe fn unchecked_advise(
+        &self,
+        off: usize,
+        len: usize,
+        advice: mm::Advice,
+    ) -> io::Result<()> {
         self.check(off, len)?;
-        // SAFETY: the range is inside this region. The advice values used by
-        // this crate (HUGEPAGE, DONTFORK, POPULATE_*, WILLNEED) never discard
-        // contents; DONTNEED is not used on memory that is borrowed.
+        // SAFETY: the range is inside this region (checked), so the advice
+        // reaches no memory outside it; its effect on borrows is the
+        // caller's promise.
         Ok(unsafe { mm::madvise(self.ptr.as_ptr().add(off).cast(), len, advice) }?)
     }
 
@@ -305,10 +368,10 @@ fn too_big() -> io::Error {
 /// `madvise` over the pages holding `bytes` (widened to whole pages).
 /// Only the advices that never change contents reach here (see
 /// `crate::Advice`): a read-ahead hint on memory the caller can read.
-pub(crate) fn advise_bytes(bytes: &[u8], advice: Advice) -> io::Result<()> {
+pub(crate) fn advise_bytes(bytes: &[u8], advice: mm::Advice) -> io::Result<()> {
     debug_assert!(matches!(
         advice,
-        Advice::Normal | Advice::Random | Advice::Sequential | Advice::WillNeed
+        mm::Advice::Normal | mm::Advice::Random | mm::Advice::Sequential | mm::Advice::WillNeed
     ));
     if bytes.is_empty() {
         return Ok(());
