@@ -93,6 +93,7 @@ fn fill(region: &mut Region, req: &Request<'_>) -> Result<(), Error> {
     let buf = unsafe { region.as_mut_slice(0, want) };
     let copy = |buf: &mut [u8]| {
         read_full(req.file, buf, req.offset)
+            .map(drop)
             .map_err(|(at, e)| Error::io(format!("reading the file at offset {at}"), e))
     };
     if req.consistency == Consistency::PerPage {

@@ -72,7 +72,7 @@ use super::{Request, Snapshot, Span, Strategy};
 use crate::Error;
 use crate::sys::fanotify::{self, Event, FAN_PRE_ACCESS, Group, Response};
 use crate::sys::lease::{LeaseProbe, try_read_lease};
-use crate::sys::mmap::{Advice, HUGE_PAGE, Region};
+use crate::sys::mmap::{Advice, HUGE_PAGE, Region, file_part};
 use crate::sys::proc_pid::{self, FdInfo, Syscall};
 use crate::sys::{self, detect, file};
 use crate::watcher;
@@ -307,22 +307,10 @@ impl Mapping {
                             self.offset + p as u64
                         )));
                     }
-                    // SAFETY: [p, p + page) lies inside our own region; the
-                    // page is past the end of the file, so its contents were
-                    // unreadable (a read would have raised SIGBUS) and no
-                    // reference can observe a change; MAP_FIXED replaces
-                    // exactly that range with zero-filled anonymous memory.
-                    let r = unsafe {
-                        rustix::mm::mmap_anonymous(
-                            self.region.as_ptr().add(p).cast(),
-                            page,
-                            ProtFlags::READ | ProtFlags::WRITE,
-                            rustix::mm::MapFlags::PRIVATE
-                                | rustix::mm::MapFlags::FIXED
-                                | rustix::mm::MapFlags::NORESERVE,
-                        )
-                    };
-                    r?;
+                    // SAFETY: the page is past the end of the file, so its
+                    // contents were unreadable (a read would have raised
+                    // SIGBUS) and no reference can observe a change.
+                    unsafe { self.region.zero(p, page) }?;
                 }
                 Err(e) => return Err(e),
             }
@@ -373,7 +361,8 @@ impl Mapping {
         // one entry per 2 MiB instead of 512.
         let dst = self.region.as_ptr() as usize + off;
         let huge = len >= HUGE_PAGE && dst.is_multiple_of(HUGE_PAGE);
-        let tmp = Region::anonymous(len, rw, true, if huge { HUGE_PAGE } else { page as usize })?;
+        let mut tmp =
+            Region::anonymous(len, rw, true, if huge { HUGE_PAGE } else { page as usize })?;
         if huge {
             // Only advice: without THP the copy is made of small pages.
             let _ = tmp.advise(0, len, Advice::Hugepage);
@@ -401,34 +390,20 @@ impl Mapping {
         for (a, b) in ranges {
             let src = (a - self.offset) as usize;
             let dst = (a - lo) as usize;
-            // SAFETY: both ranges lie inside live mappings we own ([a, b) is
-            // clipped to [lo, end)) and do not overlap (`tmp` is new). The
-            // source pages are either private copies or file pages inside
-            // the file's data (below its size), so reading cannot fault
-            // fatally; `tmp` is not shared with anybody.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    self.region.as_ptr().add(src),
-                    tmp.as_ptr().add(dst),
-                    (b - a) as usize,
-                );
-            }
+            // SAFETY: `tmp` is new and shared with nobody, so this is the
+            // only borrow of it; [a, b) is clipped to [lo, end), inside it.
+            let to = unsafe { tmp.as_mut_slice(dst, (b - a) as usize) };
+            // SAFETY: the source pages are either private copies or file
+            // pages inside the file's data (below its size, faulted in
+            // above), so reading cannot fault fatally; writers of the file
+            // wait for this thread's answer, so nothing changes them.
+            unsafe { self.region.read_into(src, to) }?;
         }
         // SAFETY: moves `tmp`'s pages over [off, off + len) of our own
         // region, replacing that range atomically with identical contents
-        // (readers see the same bytes before and after). `tmp` is
-        // forgotten: its range now belongs to `self.region`.
-        let r = unsafe {
-            rustix::mm::mremap_fixed(
-                tmp.as_ptr().cast(),
-                len,
-                len,
-                rustix::mm::MremapFlags::MAYMOVE,
-                self.region.as_ptr().add(off).cast(),
-            )
-        };
-        r?;
-        std::mem::forget(tmp);
+        // (readers see the same bytes before and after); its range then
+        // belongs to `self.region`.
+        unsafe { tmp.move_into(&self.region, off) }?;
         self.file_len.store(off, Ordering::Relaxed);
         lock(&self.copied).retain(|&(a, _)| a < lo);
         Ok(())
@@ -1129,18 +1104,8 @@ fn map_armed(
     ))
 }
 
-/// Bytes of a `map_len` mapping at `offset` that lie inside a file of `size`
-/// bytes, rounded up to whole pages.
-fn file_part(offset: u64, map_len: usize, size: u64, page: u64) -> usize {
-    if size <= offset {
-        return 0;
-    }
-    let inside = (size - offset).div_ceil(page) * page;
-    inside.min(map_len as u64) as usize
-}
-
-/// Reserves `map_len` bytes of anonymous memory and maps the first
-/// `file_len` of them privately onto the file at `offset`.
+/// Reserves `map_len` bytes and maps the first `file_len` of them
+/// privately onto the file at `offset` ([`Region::file_head`]).
 fn make_region(
     fd: &OwnedFd,
     offset: u64,
@@ -1148,33 +1113,8 @@ fn make_region(
     file_len: usize,
 ) -> Result<Mapping, Error> {
     let rw = ProtFlags::READ | ProtFlags::WRITE;
-    if file_len > 0 && file_len == map_len {
-        // The file covers the whole range: one private file mapping, the
-        // same as the reservation plus overlay below would leave, without
-        // the reservation (one mmap and a VMA replacement fewer per map).
-        let region = Region::file_private(fd, offset, map_len, rw, true)
-            .map_err(|e| Error::io("mapping the file (mmap MAP_PRIVATE)", e))?;
-        return finish_region(region, offset, file_len);
-    }
-    let region = Region::anonymous(map_len, rw, true, sys::page_size())
-        .map_err(|e| Error::io(format!("reserving {map_len} bytes of address space"), e))?;
-    if file_len > 0 {
-        // SAFETY: MAP_FIXED over the first `file_len` bytes of a region we
-        // own and nobody references yet; it replaces only that range.
-        let r = unsafe {
-            rustix::mm::mmap(
-                region.as_ptr().cast(),
-                file_len,
-                rw,
-                rustix::mm::MapFlags::PRIVATE
-                    | rustix::mm::MapFlags::FIXED
-                    | rustix::mm::MapFlags::NORESERVE,
-                fd,
-                offset,
-            )
-        };
-        r.map_err(|e| Error::io("mapping the file (mmap MAP_PRIVATE)", e))?;
-    }
+    let region = Region::file_head(fd, offset, file_len, map_len, rw, true, sys::page_size())
+        .map_err(|e| Error::io("mapping the file (mmap MAP_PRIVATE)", e))?;
     finish_region(region, offset, file_len)
 }
 

@@ -906,7 +906,6 @@ impl Mapping {
     /// Reads the file at mapping offset `off` into `buf`, zero past the end
     /// of the file. `Err` names the file offset that failed.
     fn read(&self, buf: &mut [u8], off: usize) -> Result<(), (u64, Errno)> {
-        let mut done = 0;
         let at = self.offset + off as u64;
         #[cfg(test)]
         {
@@ -915,14 +914,7 @@ impl Mapping {
                 return Err((fail, Errno::IO));
             }
         }
-        while done < buf.len() {
-            match rustix::io::pread(&self.file, &mut buf[done..], at + done as u64) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(Errno::INTR) | Err(Errno::AGAIN) => {}
-                Err(e) => return Err((at + done as u64, e)),
-            }
-        }
+        let done = crate::sys::file::read_full(&self.file, buf, at)?;
         buf[done..].fill(0);
         Ok(())
     }

@@ -576,8 +576,10 @@ impl Entry {
         let _ = copy.advise(0, len, Advice::Hugepage);
         // SAFETY: fresh anonymous memory, borrowed exclusively here.
         let buf = unsafe { copy.as_mut_slice(0, len) };
-        read_full(file, buf, self.offset)
-            .map_err(|(at, e)| format!("{note}reading the file at offset {at}: {e}"))?;
+        read_full(file, buf, self.offset).map_err(|(at, e)| {
+            let e = std::io::Error::from(e);
+            format!("{note}reading the file at offset {at}: {e}")
+        })?;
         if !self.writable {
             // SAFETY: the slice `read_full` filled is gone and nothing else
             // borrows the fresh copy, so no reference loses write access.
@@ -596,17 +598,17 @@ impl Entry {
 /// A huge-page aligned reservation of `len` bytes whose first `file_len`
 /// map the file privately.
 fn overlaid(file: &File, req: &Request<'_>, len: usize, file_len: usize) -> Result<Region, Error> {
-    let region = Region::anonymous(len, prot(req.writable), true, HUGE_PAGE)
-        .map_err(|e| Error::io(format!("reserving {len} bytes of address space"), e))?;
-    if file_len > 0 {
-        // SAFETY: nothing borrows the fresh region; the file holds bytes
-        // up to the last partial page of `file_len` (completed with zeros
-        // by the kernel) and cannot shrink while our lease is held; after
-        // the lease is gone this part is replaced (see `Entry::resolve`).
-        unsafe { region.overlay_file(0, file_len, file, req.offset, prot(req.writable), true) }
-            .map_err(|e| Error::io("mapping the file", e))?;
-    }
-    Ok(region)
+    // The file holds bytes up to the last partial page of `file_len`
+    // (completed with zeros by the kernel) and cannot shrink while our
+    // lease is held; after the lease is gone this part is replaced (see
+    // `Entry::resolve`).
+    let prot = prot(req.writable);
+    Region::file_head(file, req.offset, file_len, len, prot, true, HUGE_PAGE).map_err(|e| {
+        Error::io(
+            format!("mapping the file over {len} bytes of address space"),
+            e,
+        )
+    })
 }
 
 fn prot(writable: bool) -> ProtFlags {

@@ -167,6 +167,58 @@ impl Region {
         })
     }
 
+    /// `len` bytes (rounded up to pages) starting at a multiple of `align`
+    /// whose first `file_len` bytes map `fd` from page-aligned `offset`
+    /// privately (copy-on-write) and whose rest is anonymous zeros: the
+    /// range is reserved first and the file mapped over its head, so the
+    /// pages wholly past the end of a shorter file are never file pages
+    /// (those raise SIGBUS). Where the file covers the whole range and no
+    /// alignment beyond a page is asked for, it is one file mapping, which
+    /// is what the two steps would leave, with one `mmap` fewer. With
+    /// `noreserve` nothing is charged to overcommit.
+    ///
+    /// Like [`Region::file_private`], the head's contents follow the file
+    /// until each page is written, and reading it raises SIGBUS once the
+    /// file is shorter than `offset + file_len` (up to the last partial
+    /// page): only a strategy that controls the file's writers may read it.
+    pub(crate) fn file_head<Fd: AsFd>(
+        fd: Fd,
+        offset: u64,
+        file_len: usize,
+        len: usize,
+        prot: ProtFlags,
+        noreserve: bool,
+        align: usize,
+    ) -> io::Result<Region> {
+        let page = super::page_size();
+        if file_len > 0 && file_len == len && align <= page {
+            return Region::file_private(fd, offset, len, prot, noreserve);
+        }
+        let region = Region::anonymous(len, prot, noreserve, align.max(page))?;
+        if file_len > 0 {
+            // SAFETY: nothing borrows the fresh region yet, so no borrow can
+            // see its pages change; whether the file holds the bytes is a
+            // question for whoever reads them (see above).
+            unsafe { region.overlay_file(0, file_len, fd, offset, prot, noreserve)? };
+        }
+        Ok(region)
+    }
+
+    /// [`Region::file_head`] of `map_len` bytes for a file of `size` bytes
+    /// (page-aligned): the head is the file's part ([`file_part`]).
+    pub(crate) fn file_padded<Fd: AsFd>(
+        fd: Fd,
+        offset: u64,
+        map_len: usize,
+        size: u64,
+        prot: ProtFlags,
+        noreserve: bool,
+    ) -> io::Result<Region> {
+        let page = super::page_size();
+        let file_len = file_part(offset, map_len, size, page as u64);
+        Region::file_head(fd, offset, file_len, map_len, prot, noreserve, page)
+    }
+
     /// Maps `len` bytes of `fd` from page-aligned `file_off` privately
     /// (copy-on-write) over `[off, off + len)` of this region with
     /// `MAP_FIXED`, replacing what was there in one step: a concurrent access
@@ -234,6 +286,48 @@ impl Region {
         };
         // The old range was moved away: do not unmap it in Drop.
         std::mem::forget(self);
+        Ok(())
+    }
+
+    /// Replaces `[off, off + len)` (page-aligned, inside) with fresh
+    /// zero-filled private anonymous memory, readable and writable, not
+    /// charged to overcommit, in one step (`MAP_FIXED`) as
+    /// [`Region::overlay_file`].
+    ///
+    /// # Safety
+    /// No live borrow of the range can observe the change: nothing reads
+    /// it, or what it held could never be read (file pages past the end of
+    /// the file).
+    pub(crate) unsafe fn zero(&self, off: usize, len: usize) -> io::Result<()> {
+        self.check(off, len)?;
+        // SAFETY: the range lies inside this region (checked), which we own,
+        // so MAP_FIXED replaces only our own pages; the caller vouches that
+        // nobody sees it happen.
+        unsafe {
+            mm::mmap_anonymous(
+                self.ptr.as_ptr().add(off).cast(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::PRIVATE | MapFlags::FIXED | MapFlags::NORESERVE,
+            )?
+        };
+        Ok(())
+    }
+
+    /// Copies `dst.len()` bytes from offset `off` of this region into `dst`.
+    ///
+    /// # Safety
+    /// Reading `[off, off + dst.len())` cannot fault fatally (every page is
+    /// anonymous, a private copy, or a file page below the file's end) and
+    /// nothing writes it during the copy.
+    pub(crate) unsafe fn read_into(&self, off: usize, dst: &mut [u8]) -> io::Result<()> {
+        self.check(off, dst.len())?;
+        // SAFETY: the source is inside this live region (checked) and
+        // readable as the caller promised; `dst` is an exclusive borrow, so
+        // the two cannot overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(off), dst.as_mut_ptr(), dst.len())
+        };
         Ok(())
     }
 
@@ -350,6 +444,17 @@ impl Drop for Region {
         // `self` and so has ended.
         let _ = unsafe { mm::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
+}
+
+/// Bytes of a `map_len` mapping at `offset` that lie inside a file of
+/// `size` bytes, rounded up to whole pages of `page` bytes (never more than
+/// `map_len`): the part a private file mapping may cover without SIGBUS.
+pub(crate) fn file_part(offset: u64, map_len: usize, size: u64, page: u64) -> usize {
+    if size <= offset {
+        return 0;
+    }
+    let inside = (size - offset).div_ceil(page) * page;
+    inside.min(map_len as u64) as usize
 }
 
 /// `x` rounded up to a multiple of `to` (a power of two), or `None` on
