@@ -58,7 +58,6 @@
 #![allow(unsafe_code)]
 
 use std::collections::HashMap;
-use std::ffi::CString;
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -66,11 +65,12 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Once, OnceLock, PoisonError};
 
+use rustix::fs::{Mode, OFlags};
 use rustix::mm::ProtFlags;
 
 use super::{Request, Snapshot, Span, Strategy};
 use crate::Error;
-use crate::sys::fanotify::{self, Event, FAN_PRE_ACCESS, Group, Response};
+use crate::sys::fanotify::{Event, FAN_PRE_ACCESS, Group, Response};
 use crate::sys::lease::{LeaseProbe, try_read_lease};
 use crate::sys::mmap::{Advice, HUGE_PAGE, Region, file_part};
 use crate::sys::proc_pid::{self, FdInfo, Syscall};
@@ -217,9 +217,9 @@ fn kernel_release_ok() -> Result<String, String> {
 /// `/proc/self/fd`), so that the lease probe and the inode mark use an fd
 /// that this crate owns and that was opened before the mark (unarmed).
 fn reopen(file: &std::fs::File) -> io::Result<OwnedFd> {
-    let path = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    match fanotify::open_raw(&path, libc::O_RDONLY | libc::O_LARGEFILE | libc::O_NOCTTY) {
+    let path = format!("/proc/self/fd/{}", file.as_raw_fd());
+    let flags = OFlags::RDONLY | OFlags::LARGEFILE | OFlags::NOCTTY | OFlags::CLOEXEC;
+    match rustix::fs::open(path, flags, Mode::empty()) {
         Ok(fd) => Ok(fd),
         // Without /proc, share the caller's description.
         Err(_) => file.as_fd().try_clone_to_owned(),
@@ -463,7 +463,7 @@ struct Guards {
     /// Set (under `inodes`) once `shutdown` has snapshotted everything and
     /// released the group: nothing may register any more.
     dead: AtomicBool,
-    buf: Mutex<Vec<u64>>,
+    buf: Mutex<Vec<u8>>,
 }
 
 /// The live group of this process (served by its own thread).
@@ -518,15 +518,19 @@ fn guards() -> Result<Arc<Guards>, Error> {
         let _ = GROUP_REFUSED.set(why.clone());
         Error::unsupported(Strategy::Guard, why)
     })?;
-    let devnull = fanotify::open_raw(c"/dev/null", libc::O_RDONLY)
-        .map_err(|e| Error::io("opening /dev/null", e))?;
+    let devnull = rustix::fs::open(
+        c"/dev/null",
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::io("opening /dev/null", e))?;
     let g = Arc::new(Guards {
         pid,
         group,
         devnull,
         inodes: Mutex::new(HashMap::new()),
         dead: AtomicBool::new(false),
-        buf: Mutex::new(vec![0u64; 4096 / 8 * 4]),
+        buf: Mutex::new(vec![0u8; 4096 * 4]),
     });
     let served = g.clone();
     std::thread::Builder::new()

@@ -102,7 +102,7 @@ use rustix::process::Pid;
 
 use super::{Request, Snapshot, Span, Strategy};
 use crate::Error;
-use crate::sys::mmap::{Advice, HUGE_PAGE, Region};
+use crate::sys::mmap::{self, Advice, HUGE_PAGE, Region};
 use crate::sys::procfs;
 use crate::sys::uffd::{self, Msg, Route, Uffd};
 use crate::watcher::{self, Registration, Source};
@@ -573,16 +573,11 @@ impl Server {
         // the move and close it again (its pages are all missing, so no
         // reader has seen any byte of it).
         // SAFETY: the chunk lies inside the live mapping (we hold its lock
-        // shared); changing its protection touches no other memory.
+        // shared); no reference into it can exist yet, and adding write
+        // access invalidates none anyway.
         if ro
-            && unsafe {
-                rustix::mm::mprotect(
-                    dst as *mut _,
-                    CHUNK,
-                    MprotectFlags::READ | MprotectFlags::WRITE,
-                )
-            }
-            .is_err()
+            && unsafe { mmap::protect_at(dst, CHUNK, MprotectFlags::READ | MprotectFlags::WRITE) }
+                .is_err()
         {
             return 0;
         }
@@ -594,9 +589,11 @@ impl Server {
         let mode = if ro { uffd::MOVE_MODE_DONTWAKE } else { 0 };
         let p = unsafe { self.uffd.move_pages(dst, src, CHUNK, mode) };
         if ro {
-            // SAFETY: as above. If it fails the chunk stays writable, which
-            // only matters to `unsafe` code writing through a `&[u8]`.
-            let _ = unsafe { rustix::mm::mprotect(dst as *mut _, CHUNK, MprotectFlags::READ) };
+            // SAFETY: the chunk is inside the live mapping (as above); no
+            // `&mut` into it exists (a read-only mapping hands out `&[u8]`
+            // only). If it fails the chunk stays writable, which only
+            // matters to `unsafe` code writing through a `&[u8]`.
+            let _ = unsafe { mmap::protect_at(dst, CHUNK, MprotectFlags::READ) };
         }
         p.done
     }

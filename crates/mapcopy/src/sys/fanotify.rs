@@ -1,15 +1,19 @@
 //! fanotify pre-content groups and marks.
 //!
 //! `libc` has `fanotify_init`, `fanotify_mark` and the event/response
-//! structs; `rustix` has none of fanotify. What neither has yet (Linux 6.14
-//! additions) is defined here once, from `include/uapi/linux/fanotify.h`:
-//! [`FAN_PRE_ACCESS`], [`FAN_EVENT_INFO_TYPE_RANGE`] and
-//! [`FanotifyEventInfoRange`].
+//! structs; `rustix` has none of fanotify, and `nix`'s (not a dependency)
+//! does not parse the info records, where a pre-content event carries its
+//! file range. So the two calls are wrapped here, over `libc`; reading
+//! events and writing responses are plain `read`/`write` through `rustix`.
+//! What neither has yet (Linux 6.14 additions) is defined here once, from
+//! `include/uapi/linux/fanotify.h`: [`FAN_PRE_ACCESS`],
+//! [`FAN_EVENT_INFO_TYPE_RANGE`] and [`FanotifyEventInfoRange`].
 #![allow(unsafe_code)]
 
-use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use rustix::io::Errno;
 
 use super::cvt;
 
@@ -116,25 +120,16 @@ impl Group {
 
     /// Reads every queued event (the group is non-blocking: an empty queue
     /// gives an empty vector). Event fds are owned by the returned events.
-    pub(crate) fn read_events(&self, buf: &mut [u64]) -> io::Result<Vec<Event>> {
-        let bytes = std::mem::size_of_val(buf);
-        // SAFETY: `buf` is a live, exclusively borrowed buffer of `bytes`
-        // bytes (u64 keeps it 8-aligned, as the metadata struct needs).
-        let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), bytes) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            return match e.raw_os_error() {
-                Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(Vec::new()),
-                _ => Err(e),
-            };
-        }
-        // SAFETY: the kernel wrote `n` bytes into `buf`; viewing the u64
-        // buffer as bytes is always valid.
-        let data = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n as usize) };
-        // SAFETY: `data` is what the kernel just returned from this group's
-        // fd: every event fd in it was installed for this read and is known
-        // to nobody else.
-        Ok(unsafe { parse_events(data) })
+    pub(crate) fn read_events(&self, buf: &mut [u8]) -> io::Result<Vec<Event>> {
+        let n = match rustix::io::read(&self.fd, &mut *buf) {
+            Ok(n) => n,
+            Err(Errno::AGAIN | Errno::INTR) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        // SAFETY: `buf[..n]` is what the kernel just returned from this
+        // group's fd: every event fd in it was installed for this read and
+        // is known to nobody else.
+        Ok(unsafe { parse_events(&buf[..n]) })
     }
 
     /// Answers the permission event whose fd is `fd` (an [`Event`]'s).
@@ -144,22 +139,15 @@ impl Group {
             Response::Deny(0) => libc::FAN_DENY,
             Response::Deny(errno) => libc::FAN_DENY | ((errno as u32 & 0xff) << FAN_ERRNO_SHIFT),
         };
-        let r = libc::fanotify_response {
-            fd: fd.as_raw_fd(),
-            response,
-        };
-        // SAFETY: writes the fully initialised `r` (a plain C struct) from a
-        // live stack location of exactly that size.
-        let n = unsafe {
-            libc::write(
-                self.fd.as_raw_fd(),
-                (&r as *const libc::fanotify_response).cast(),
-                std::mem::size_of_val(&r),
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        // `struct fanotify_response { __s32 fd; __u32 response; }`, in the
+        // byte order of this machine.
+        const SIZE: usize = std::mem::size_of::<libc::fanotify_response>();
+        const _: () =
+            assert!(SIZE == 8 && std::mem::offset_of!(libc::fanotify_response, response) == 4);
+        let mut r = [0u8; SIZE];
+        r[..4].copy_from_slice(&fd.as_raw_fd().to_ne_bytes());
+        r[4..].copy_from_slice(&response.to_ne_bytes());
+        rustix::io::write(&self.fd, &r)?;
         Ok(())
     }
 
@@ -252,16 +240,6 @@ unsafe fn parse_events(data: &[u8]) -> Vec<Event> {
         off += len;
     }
     out
-}
-
-/// Opens `path` (a C string) with `flags`; for `/dev/null` and
-/// `/proc/self/fd/N` re-opens.
-pub(crate) fn open_raw(path: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
-    // SAFETY: `path` is a valid NUL-terminated string for the duration of
-    // the call; the returned fd is new and owned by nobody else.
-    let fd = cvt(unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC) })?;
-    // SAFETY: as above.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 #[cfg(test)]

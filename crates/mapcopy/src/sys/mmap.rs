@@ -470,6 +470,30 @@ fn too_big() -> io::Error {
     )
 }
 
+/// [`Region::advise`] for a range reached by address only: part of a
+/// region that some other value owns (`Lazy`'s fork handlers keep
+/// addresses, not `Region`s).
+///
+/// # Safety
+/// `[addr, addr + len)` (page-aligned) is mapped memory of this process
+/// that its owner keeps mapped for the call and lets the caller advise on.
+pub(crate) unsafe fn advise_at(addr: usize, len: usize, advice: Advice) -> io::Result<()> {
+    // SAFETY: a mapped range the caller may advise on (its promise); none
+    // of the `Advice` values changes what a page holds.
+    Ok(unsafe { mm::madvise(addr as *mut c_void, len, advice.raw()) }?)
+}
+
+/// [`Region::protect`] for a range reached by address only (`Lazy`'s fault
+/// server holds a mapping's address while its owner holds the `Region`).
+///
+/// # Safety
+/// As [`advise_at`], and as [`Region::protect`]: every live reference into
+/// the range stays valid under `prot`.
+pub(crate) unsafe fn protect_at(addr: usize, len: usize, prot: MprotectFlags) -> io::Result<()> {
+    // SAFETY: the caller's promises above.
+    Ok(unsafe { mm::mprotect(addr as *mut c_void, len, prot) }?)
+}
+
 /// `madvise` over the pages holding `bytes` (widened to whole pages).
 /// Only the advices that never change contents reach here (see
 /// `crate::Advice`): a read-ahead hint on memory the caller can read.
