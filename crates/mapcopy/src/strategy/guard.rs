@@ -1164,9 +1164,10 @@ impl Guard {
 
 // SAFETY: (`Snapshot`'s promises) the span is `[head, head + len)` of the
 // mapping's region, which is never remapped elsewhere: `Mapping::detach`
-// moves its anonymous copy over the same range (`mremap(MREMAP_FIXED)` onto
-// `region.as_ptr() + off`), `Mapping::copy_pages` maps zeros `MAP_FIXED` at
-// the same page, and the fork handler (`prepare_fork`) detaches the same
+// moves its anonymous copy over the same range (`Region::move_into`,
+// `mremap(MREMAP_FIXED)` onto `region.as_ptr() + off`),
+// `Mapping::copy_pages` maps zeros `MAP_FIXED` at the same page
+// (`Region::zero`), and the fork handler (`prepare_fork`) detaches the same
 // way, so the address is fixed for the value's life, in the parent and in a
 // forked child (which inherits the detached region as it is). Contents:
 // every page is either anonymous (private from the start), already a

@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{self as rfs, AtFlags, IFlags, Mode, OFlags, StatxFlags};
 use rustix::io::Errno;
 
+use super::errno_of;
 use super::file::fs_name;
 
 /// Environment variable naming a directory to create clones in, tried
@@ -263,10 +264,6 @@ fn no_reflink_hint(fs_type: i64) -> &'static str {
         TMPFS => "; tmpfs has no reflink",
         _ => "",
     }
-}
-
-fn errno_of(e: io::Error) -> Errno {
-    Errno::from_io_error(&e).unwrap_or(Errno::IO)
 }
 
 /// The mount id of an fd (`statx(STATX_MNT_ID)`, Linux 5.8), or its device

@@ -1,5 +1,5 @@
 //! What this kernel, process and filesystem allow: the detections behind
-//! [`crate::probe`] and the strategies' `check()` functions.
+//! [`crate::probe()`] and the strategies' `check()` functions.
 //!
 //! Every function here *tries* the interface it reports on (creates a
 //! userfaultfd, clones into a temporary file, takes and drops a lease, arms
@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{self as rfs, Mode, OFlags};
 use rustix::io::Errno;
 
+use super::errno_of;
 use super::fanotify::{FAN_PRE_ACCESS, Group};
 use super::file::{Meta, fs_name};
 use super::lease::{LeaseProbe, try_read_lease};
@@ -384,11 +385,6 @@ pub(crate) fn fanotify_pre_content(file: Option<(&File, &Meta)>) -> Result<Strin
     };
     drop(fan);
     res
-}
-
-/// The errno behind an error from one of the `sys` wrappers.
-fn errno_of(e: io::Error) -> Errno {
-    Errno::from_io_error(&e).unwrap_or(Errno::IO)
 }
 
 /// The symbolic name of an errno for messages (`EPERM`), for the ones the
