@@ -144,10 +144,7 @@ fn lacks(s: Strategy) -> Vec<&'static str> {
 /// }
 /// ```
 pub fn probe(path: Option<&Path>) -> Probe {
-    let kernel = rustix::system::uname()
-        .release()
-        .to_string_lossy()
-        .into_owned();
+    let kernel = sys::detect::Kernel::running().release;
     let mut filesystem = None;
     let file = path.map(|p| File::open(p).map_err(|e| format!("cannot open {}: {e}", p.display())));
     // Usability is about the contract (per-page); what each strategy keeps

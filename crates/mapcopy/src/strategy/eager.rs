@@ -28,12 +28,12 @@
 //! [`Consistency::PointInTime`]: crate::Consistency::PointInTime
 #![allow(unsafe_code)]
 
-use rustix::mm::{Advice, MprotectFlags, ProtFlags};
+use rustix::mm::{MprotectFlags, ProtFlags};
 
 use super::{Request, Snapshot, Span, Strategy};
 use crate::sys::change::Stamp;
 use crate::sys::file::read_full;
-use crate::sys::mmap::{HUGE_PAGE, Region};
+use crate::sys::mmap::{Advice, HUGE_PAGE, Region};
 use crate::sys::procfs;
 use crate::{Consistency, Error};
 
@@ -64,11 +64,13 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
         Region::anonymous(len, ProtFlags::READ | ProtFlags::WRITE, false, HUGE_PAGE)
             .map_err(|e| Error::io(format!("allocating {len} bytes of anonymous memory"), e))?;
     // Only advice; a kernel without THP just ignores it.
-    let _ = region.advise(0, region.len(), Advice::LinuxHugepage);
+    let _ = region.advise(0, region.len(), Advice::Hugepage);
     fill(&mut region, req)?;
     if !req.writable {
-        region
-            .protect(0, region.len(), MprotectFlags::READ)
+        // SAFETY: the copy is complete and nothing borrows it (`fill`'s
+        // slice is gone, no span was handed out), so no reference loses
+        // write access.
+        unsafe { region.protect(0, region.len(), MprotectFlags::READ) }
             .map_err(|e| Error::io("making the copy read-only", e))?;
     }
     Ok(Box::new(Eager {
@@ -91,6 +93,7 @@ fn fill(region: &mut Region, req: &Request<'_>) -> Result<(), Error> {
     let buf = unsafe { region.as_mut_slice(0, want) };
     let copy = |buf: &mut [u8]| {
         read_full(req.file, buf, req.offset)
+            .map(drop)
             .map_err(|(at, e)| Error::io(format!("reading the file at offset {at}"), e))
     };
     if req.consistency == Consistency::PerPage {

@@ -63,7 +63,6 @@
 #![allow(unsafe_code)]
 
 use std::collections::HashMap;
-use std::ffi::CString;
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -71,12 +70,14 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Once, OnceLock, PoisonError};
 
-use rustix::mm::{Advice, ProtFlags};
+use rustix::fs::{Mode, OFlags};
+use rustix::mm::ProtFlags;
 
 use super::{Request, Snapshot, Span, Strategy};
 use crate::Error;
-use crate::sys::fanotify::{self, Event, FAN_PRE_ACCESS, Group, LeaseProbe, Response};
-use crate::sys::mmap::{HUGE_PAGE, Region};
+use crate::sys::fanotify::{Event, FAN_PRE_ACCESS, Group, Response};
+use crate::sys::lease::{LeaseProbe, try_read_lease};
+use crate::sys::mmap::{Advice, HUGE_PAGE, Region, file_part};
 use crate::sys::proc_pid::{self, FdInfo, Syscall};
 use crate::sys::{self, detect, file};
 use crate::watcher;
@@ -183,21 +184,21 @@ fn group_error(e: io::Error) -> String {
 
 const WRITER_OPEN: &str = "file is open for writing by another process (a read lease was refused); its writes would raise no events";
 
-/// [`fanotify::try_read_lease`], tried a few times over ~10 ms: a
+/// [`try_read_lease`], tried a few times over ~10 ms: a
 /// writable fd can exist for a moment without a writer (a child between
 /// `fork` and `exec` holds copies of its parent's fds until `O_CLOEXEC`
 /// closes them).
 fn lease_probe(fd: BorrowedFd<'_>, patient: bool) -> io::Result<LeaseProbe> {
     if !patient {
-        return fanotify::try_read_lease(fd);
+        return try_read_lease(fd);
     }
     for _ in 0..5 {
-        match fanotify::try_read_lease(fd)? {
+        match try_read_lease(fd)? {
             LeaseProbe::NoWriter => return Ok(LeaseProbe::NoWriter),
             LeaseProbe::WriterExists => std::thread::sleep(std::time::Duration::from_millis(2)),
         }
     }
-    fanotify::try_read_lease(fd)
+    try_read_lease(fd)
 }
 
 fn kernel_ok() -> Result<String, String> {
@@ -207,27 +208,23 @@ fn kernel_ok() -> Result<String, String> {
 }
 
 fn kernel_release_ok() -> Result<String, String> {
-    let uname = rustix::system::uname();
-    let release = uname.release().to_string_lossy().into_owned();
-    let mut parts = release.split(|c: char| !c.is_ascii_digit());
-    let major: u32 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-    let minor: u32 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-    if (major, minor) < MIN_KERNEL {
+    let kernel = detect::Kernel::running();
+    if !kernel.at_least(MIN_KERNEL.0, MIN_KERNEL.1) {
         return Err(format!(
-            "kernel {release} predates fanotify pre-content events (FAN_PRE_ACCESS, Linux {}.{})",
-            MIN_KERNEL.0, MIN_KERNEL.1
+            "kernel {} predates fanotify pre-content events (FAN_PRE_ACCESS, Linux {}.{})",
+            kernel.release, MIN_KERNEL.0, MIN_KERNEL.1
         ));
     }
-    Ok(release)
+    Ok(kernel.release)
 }
 
 /// A fresh read-only open file description of the same file (through
 /// `/proc/self/fd`), so that the lease probe and the inode mark use an fd
 /// that this crate owns and that was opened before the mark (unarmed).
 fn reopen(file: &std::fs::File) -> io::Result<OwnedFd> {
-    let path = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    match fanotify::open_raw(&path, libc::O_RDONLY | libc::O_LARGEFILE | libc::O_NOCTTY) {
+    let path = format!("/proc/self/fd/{}", file.as_raw_fd());
+    let flags = OFlags::RDONLY | OFlags::LARGEFILE | OFlags::NOCTTY | OFlags::CLOEXEC;
+    match rustix::fs::open(path, flags, Mode::empty()) {
         Ok(fd) => Ok(fd),
         // Without /proc, share the caller's description.
         Err(_) => file.as_fd().try_clone_to_owned(),
@@ -282,7 +279,7 @@ impl Mapping {
         let off = (lo - self.offset) as usize;
         let len = (hi - lo) as usize;
         loop {
-            match self.region.advise(off, len, Advice::LinuxPopulateWrite) {
+            match self.region.advise(off, len, Advice::PopulateWrite) {
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                 Err(e) if e.raw_os_error() == Some(libc::EFAULT) => {
                     self.copy_pages(off, len, fd)?
@@ -305,7 +302,7 @@ impl Mapping {
     fn copy_pages(&self, off: usize, len: usize, fd: BorrowedFd<'_>) -> io::Result<()> {
         let page = sys::page_size();
         for p in (off..off + len).step_by(page) {
-            match self.region.advise(p, page, Advice::LinuxPopulateWrite) {
+            match self.region.advise(p, page, Advice::PopulateWrite) {
                 Ok(()) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EFAULT) => {
                     let size = rustix::fs::fstat(fd)?.st_size as u64;
@@ -315,22 +312,10 @@ impl Mapping {
                             self.offset + p as u64
                         )));
                     }
-                    // SAFETY: [p, p + page) lies inside our own region; the
-                    // page is past the end of the file, so its contents were
-                    // unreadable (a read would have raised SIGBUS) and no
-                    // reference can observe a change; MAP_FIXED replaces
-                    // exactly that range with zero-filled anonymous memory.
-                    let r = unsafe {
-                        rustix::mm::mmap_anonymous(
-                            self.region.as_ptr().add(p).cast(),
-                            page,
-                            ProtFlags::READ | ProtFlags::WRITE,
-                            rustix::mm::MapFlags::PRIVATE
-                                | rustix::mm::MapFlags::FIXED
-                                | rustix::mm::MapFlags::NORESERVE,
-                        )
-                    };
-                    r?;
+                    // SAFETY: the page is past the end of the file, so its
+                    // contents were unreadable (a read would have raised
+                    // SIGBUS) and no reference can observe a change.
+                    unsafe { self.region.zero(p, page) }?;
                 }
                 Err(e) => return Err(e),
             }
@@ -351,8 +336,7 @@ impl Mapping {
     /// inherit it. Called under `Guards::inodes`.
     fn make_inheritable(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
         self.detach(0, fd)?;
-        self.region
-            .advise(0, self.region.len(), Advice::LinuxDoFork)?;
+        self.region.advise(0, self.region.len(), Advice::DoFork)?;
         self.inherited.store(true, Ordering::Release);
         Ok(())
     }
@@ -382,10 +366,11 @@ impl Mapping {
         // one entry per 2 MiB instead of 512.
         let dst = self.region.as_ptr() as usize + off;
         let huge = len >= HUGE_PAGE && dst.is_multiple_of(HUGE_PAGE);
-        let tmp = Region::anonymous(len, rw, true, if huge { HUGE_PAGE } else { page as usize })?;
+        let mut tmp =
+            Region::anonymous(len, rw, true, if huge { HUGE_PAGE } else { page as usize })?;
         if huge {
             // Only advice: without THP the copy is made of small pages.
-            let _ = tmp.advise(0, len, Advice::LinuxHugepage);
+            let _ = tmp.advise(0, len, Advice::Hugepage);
         }
         let mut ranges = data_extents(fd, lo, end, page);
         ranges.extend(
@@ -400,7 +385,7 @@ impl Mapping {
             let src = (a - self.offset) as usize;
             if let Err(e) = self
                 .region
-                .advise(src, (b - a) as usize, Advice::LinuxPopulateRead)
+                .advise(src, (b - a) as usize, Advice::PopulateRead)
             {
                 return Err(io::Error::other(format!(
                     "reading the file between {a} and {b} failed ({e})"
@@ -410,34 +395,20 @@ impl Mapping {
         for (a, b) in ranges {
             let src = (a - self.offset) as usize;
             let dst = (a - lo) as usize;
-            // SAFETY: both ranges lie inside live mappings we own ([a, b) is
-            // clipped to [lo, end)) and do not overlap (`tmp` is new). The
-            // source pages are either private copies or file pages inside
-            // the file's data (below its size), so reading cannot fault
-            // fatally; `tmp` is not shared with anybody.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    self.region.as_ptr().add(src),
-                    tmp.as_ptr().add(dst),
-                    (b - a) as usize,
-                );
-            }
+            // SAFETY: `tmp` is new and shared with nobody, so this is the
+            // only borrow of it; [a, b) is clipped to [lo, end), inside it.
+            let to = unsafe { tmp.as_mut_slice(dst, (b - a) as usize) };
+            // SAFETY: the source pages are either private copies or file
+            // pages inside the file's data (below its size, faulted in
+            // above), so reading cannot fault fatally; writers of the file
+            // wait for this thread's answer, so nothing changes them.
+            unsafe { self.region.read_into(src, to) }?;
         }
         // SAFETY: moves `tmp`'s pages over [off, off + len) of our own
         // region, replacing that range atomically with identical contents
-        // (readers see the same bytes before and after). `tmp` is
-        // forgotten: its range now belongs to `self.region`.
-        let r = unsafe {
-            rustix::mm::mremap_fixed(
-                tmp.as_ptr().cast(),
-                len,
-                len,
-                rustix::mm::MremapFlags::MAYMOVE,
-                self.region.as_ptr().add(off).cast(),
-            )
-        };
-        r?;
-        std::mem::forget(tmp);
+        // (readers see the same bytes before and after); its range then
+        // belongs to `self.region`.
+        unsafe { tmp.move_into(&self.region, off) }?;
         self.file_len.store(off, Ordering::Relaxed);
         lock(&self.copied).retain(|&(a, _)| a < lo);
         Ok(())
@@ -497,7 +468,7 @@ struct Guards {
     /// Set (under `inodes`) once `shutdown` has snapshotted everything and
     /// released the group: nothing may register any more.
     dead: AtomicBool,
-    buf: Mutex<Vec<u64>>,
+    buf: Mutex<Vec<u8>>,
 }
 
 /// The live group of this process (served by its own thread).
@@ -511,7 +482,11 @@ extern "C" fn child_after_fork() {
     let g = GROUP_FD.load(Ordering::Relaxed);
     let n = DEVNULL_FD.load(Ordering::Relaxed);
     if g >= 0 && n >= 0 {
-        Group::detach_raw(g, n);
+        // SAFETY: `g` and `n` are the fds of the group in `CURRENT` (which
+        // holds it, so neither is closed while published: `guards` withdraws
+        // the numbers before it lets a group go), its own group fd and its
+        // /dev/null.
+        unsafe { Group::detach_raw(g, n) };
     }
 }
 
@@ -524,6 +499,11 @@ fn guards() -> Result<Arc<Guards>, Error> {
     {
         return Ok(g.clone());
     }
+    // The published numbers name only the group in `CURRENT`: the one
+    // taken out below may be closed (and its number reused) while no new
+    // one is published yet.
+    GROUP_FD.store(-1, Ordering::Relaxed);
+    DEVNULL_FD.store(-1, Ordering::Relaxed);
     if let Some(old) = cur.take()
         && old.pid != pid
     {
@@ -543,15 +523,19 @@ fn guards() -> Result<Arc<Guards>, Error> {
         let _ = GROUP_REFUSED.set(why.clone());
         Error::unsupported(Strategy::Guard, why)
     })?;
-    let devnull = fanotify::open_raw(c"/dev/null", libc::O_RDONLY)
-        .map_err(|e| Error::io("opening /dev/null", e))?;
+    let devnull = rustix::fs::open(
+        c"/dev/null",
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::io("opening /dev/null", e))?;
     let g = Arc::new(Guards {
         pid,
         group,
         devnull,
         inodes: Mutex::new(HashMap::new()),
         dead: AtomicBool::new(false),
-        buf: Mutex::new(vec![0u64; 4096 / 8 * 4]),
+        buf: Mutex::new(vec![0u8; 4096 * 4]),
     });
     let served = g.clone();
     std::thread::Builder::new()
@@ -679,7 +663,7 @@ impl Guards {
         self.dead.store(true, Ordering::Release);
         inodes.clear();
         drop(inodes);
-        Group::detach_raw(self.group.as_fd().as_raw_fd(), self.devnull.as_raw_fd());
+        self.group.detach(self.devnull.as_fd());
     }
 
     /// Classifies one event, copies what it needs, answers it.
@@ -704,18 +688,14 @@ impl Guards {
             Response::Deny(_) if ev.mask & FAN_PRE_ACCESS == 0 => Response::Deny(0),
             r => r,
         };
-        match self.group.respond(fd.as_raw_fd(), response) {
+        match self.group.respond(fd.as_fd(), response) {
             // ENOENT: the task was killed while waiting; nothing to answer.
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
             // Never leave a writer waiting: fall back to a plain answer.
             Err(_) => {
-                if self
-                    .group
-                    .respond(fd.as_raw_fd(), Response::Deny(0))
-                    .is_err()
-                {
-                    let _ = self.group.respond(fd.as_raw_fd(), Response::Allow);
+                if self.group.respond(fd.as_fd(), Response::Deny(0)).is_err() {
+                    let _ = self.group.respond(fd.as_fd(), Response::Allow);
                 }
             }
         }
@@ -1133,18 +1113,8 @@ fn map_armed(
     ))
 }
 
-/// Bytes of a `map_len` mapping at `offset` that lie inside a file of `size`
-/// bytes, rounded up to whole pages.
-fn file_part(offset: u64, map_len: usize, size: u64, page: u64) -> usize {
-    if size <= offset {
-        return 0;
-    }
-    let inside = (size - offset).div_ceil(page) * page;
-    inside.min(map_len as u64) as usize
-}
-
-/// Reserves `map_len` bytes of anonymous memory and maps the first
-/// `file_len` of them privately onto the file at `offset`.
+/// Reserves `map_len` bytes and maps the first `file_len` of them
+/// privately onto the file at `offset` ([`Region::file_head`]).
 fn make_region(
     fd: &OwnedFd,
     offset: u64,
@@ -1152,33 +1122,8 @@ fn make_region(
     file_len: usize,
 ) -> Result<Mapping, Error> {
     let rw = ProtFlags::READ | ProtFlags::WRITE;
-    if file_len > 0 && file_len == map_len {
-        // The file covers the whole range: one private file mapping, the
-        // same as the reservation plus overlay below would leave, without
-        // the reservation (one mmap and a VMA replacement fewer per map).
-        let region = Region::file_private(fd, offset, map_len, rw, true)
-            .map_err(|e| Error::io("mapping the file (mmap MAP_PRIVATE)", e))?;
-        return finish_region(region, offset, file_len);
-    }
-    let region = Region::anonymous(map_len, rw, true, sys::page_size())
-        .map_err(|e| Error::io(format!("reserving {map_len} bytes of address space"), e))?;
-    if file_len > 0 {
-        // SAFETY: MAP_FIXED over the first `file_len` bytes of a region we
-        // own and nobody references yet; it replaces only that range.
-        let r = unsafe {
-            rustix::mm::mmap(
-                region.as_ptr().cast(),
-                file_len,
-                rw,
-                rustix::mm::MapFlags::PRIVATE
-                    | rustix::mm::MapFlags::FIXED
-                    | rustix::mm::MapFlags::NORESERVE,
-                fd,
-                offset,
-            )
-        };
-        r.map_err(|e| Error::io("mapping the file (mmap MAP_PRIVATE)", e))?;
-    }
+    let region = Region::file_head(fd, offset, file_len, map_len, rw, true, sys::page_size())
+        .map_err(|e| Error::io("mapping the file (mmap MAP_PRIVATE)", e))?;
     finish_region(region, offset, file_len)
 }
 
@@ -1186,7 +1131,7 @@ fn make_region(
 fn finish_region(region: Region, offset: u64, file_len: usize) -> Result<Mapping, Error> {
     // A child made by fork() would get file pages nobody guards for it.
     region
-        .advise(0, region.len(), Advice::LinuxDontFork)
+        .advise(0, region.len(), Advice::DontFork)
         .map_err(|e| Error::io("madvise(MADV_DONTFORK)", e))?;
     Ok(Mapping {
         region,
@@ -1224,9 +1169,10 @@ impl Guard {
 
 // SAFETY: (`Snapshot`'s promises) the span is `[head, head + len)` of the
 // mapping's region, which is never remapped elsewhere: `Mapping::detach`
-// moves its anonymous copy over the same range (`mremap(MREMAP_FIXED)` onto
-// `region.as_ptr() + off`), `Mapping::copy_pages` maps zeros `MAP_FIXED` at
-// the same page, and the fork handler (`prepare_fork`) detaches the same
+// moves its anonymous copy over the same range (`Region::move_into`,
+// `mremap(MREMAP_FIXED)` onto `region.as_ptr() + off`),
+// `Mapping::copy_pages` maps zeros `MAP_FIXED` at the same page
+// (`Region::zero`), and the fork handler (`prepare_fork`) detaches the same
 // way, so the address is fixed for the value's life, in the parent and in a
 // forked child (which inherits the detached region as it is). Contents:
 // every page is either anonymous (private from the start), already a

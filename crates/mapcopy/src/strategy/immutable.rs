@@ -125,16 +125,15 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
     // The size seen by the request is the size for good: no one can
     // shrink the file (a sealed memfd may grow; the bytes past the size
     // the request saw read as zeros, as in any snapshot of that size).
-    let (region, _) =
-        crate::sys::clone::map_padded(req.file, req.offset, len, req.meta.size, prot, req.writable)
-            .map_err(|e| Error::io(format!("mapping {len} bytes of the file"), e))?;
+    let region = Region::file_padded(req.file, req.offset, len, req.meta.size, prot, req.writable)
+        .map_err(|e| Error::io(format!("mapping {len} bytes of the file"), e))?;
     let in_file = req.meta.size.saturating_sub(req.offset).min(len as u64) as usize;
     if req.populate && in_file > 0 {
         region
             .advise(
                 0,
                 in_file.next_multiple_of(crate::sys::page_size()),
-                rustix::mm::Advice::LinuxPopulateRead,
+                crate::sys::mmap::Advice::PopulateRead,
             )
             .map_err(|e| {
                 Error::io(

@@ -97,12 +97,12 @@ use std::time::Duration;
 
 use linux_raw_sys::general as g;
 use rustix::io::Errno;
-use rustix::mm::{Advice, MprotectFlags, ProtFlags};
+use rustix::mm::{self as rmm, MprotectFlags, ProtFlags};
 use rustix::process::Pid;
 
 use super::{Request, Snapshot, Span, Strategy};
 use crate::Error;
-use crate::sys::mmap::{HUGE_PAGE, Region};
+use crate::sys::mmap::{self, Advice, HUGE_PAGE, Region};
 use crate::sys::procfs;
 use crate::sys::uffd::{self, Msg, Route, Uffd};
 use crate::watcher::{self, Registration, Source};
@@ -547,8 +547,11 @@ impl Server {
                 if done > 0 {
                     // A move that stopped half-way leaves the staging chunk
                     // in 4 KiB pieces; start it afresh so that the next
-                    // fill gets a huge page again. Nothing borrows it now.
-                    let _ = st.advise(0, CHUNK, Advice::LinuxDontNeed);
+                    // fill gets a huge page again.
+                    // SAFETY: nothing borrows the staging buffer now (the
+                    // slice that was read into is gone; its pages were
+                    // copied or moved into the mapping).
+                    let _ = unsafe { st.unchecked_advise(0, CHUNK, rmm::Advice::LinuxDontNeed) };
                 }
             }
             Ok(())
@@ -570,16 +573,11 @@ impl Server {
         // the move and close it again (its pages are all missing, so no
         // reader has seen any byte of it).
         // SAFETY: the chunk lies inside the live mapping (we hold its lock
-        // shared); changing its protection touches no other memory.
+        // shared); no reference into it can exist yet, and adding write
+        // access invalidates none anyway.
         if ro
-            && unsafe {
-                rustix::mm::mprotect(
-                    dst as *mut _,
-                    CHUNK,
-                    MprotectFlags::READ | MprotectFlags::WRITE,
-                )
-            }
-            .is_err()
+            && unsafe { mmap::protect_at(dst, CHUNK, MprotectFlags::READ | MprotectFlags::WRITE) }
+                .is_err()
         {
             return 0;
         }
@@ -591,9 +589,11 @@ impl Server {
         let mode = if ro { uffd::MOVE_MODE_DONTWAKE } else { 0 };
         let p = unsafe { self.uffd.move_pages(dst, src, CHUNK, mode) };
         if ro {
-            // SAFETY: as above. If it fails the chunk stays writable, which
-            // only matters to `unsafe` code writing through a `&[u8]`.
-            let _ = unsafe { rustix::mm::mprotect(dst as *mut _, CHUNK, MprotectFlags::READ) };
+            // SAFETY: the chunk is inside the live mapping (as above); no
+            // `&mut` into it exists (a read-only mapping hands out `&[u8]`
+            // only). If it fails the chunk stays writable, which only
+            // matters to `unsafe` code writing through a `&[u8]`.
+            let _ = unsafe { mmap::protect_at(dst, CHUNK, MprotectFlags::READ) };
         }
         p.done
     }
@@ -725,8 +725,8 @@ fn with_staging<R>(f: impl FnOnce(&mut Region) -> R) -> R {
                     .unwrap_or_else(|e| {
                         fatal_msg(&format!("allocating a staging buffer failed: {e}"))
                     });
-            let _ = region.advise(0, CHUNK, Advice::LinuxHugepage);
-            let _ = region.advise(0, CHUNK, Advice::LinuxDontFork);
+            let _ = region.advise(0, CHUNK, Advice::Hugepage);
+            let _ = region.advise(0, CHUNK, Advice::DontFork);
             *cell = Some(Staging { region, pid });
         }
         f(&mut cell.as_mut().expect("staging set").region)
@@ -903,7 +903,6 @@ impl Mapping {
     /// Reads the file at mapping offset `off` into `buf`, zero past the end
     /// of the file. `Err` names the file offset that failed.
     fn read(&self, buf: &mut [u8], off: usize) -> Result<(), (u64, Errno)> {
-        let mut done = 0;
         let at = self.offset + off as u64;
         #[cfg(test)]
         {
@@ -912,14 +911,7 @@ impl Mapping {
                 return Err((fail, Errno::IO));
             }
         }
-        while done < buf.len() {
-            match rustix::io::pread(&self.file, &mut buf[done..], at + done as u64) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(Errno::INTR) | Err(Errno::AGAIN) => {}
-                Err(e) => return Err((at + done as u64, e)),
-            }
-        }
+        let done = crate::sys::file::read_full(&self.file, buf, at)?;
         buf[done..].fill(0);
         Ok(())
     }
@@ -979,10 +971,10 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
     if huge {
         // THP lets a fault leave the page-middle-directory entry empty, so
         // that whole chunks can be moved in as huge pages. Only advice.
-        let _ = region.advise(0, region.len(), Advice::LinuxHugepage);
+        let _ = region.advise(0, region.len(), Advice::Hugepage);
     }
     region
-        .advise(0, region.len(), Advice::LinuxDontFork)
+        .advise(0, region.len(), Advice::DontFork)
         .map_err(|e| Error::io("MADV_DONTFORK on the mapping", e))?;
     let base = region.as_ptr() as usize;
     let start = base.next_multiple_of(align);
@@ -1028,9 +1020,14 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
     if req.populate {
         lazy.populate()?;
         if !req.writable {
-            lazy.region
-                .protect(0, lazy.region.len(), MprotectFlags::READ)
-                .map_err(|e| Error::io("making the copy read-only", e))?;
+            // SAFETY: `populate` filled every page and its writes are done;
+            // nothing has read the mapping yet (`map` has not returned), so
+            // no reference loses write access.
+            unsafe {
+                lazy.region
+                    .protect(0, lazy.region.len(), MprotectFlags::READ)
+            }
+            .map_err(|e| Error::io("making the copy read-only", e))?;
             lazy.mapping.read_only.store(true, Ordering::Release);
         }
     }

@@ -108,7 +108,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use rustix::fs::{Mode, OFlags};
-use rustix::mm::{Advice, MprotectFlags, ProtFlags};
+use rustix::mm::{MprotectFlags, ProtFlags};
 use rustix::process::Pid;
 
 use super::{Request, Snapshot, Span, Strategy};
@@ -116,7 +116,7 @@ use crate::Error;
 use crate::sys::clone::{CloneDir, CloneError};
 use crate::sys::file::{fs_name, read_full};
 use crate::sys::lease::{self, Lease};
-use crate::sys::mmap::{HUGE_PAGE, Region};
+use crate::sys::mmap::{Advice, HUGE_PAGE, Region};
 use crate::sys::overlay;
 use crate::sys::{procfs, signal};
 use crate::watcher::{self, Registration, Source};
@@ -366,7 +366,7 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
         };
         // A child must not inherit a mapping only our lease keeps stable.
         region
-            .advise(0, region.len(), Advice::LinuxDontFork)
+            .advise(0, region.len(), Advice::DontFork)
             .map_err(|e| Error::io("madvise(MADV_DONTFORK)", e))?;
         Ok(Entry {
             region,
@@ -423,7 +423,7 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
         // is reported here instead of as SIGBUS on first touch.
         entry
             .region
-            .advise(0, entry.file_len, Advice::LinuxPopulateRead)
+            .advise(0, entry.file_len, Advice::PopulateRead)
             .map_err(|e| Error::io("reading every page now (populate): a page could not be read, an I/O error (MADV_POPULATE_READ)", e))?;
     }
     Ok(Box::new(LeaseMap {
@@ -512,7 +512,7 @@ impl Entry {
         if !self.abandoned.load(Ordering::Acquire)
             && self
                 .region
-                .advise(0, self.region.len(), Advice::LinuxDoFork)
+                .advise(0, self.region.len(), Advice::DoFork)
                 .is_ok()
         {
             self.inherited.store(true, Ordering::Release);
@@ -576,13 +576,17 @@ impl Entry {
         let len = self.file_len;
         let mut copy = Region::anonymous(len, ProtFlags::READ | ProtFlags::WRITE, false, HUGE_PAGE)
             .map_err(|e| format!("{note}allocating {len} bytes for the copy: {e}"))?;
-        let _ = copy.advise(0, len, Advice::LinuxHugepage);
+        let _ = copy.advise(0, len, Advice::Hugepage);
         // SAFETY: fresh anonymous memory, borrowed exclusively here.
         let buf = unsafe { copy.as_mut_slice(0, len) };
-        read_full(file, buf, self.offset)
-            .map_err(|(at, e)| format!("{note}reading the file at offset {at}: {e}"))?;
+        read_full(file, buf, self.offset).map_err(|(at, e)| {
+            let e = std::io::Error::from(e);
+            format!("{note}reading the file at offset {at}: {e}")
+        })?;
         if !self.writable {
-            copy.protect(0, len, MprotectFlags::READ)
+            // SAFETY: the slice `read_full` filled is gone and nothing else
+            // borrows the fresh copy, so no reference loses write access.
+            unsafe { copy.protect(0, len, MprotectFlags::READ) }
                 .map_err(|e| format!("{note}mprotect: {e}"))?;
         }
         // SAFETY: `copy` holds the file's bytes read under our lease — the
@@ -597,17 +601,17 @@ impl Entry {
 /// A huge-page aligned reservation of `len` bytes whose first `file_len`
 /// map the file privately.
 fn overlaid(file: &File, req: &Request<'_>, len: usize, file_len: usize) -> Result<Region, Error> {
-    let region = Region::anonymous(len, prot(req.writable), true, HUGE_PAGE)
-        .map_err(|e| Error::io(format!("reserving {len} bytes of address space"), e))?;
-    if file_len > 0 {
-        // SAFETY: nothing borrows the fresh region; the file holds bytes
-        // up to the last partial page of `file_len` (completed with zeros
-        // by the kernel) and cannot shrink while our lease is held; after
-        // the lease is gone this part is replaced (see `Entry::resolve`).
-        unsafe { region.overlay_file(0, file_len, file, req.offset, prot(req.writable), true) }
-            .map_err(|e| Error::io("mapping the file", e))?;
-    }
-    Ok(region)
+    // The file holds bytes up to the last partial page of `file_len`
+    // (completed with zeros by the kernel) and cannot shrink while our
+    // lease is held; after the lease is gone this part is replaced (see
+    // `Entry::resolve`).
+    let prot = prot(req.writable);
+    Region::file_head(file, req.offset, file_len, len, prot, true, HUGE_PAGE).map_err(|e| {
+        Error::io(
+            format!("mapping the file over {len} bytes of address space"),
+            e,
+        )
+    })
 }
 
 fn prot(writable: bool) -> ProtFlags {

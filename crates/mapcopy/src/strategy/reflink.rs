@@ -39,7 +39,7 @@ use rustix::mm::ProtFlags;
 
 use super::{Request, Snapshot, Span, Strategy};
 use crate::Error;
-use crate::sys::clone::{self, CloneDir, CloneError};
+use crate::sys::clone::{CloneDir, CloneError};
 use crate::sys::mmap::Region;
 
 pub(crate) fn check(req: Option<&Request<'_>>) -> Result<String, String> {
@@ -80,7 +80,7 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
         ProtFlags::READ
     };
     let len = req.map_len();
-    let (region, _) = clone::map_padded(&clone, req.offset, len, size, prot, req.writable)
+    let region = Region::file_padded(&clone, req.offset, len, size, prot, req.writable)
         .map_err(|e| Error::io(format!("mapping {len} bytes of the clone"), e))?;
     // The mapping keeps the clone alive; closing our fd leaves no other way
     // into it (not even /proc/self/fd).
@@ -93,7 +93,7 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
             .advise(
                 0,
                 in_file.next_multiple_of(crate::sys::page_size()),
-                rustix::mm::Advice::LinuxPopulateRead,
+                crate::sys::mmap::Advice::PopulateRead,
             )
             .map_err(|e| Error::io("reading every page now (populate): a page could not be read, an I/O error (MADV_POPULATE_READ)", e))?;
     }

@@ -28,9 +28,8 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{self as rfs, AtFlags, IFlags, Mode, OFlags, StatxFlags};
 use rustix::io::Errno;
 
+use super::errno_of;
 use super::file::fs_name;
-use super::mmap::Region;
-use rustix::mm::ProtFlags;
 
 /// Environment variable naming a directory to create clones in, tried
 /// before any other (it must be on the same mount as the file).
@@ -267,10 +266,6 @@ fn no_reflink_hint(fs_type: i64) -> &'static str {
     }
 }
 
-fn errno_of(e: io::Error) -> Errno {
-    Errno::from_io_error(&e).unwrap_or(Errno::IO)
-}
-
 /// The mount id of an fd (`statx(STATX_MNT_ID)`, Linux 5.8), or its device
 /// number on older kernels; with a printable name for messages.
 fn mount_id<Fd: AsFd>(fd: Fd) -> io::Result<(u64, String)> {
@@ -361,38 +356,6 @@ fn unescape(s: &str) -> PathBuf {
         }
     }
     PathBuf::from(OsString::from_vec(out))
-}
-
-/// Maps `map_len` bytes of `fd` from page-aligned `offset` privately, given
-/// that the file is `size` bytes long and stays so for as long as the
-/// mapping lives (the caller's promise): the pages that hold file bytes map
-/// the file, the pages wholly past its end are anonymous zeros (a file
-/// mapping there would raise SIGBUS). Returns the region and the length of
-/// its file-backed head.
-pub(crate) fn map_padded<Fd: AsFd>(
-    fd: Fd,
-    offset: u64,
-    map_len: usize,
-    size: u64,
-    prot: ProtFlags,
-    noreserve: bool,
-) -> io::Result<(Region, usize)> {
-    let page = super::page_size();
-    let region = Region::anonymous(map_len, prot, noreserve, page)?;
-    let in_file = size.saturating_sub(offset);
-    let file_len = if in_file >= map_len as u64 {
-        map_len
-    } else {
-        (in_file as usize).div_ceil(page) * page
-    };
-    if file_len > 0 {
-        // SAFETY: nothing borrows the fresh region yet; the file covers
-        // `[offset, offset + file_len)` up to the last partial page, which
-        // the kernel completes with zeros, and the caller promised it does
-        // not shrink while mapped.
-        unsafe { region.overlay_file(0, file_len, fd, offset, prot, noreserve)? };
-    }
-    Ok((region, file_len))
 }
 
 #[cfg(test)]

@@ -1,35 +1,30 @@
 //! What this kernel, process and filesystem allow: the detections behind
-//! [`crate::probe`] and the strategies' `check()` functions.
+//! [`crate::probe()`] and the strategies' `check()` functions.
 //!
 //! Every function here *tries* the interface it reports on (creates a
 //! userfaultfd, clones into a temporary file, takes and drops a lease, arms
 //! and drops a fanotify mark) rather than guessing from version numbers, and
 //! leaves nothing behind. Results are worded for a user: `Ok` says what is
 //! available, `Err` why not.
-#![allow(unsafe_code)]
+//!
+//! This module is policy only: every kernel call goes through the module of
+//! `sys` that owns its interface ([`super::uffd`], [`super::lease`],
+//! [`super::fanotify`], `rustix` for the rest).
 
 use std::fmt;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{self as rfs, Mode, OFlags};
 use rustix::io::Errno;
-use rustix::mm::UserfaultfdFlags;
 
+use super::errno_of;
+use super::fanotify::{FAN_PRE_ACCESS, Group};
 use super::file::{Meta, fs_name};
-
-pub(crate) use super::fanotify::FAN_PRE_ACCESS;
-
-/// `F_SETSIG` (`include/uapi/asm-generic/fcntl.h`); `libc` defines it only
-/// for some targets.
-const F_SETSIG: libc::c_int = linux_raw_sys::general::F_SETSIG as libc::c_int;
-
-/// `USERFAULTFD_IOC_NEW` from `include/uapi/linux/userfaultfd.h`:
-/// `_IO(0xAA, 0x00)`, the ioctl on `/dev/userfaultfd` that returns a new
-/// userfaultfd. In neither `libc` nor `linux-raw-sys`.
-const USERFAULTFD_IOC_NEW: libc::c_ulong = 0xAA00;
+use super::lease::{LeaseProbe, try_read_lease};
+use super::uffd::{self, Route};
 
 /// Capability numbers from `include/uapi/linux/capability.h`.
 const CAP_SYS_PTRACE: u32 = 19;
@@ -134,38 +129,9 @@ pub(crate) struct UffdModes {
 impl UffdModes {
     /// Tries each way once; every descriptor made is closed again.
     pub(crate) fn detect() -> UffdModes {
-        let syscall = |extra: u32| {
-            let flags = UserfaultfdFlags::CLOEXEC
-                | UserfaultfdFlags::NONBLOCK
-                | UserfaultfdFlags::from_bits_retain(extra);
-            // SAFETY: creating a userfaultfd has no effect on memory until a
-            // range is registered with it; this one is closed unused.
-            unsafe { rustix::mm::userfaultfd(flags) }.map(drop)
-        };
-        let syscall_all = syscall(0);
-        let syscall_user_only = syscall(linux_raw_sys::general::UFFD_USER_MODE_ONLY);
-        let dev_node = (|| {
-            let dev = rfs::open(
-                "/dev/userfaultfd",
-                OFlags::RDWR | OFlags::CLOEXEC,
-                Mode::empty(),
-            )?;
-            // SAFETY: USERFAULTFD_IOC_NEW takes its flags as the integer
-            // argument and returns a new fd, which we own and close at once.
-            let fd = unsafe {
-                libc::ioctl(
-                    dev.as_raw_fd(),
-                    USERFAULTFD_IOC_NEW as _,
-                    libc::O_CLOEXEC | libc::O_NONBLOCK,
-                )
-            };
-            if fd < 0 {
-                return Err(Errno::from_io_error(&io::Error::last_os_error()).unwrap_or(Errno::IO));
-            }
-            // SAFETY: a fresh fd returned by the kernel, owned by nobody else.
-            drop(unsafe { OwnedFd::from_raw_fd(fd) });
-            Ok(())
-        })();
+        let syscall_all = uffd::create(Route::Syscall).map(drop).map_err(errno_of);
+        let syscall_user_only = uffd::try_user_mode_only().map_err(errno_of);
+        let dev_node = uffd::create(Route::DevNode).map(drop).map_err(errno_of);
         let unprivileged_sysctl = std::fs::read_to_string("/proc/sys/vm/unprivileged_userfaultfd")
             .ok()
             .and_then(|s| s.trim().parse().ok());
@@ -287,7 +253,7 @@ pub(crate) fn lease_permission() -> Result<String, String> {
             })?;
         let f = File::open(&path).map_err(|e| format!("cannot reopen {}: {e}", path.display()));
         let _ = std::fs::remove_file(&path);
-        try_read_lease(&f?).map_err(|e| {
+        read_lease(&f?).map_err(|e| {
             format!(
                 "read leases do not work here (F_SETLEASE F_RDLCK on a fresh file: {})",
                 errno_name(e)
@@ -317,7 +283,7 @@ pub(crate) fn lease(file: &File, meta: &Meta) -> Result<String, String> {
     };
     let fresh = File::open(format!("/proc/self/fd/{}", file.as_raw_fd()))
         .map_err(|e| format!("cannot reopen the file read-only to try a lease: {e}"))?;
-    try_read_lease(&fresh).map_err(|e| match e {
+    read_lease(&fresh).map_err(|e| match e {
         Errno::AGAIN | Errno::BUSY if meta.writable => format!(
             "a read lease cannot be taken ({}): the descriptor given is itself open for writing; map through a read-only one",
             errno_name(e)
@@ -331,20 +297,14 @@ pub(crate) fn lease(file: &File, meta: &Meta) -> Result<String, String> {
     Ok(format!("read lease taken and released ({why})"))
 }
 
-/// Takes a read lease on `fd` (which must be open read-only) and drops it.
-fn try_read_lease(fd: &File) -> Result<(), Errno> {
-    let raw = fd.as_fd().as_raw_fd();
-    // Should a writer open the file in the microseconds we hold the lease,
-    // the kernel signals the lease holder; the default SIGIO would kill
-    // this process. SIGURG is ignored by default.
-    // SAFETY: fcntl with integer arguments on a descriptor we own; no
-    // memory is passed.
-    cvt(unsafe { libc::fcntl(raw, F_SETSIG, libc::SIGURG) })?;
-    // SAFETY: as above.
-    cvt(unsafe { libc::fcntl(raw, libc::F_SETLEASE, libc::F_RDLCK) })?;
-    // SAFETY: as above.
-    cvt(unsafe { libc::fcntl(raw, libc::F_SETLEASE, libc::F_UNLCK) })?;
-    Ok(())
+/// Takes a read lease on `fd` (which must be open read-only) and drops it
+/// ([`try_read_lease`]); a writer shows as `EAGAIN`.
+fn read_lease(fd: &File) -> Result<(), Errno> {
+    match try_read_lease(fd.as_fd()) {
+        Ok(LeaseProbe::NoWriter) => Ok(()),
+        Ok(LeaseProbe::WriterExists) => Err(Errno::AGAIN),
+        Err(e) => Err(errno_of(e)),
+    }
 }
 
 /// Can this process arm fanotify pre-content events (`FAN_PRE_ACCESS` in a
@@ -359,28 +319,20 @@ pub(crate) fn fanotify_pre_content(file: Option<(&File, &Meta)>) -> Result<Strin
     } else {
         "CAP_SYS_ADMIN not held"
     };
-    // SAFETY: fanotify_init takes two flag words and returns a new fd or -1.
-    let fan = unsafe {
-        libc::fanotify_init(
-            libc::FAN_CLASS_PRE_CONTENT | libc::FAN_CLOEXEC | libc::FAN_NONBLOCK,
-            (libc::O_RDONLY | libc::O_LARGEFILE | libc::O_CLOEXEC) as libc::c_uint,
-        )
-    };
-    if fan < 0 {
-        let e = last_errno();
-        return Err(match e {
-            Errno::PERM => format!(
-                "fanotify pre-content events need CAP_SYS_ADMIN (fanotify_init: EPERM; {capnote})"
-            ),
-            e => format!(
-                "fanotify_init(FAN_CLASS_PRE_CONTENT) failed on Linux {}: {}",
-                kernel.release,
-                errno_name(e)
-            ),
-        });
-    }
-    // SAFETY: a fresh fd from the kernel, owned by nobody else.
-    let fan = unsafe { OwnedFd::from_raw_fd(fan) };
+    let fan = Group::new(
+        libc::FAN_CLASS_PRE_CONTENT | libc::FAN_CLOEXEC | libc::FAN_NONBLOCK,
+        (libc::O_RDONLY | libc::O_LARGEFILE | libc::O_CLOEXEC) as libc::c_uint,
+    )
+    .map_err(|e| match errno_of(e) {
+        Errno::PERM => format!(
+            "fanotify pre-content events need CAP_SYS_ADMIN (fanotify_init: EPERM; {capnote})"
+        ),
+        e => format!(
+            "fanotify_init(FAN_CLASS_PRE_CONTENT) failed on Linux {}: {}",
+            kernel.release,
+            errno_name(e)
+        ),
+    })?;
 
     let (target, fs, place) = match file {
         Some((f, meta)) => (
@@ -411,30 +363,17 @@ pub(crate) fn fanotify_pre_content(file: Option<(&File, &Meta)>) -> Result<Strin
     };
     let target =
         target.map_err(|e| format!("cannot open a file to try a pre-content mark on: {e}"))?;
-    // SAFETY: marks the inode `target` refers to (pathname NULL means the
-    // dirfd itself); both fds are live and owned here. The mark dies with
-    // the group when `fan` is closed below.
-    let r = unsafe {
-        libc::fanotify_mark(
-            fan.as_raw_fd(),
-            libc::FAN_MARK_ADD,
-            FAN_PRE_ACCESS,
-            target.as_raw_fd(),
-            std::ptr::null::<libc::c_char>(),
-        )
-    };
-    let res = if r == 0 {
-        Ok(format!(
+    // The mark dies with the group when `fan` is closed below.
+    let res = match fan.mark_inode(target.as_fd(), FAN_PRE_ACCESS, false) {
+        Ok(()) => Ok(format!(
             "fanotify pre-content events available on {fs}{place} ({capnote})"
-        ))
-    } else {
-        let e = last_errno();
-        Err(match e {
+        )),
+        Err(e) => Err(match errno_of(e) {
             Errno::INVAL if !kernel.at_least(6, 14) => format!(
                 "Linux {} has no fanotify pre-content events (FAN_PRE_ACCESS needs 6.14+)",
                 kernel.release
             ),
-            Errno::INVAL | Errno::OPNOTSUPP => format!(
+            e @ (Errno::INVAL | Errno::OPNOTSUPP) => format!(
                 "{fs} does not allow fanotify pre-content marks{place} (fanotify_mark: {})",
                 errno_name(e)
             ),
@@ -442,22 +381,10 @@ pub(crate) fn fanotify_pre_content(file: Option<(&File, &Meta)>) -> Result<Strin
                 "fanotify_mark(FAN_PRE_ACCESS) on {fs}{place} failed: {}",
                 errno_name(e)
             ),
-        })
+        }),
     };
     drop(fan);
     res
-}
-
-fn last_errno() -> Errno {
-    Errno::from_io_error(&io::Error::last_os_error()).unwrap_or(Errno::IO)
-}
-
-fn cvt(ret: libc::c_int) -> Result<libc::c_int, Errno> {
-    if ret == -1 {
-        Err(last_errno())
-    } else {
-        Ok(ret)
-    }
 }
 
 /// The symbolic name of an errno for messages (`EPERM`), for the ones the

@@ -1,17 +1,19 @@
-//! fanotify pre-content groups and marks, and the read-lease probe the
-//! `Guard` strategy uses as its "no writer holds the file open" proof.
+//! fanotify pre-content groups and marks.
 //!
 //! `libc` has `fanotify_init`, `fanotify_mark` and the event/response
-//! structs; `rustix` has none of fanotify. What neither has yet (Linux 6.14
-//! additions) is defined here once, from `include/uapi/linux/fanotify.h`:
-//! [`FAN_PRE_ACCESS`], [`FAN_EVENT_INFO_TYPE_RANGE`] and
-//! [`FanotifyEventInfoRange`]. [`try_read_lease`] is the lease probe on
-//! top of [`super::lease`].
+//! structs; `rustix` has none of fanotify, and `nix`'s (not a dependency)
+//! does not parse the info records, where a pre-content event carries its
+//! file range. So the two calls are wrapped here, over `libc`; reading
+//! events and writing responses are plain `read`/`write` through `rustix`.
+//! What neither has yet (Linux 6.14 additions) is defined here once, from
+//! `include/uapi/linux/fanotify.h`: [`FAN_PRE_ACCESS`],
+//! [`FAN_EVENT_INFO_TYPE_RANGE`] and [`FanotifyEventInfoRange`].
 #![allow(unsafe_code)]
 
-use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use rustix::io::Errno;
 
 use super::cvt;
 
@@ -118,55 +120,59 @@ impl Group {
 
     /// Reads every queued event (the group is non-blocking: an empty queue
     /// gives an empty vector). Event fds are owned by the returned events.
-    pub(crate) fn read_events(&self, buf: &mut [u64]) -> io::Result<Vec<Event>> {
-        let bytes = std::mem::size_of_val(buf);
-        // SAFETY: `buf` is a live, exclusively borrowed buffer of `bytes`
-        // bytes (u64 keeps it 8-aligned, as the metadata struct needs).
-        let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), bytes) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            return match e.raw_os_error() {
-                Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(Vec::new()),
-                _ => Err(e),
-            };
-        }
-        // SAFETY: the kernel wrote `n` bytes into `buf`; viewing the u64
-        // buffer as bytes is always valid.
-        let data = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n as usize) };
-        Ok(parse_events(data))
+    pub(crate) fn read_events(&self, buf: &mut [u8]) -> io::Result<Vec<Event>> {
+        let n = match rustix::io::read(&self.fd, &mut *buf) {
+            Ok(n) => n,
+            Err(Errno::AGAIN | Errno::INTR) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        // SAFETY: `buf[..n]` is what the kernel just returned from this
+        // group's fd: every event fd in it was installed for this read and
+        // is known to nobody else.
+        Ok(unsafe { parse_events(&buf[..n]) })
     }
 
-    /// Answers the permission event whose fd is `fd`.
-    pub(crate) fn respond(&self, fd: RawFd, response: Response) -> io::Result<()> {
+    /// Answers the permission event whose fd is `fd` (an [`Event`]'s).
+    pub(crate) fn respond(&self, fd: BorrowedFd<'_>, response: Response) -> io::Result<()> {
         let response = match response {
             Response::Allow => libc::FAN_ALLOW,
             Response::Deny(0) => libc::FAN_DENY,
             Response::Deny(errno) => libc::FAN_DENY | ((errno as u32 & 0xff) << FAN_ERRNO_SHIFT),
         };
-        let r = libc::fanotify_response { fd, response };
-        // SAFETY: writes the fully initialised `r` (a plain C struct) from a
-        // live stack location of exactly that size.
-        let n = unsafe {
-            libc::write(
-                self.fd.as_raw_fd(),
-                (&r as *const libc::fanotify_response).cast(),
-                std::mem::size_of_val(&r),
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        // `struct fanotify_response { __s32 fd; __u32 response; }`, in the
+        // byte order of this machine.
+        const SIZE: usize = std::mem::size_of::<libc::fanotify_response>();
+        const _: () =
+            assert!(SIZE == 8 && std::mem::offset_of!(libc::fanotify_response, response) == 4);
+        let mut r = [0u8; SIZE];
+        r[..4].copy_from_slice(&fd.as_raw_fd().to_ne_bytes());
+        r[4..].copy_from_slice(&response.to_ne_bytes());
+        rustix::io::write(&self.fd, &r)?;
         Ok(())
     }
 
-    /// Replaces the group's fd number with `/dev/null` (so the number stays
-    /// valid for whoever still holds it) and thereby releases this process's
-    /// reference to the group: once no process holds it, the kernel allows
-    /// every pending event and drops the marks. Async-signal-safe (`dup3`
-    /// only), so it may run in a `pthread_atfork` child handler.
-    pub(crate) fn detach_raw(group_fd: RawFd, devnull: RawFd) {
-        // SAFETY: dup3 only changes this process's fd table; both numbers are
-        // plain integers, an invalid one just fails.
+    /// Replaces the group's fd with a duplicate of `devnull` under the same
+    /// number, so the `Group` goes on owning a valid fd (closed on drop) and
+    /// this process's reference to the group is released: once no process
+    /// holds it, the kernel allows every pending event and drops the marks.
+    pub(crate) fn detach(&self, devnull: BorrowedFd<'_>) {
+        // SAFETY: the number is our own `OwnedFd`'s, which keeps owning
+        // whatever it refers to afterwards; `devnull` is live for the call.
+        unsafe { Group::detach_raw(self.fd.as_raw_fd(), devnull.as_raw_fd()) }
+    }
+
+    /// [`Group::detach`] by fd numbers, for where no `Group` can be
+    /// reached: async-signal-safe (`dup3` only, no lock), so it may run in
+    /// a `pthread_atfork` child handler.
+    ///
+    /// # Safety
+    /// `group_fd` is the number of a `Group`'s fd in this process (or of a
+    /// fd nobody uses any more): `dup3` makes it refer to `/dev/null`, which
+    /// would silently change what any other owner of that number reads and
+    /// writes. `devnull` is an open fd of `/dev/null`.
+    pub(crate) unsafe fn detach_raw(group_fd: RawFd, devnull: RawFd) {
+        // SAFETY: dup3 only changes this process's fd table and takes no
+        // memory; which number it replaces is the caller's promise above.
         unsafe {
             libc::dup3(devnull, group_fd, libc::O_CLOEXEC);
         }
@@ -181,7 +187,12 @@ impl AsFd for Group {
 
 /// Splits a buffer of `struct fanotify_event_metadata` records (each
 /// followed by info records) into [`Event`]s, taking ownership of their fds.
-fn parse_events(data: &[u8]) -> Vec<Event> {
+///
+/// # Safety
+/// Every non-negative `fd` field in `data` is an open fd of this process
+/// that nobody else owns (as in a buffer just read from a group): each
+/// becomes an `OwnedFd`, closed when its event is dropped.
+unsafe fn parse_events(data: &[u8]) -> Vec<Event> {
     let meta_len = std::mem::size_of::<libc::fanotify_event_metadata>();
     let mut out = Vec::new();
     let mut off = 0;
@@ -195,8 +206,8 @@ fn parse_events(data: &[u8]) -> Vec<Event> {
             break;
         }
         let fd = (m.fd >= 0).then(|| {
-            // SAFETY: the kernel installed this fd in our table for this
-            // event and nobody else knows it; we take ownership once.
+            // SAFETY: an unowned open fd (the caller's promise); each event
+            // is parsed once, so ownership is taken once.
             unsafe { OwnedFd::from_raw_fd(m.fd) }
         });
         let mut range = None;
@@ -229,47 +240,6 @@ fn parse_events(data: &[u8]) -> Vec<Event> {
         off += len;
     }
     out
-}
-
-/// Outcome of [`try_read_lease`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum LeaseProbe {
-    /// A read lease was granted (and released again): no writable fd of the
-    /// file existed at that instant.
-    NoWriter,
-    /// `EAGAIN`: some process holds the file open for writing (or maps it
-    /// shared and writable).
-    WriterExists,
-}
-
-/// Takes and immediately drops a read lease on `file` (`F_SETLEASE F_RDLCK`
-/// then `F_UNLCK`, through [`super::lease`]). The kernel refuses a read
-/// lease with `EAGAIN` while any writable fd of the file is open, which is
-/// the proof the `Guard` needs. `file` should be this crate's own
-/// read-only fd (a lease belongs to the open file description).
-pub(crate) fn try_read_lease(file: BorrowedFd<'_>) -> io::Result<LeaseProbe> {
-    use super::lease::{Lease, set_lease, set_signal};
-    // Should a writer open the file in the microseconds the lease is held,
-    // the kernel signals the holder; the default SIGIO would kill this
-    // process, SIGURG is ignored by default (as in `sys::detect`).
-    set_signal(file, libc::SIGURG)?;
-    match set_lease(file, Lease::Read) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => return Ok(LeaseProbe::WriterExists),
-        Err(e) => return Err(e),
-    }
-    set_lease(file, Lease::Unlock)?;
-    Ok(LeaseProbe::NoWriter)
-}
-
-/// Opens `path` (a C string) with `flags`; for `/dev/null` and
-/// `/proc/self/fd/N` re-opens.
-pub(crate) fn open_raw(path: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
-    // SAFETY: `path` is a valid NUL-terminated string for the duration of
-    // the call; the returned fd is new and owned by nobody else.
-    let fd = cvt(unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC) })?;
-    // SAFETY: as above.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 #[cfg(test)]
@@ -311,7 +281,8 @@ mod tests {
             std::ptr::write_unaligned(buf.as_mut_ptr().cast(), m);
             std::ptr::write_unaligned(buf[meta_len..].as_mut_ptr().cast(), r);
         }
-        let ev = parse_events(&buf);
+        // SAFETY: the only fd field is -1 (FAN_NOFD): no fd is taken.
+        let ev = unsafe { parse_events(&buf) };
         assert_eq!(ev.len(), 1);
         assert_eq!(ev[0].mask, FAN_PRE_ACCESS);
         assert_eq!(ev[0].pid, 42);

@@ -2,8 +2,10 @@
 
 use std::fs::File;
 use std::io;
+use std::os::fd::AsFd;
 
 use rustix::fs::{self, AtFlags, FileType, OFlags, SealFlags, StatxAttributes, StatxFlags};
+use rustix::io::Errno;
 
 // The magic → name table lives in `sys::fs`; re-exported for the callers
 // that name it through here.
@@ -90,18 +92,23 @@ impl Meta {
 }
 
 /// `pread` until `buf` is full or the file ends (the rest of `buf` is left
-/// as it was: zeros in fresh memory), retrying short reads and `EINTR`. An
-/// error comes with the file offset that failed.
-pub(crate) fn read_full(file: &File, buf: &mut [u8], offset: u64) -> Result<(), (u64, io::Error)> {
+/// as it was: zeros in fresh memory), retrying short reads, `EINTR` and
+/// `EAGAIN`; returns how many bytes were read. An error comes with the file
+/// offset that failed.
+pub(crate) fn read_full<Fd: AsFd>(
+    file: Fd,
+    buf: &mut [u8],
+    offset: u64,
+) -> Result<usize, (u64, Errno)> {
     let mut done = 0;
     while done < buf.len() {
         let at = offset + done as u64;
-        match rustix::io::pread(file, &mut buf[done..], at) {
+        match rustix::io::pread(&file, &mut buf[done..], at) {
             Ok(0) => break,
             Ok(n) => done += n,
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err((at, e.into())),
+            Err(Errno::INTR | Errno::AGAIN) => continue,
+            Err(e) => return Err((at, e)),
         }
     }
-    Ok(())
+    Ok(done)
 }

@@ -17,7 +17,7 @@
 #![allow(unsafe_code)]
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use linux_raw_sys::general as k;
 
@@ -100,6 +100,36 @@ pub(crate) fn set_owner_thread<Fd: AsFd>(fd: Fd, tid: rustix::thread::Pid) -> io
         )
     })
     .map(drop)
+}
+
+/// Outcome of [`try_read_lease`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LeaseProbe {
+    /// A read lease was granted (and released again): no writable fd of the
+    /// file existed at that instant.
+    NoWriter,
+    /// `EAGAIN`: some process holds the file open for writing (or maps it
+    /// shared and writable).
+    WriterExists,
+}
+
+/// Takes and immediately drops a read lease on `file` (`F_SETLEASE F_RDLCK`
+/// then `F_UNLCK`). The kernel refuses a read lease with `EAGAIN` while any
+/// writable fd of the file is open, which is the proof the `Guard` needs
+/// and what `sys::detect` reports. `file` should be this crate's own
+/// read-only fd (a lease belongs to the open file description).
+pub(crate) fn try_read_lease(file: BorrowedFd<'_>) -> io::Result<LeaseProbe> {
+    // Should a writer open the file in the microseconds the lease is held,
+    // the kernel signals the holder; the default SIGIO would kill this
+    // process, SIGURG is ignored by default.
+    set_signal(file, libc::SIGURG)?;
+    match set_lease(file, Lease::Read) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => return Ok(LeaseProbe::WriterExists),
+        Err(e) => return Err(e),
+    }
+    set_lease(file, Lease::Unlock)?;
+    Ok(LeaseProbe::NoWriter)
 }
 
 /// Whether the kernel offers leases at all (`/proc/sys/fs/leases-enable`).

@@ -6,7 +6,7 @@ use std::io;
 use std::os::fd::AsFd;
 use std::ptr::NonNull;
 
-use rustix::mm::{self, Advice, MapFlags, MprotectFlags, ProtFlags};
+use rustix::mm::{self, MapFlags, MprotectFlags, ProtFlags};
 
 /// Alignment and granule of transparent huge pages on x86-64 and arm64 (4 KiB
 /// base pages).
@@ -31,6 +31,40 @@ pub(crate) struct Region {
 unsafe impl Send for Region {}
 // SAFETY: as above; `&Region` gives no access to the memory without `unsafe`.
 unsafe impl Sync for Region {}
+
+/// Advice for [`Region::advise`]: only advices that never change what a
+/// page holds or whether it can be read in this process, so they are safe
+/// whatever borrows the range (memmap2 draws the same line between
+/// `Advice` and `UncheckedAdvice`). The rest (`MADV_DONTNEED`, ...) goes
+/// through the `unsafe` [`Region::unchecked_advise`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Advice {
+    /// `MADV_HUGEPAGE`: back the range with transparent huge pages.
+    Hugepage,
+    /// `MADV_DONTFORK`: a forked child does not inherit the range.
+    DontFork,
+    /// `MADV_DOFORK`: undoes `DontFork`.
+    DoFork,
+    /// `MADV_POPULATE_READ`: fault every page in for reading now (an
+    /// unreadable page is an error here, not a signal later).
+    PopulateRead,
+    /// `MADV_POPULATE_WRITE`: fault every page in for writing now; in a
+    /// private mapping (every `Region` is one) a file page becomes a private
+    /// copy holding the same bytes.
+    PopulateWrite,
+}
+
+impl Advice {
+    fn raw(self) -> mm::Advice {
+        match self {
+            Advice::Hugepage => mm::Advice::LinuxHugepage,
+            Advice::DontFork => mm::Advice::LinuxDontFork,
+            Advice::DoFork => mm::Advice::LinuxDoFork,
+            Advice::PopulateRead => mm::Advice::LinuxPopulateRead,
+            Advice::PopulateWrite => mm::Advice::LinuxPopulateWrite,
+        }
+    }
+}
 
 /// Where some bytes live: the first one and how many. Carries no borrow,
 /// so it says nothing about who may read or write them; what they mean is
@@ -133,6 +167,58 @@ impl Region {
         })
     }
 
+    /// `len` bytes (rounded up to pages) starting at a multiple of `align`
+    /// whose first `file_len` bytes map `fd` from page-aligned `offset`
+    /// privately (copy-on-write) and whose rest is anonymous zeros: the
+    /// range is reserved first and the file mapped over its head, so the
+    /// pages wholly past the end of a shorter file are never file pages
+    /// (those raise SIGBUS). Where the file covers the whole range and no
+    /// alignment beyond a page is asked for, it is one file mapping, which
+    /// is what the two steps would leave, with one `mmap` fewer. With
+    /// `noreserve` nothing is charged to overcommit.
+    ///
+    /// Like [`Region::file_private`], the head's contents follow the file
+    /// until each page is written, and reading it raises SIGBUS once the
+    /// file is shorter than `offset + file_len` (up to the last partial
+    /// page): only a strategy that controls the file's writers may read it.
+    pub(crate) fn file_head<Fd: AsFd>(
+        fd: Fd,
+        offset: u64,
+        file_len: usize,
+        len: usize,
+        prot: ProtFlags,
+        noreserve: bool,
+        align: usize,
+    ) -> io::Result<Region> {
+        let page = super::page_size();
+        if file_len > 0 && file_len == len && align <= page {
+            return Region::file_private(fd, offset, len, prot, noreserve);
+        }
+        let region = Region::anonymous(len, prot, noreserve, align.max(page))?;
+        if file_len > 0 {
+            // SAFETY: nothing borrows the fresh region yet, so no borrow can
+            // see its pages change; whether the file holds the bytes is a
+            // question for whoever reads them (see above).
+            unsafe { region.overlay_file(0, file_len, fd, offset, prot, noreserve)? };
+        }
+        Ok(region)
+    }
+
+    /// [`Region::file_head`] of `map_len` bytes for a file of `size` bytes
+    /// (page-aligned): the head is the file's part ([`file_part`]).
+    pub(crate) fn file_padded<Fd: AsFd>(
+        fd: Fd,
+        offset: u64,
+        map_len: usize,
+        size: u64,
+        prot: ProtFlags,
+        noreserve: bool,
+    ) -> io::Result<Region> {
+        let page = super::page_size();
+        let file_len = file_part(offset, map_len, size, page as u64);
+        Region::file_head(fd, offset, file_len, map_len, prot, noreserve, page)
+    }
+
     /// Maps `len` bytes of `fd` from page-aligned `file_off` privately
     /// (copy-on-write) over `[off, off + len)` of this region with
     /// `MAP_FIXED`, replacing what was there in one step: a concurrent access
@@ -203,6 +289,48 @@ impl Region {
         Ok(())
     }
 
+    /// Replaces `[off, off + len)` (page-aligned, inside) with fresh
+    /// zero-filled private anonymous memory, readable and writable, not
+    /// charged to overcommit, in one step (`MAP_FIXED`) as
+    /// [`Region::overlay_file`].
+    ///
+    /// # Safety
+    /// No live borrow of the range can observe the change: nothing reads
+    /// it, or what it held could never be read (file pages past the end of
+    /// the file).
+    pub(crate) unsafe fn zero(&self, off: usize, len: usize) -> io::Result<()> {
+        self.check(off, len)?;
+        // SAFETY: the range lies inside this region (checked), which we own,
+        // so MAP_FIXED replaces only our own pages; the caller vouches that
+        // nobody sees it happen.
+        unsafe {
+            mm::mmap_anonymous(
+                self.ptr.as_ptr().add(off).cast(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::PRIVATE | MapFlags::FIXED | MapFlags::NORESERVE,
+            )?
+        };
+        Ok(())
+    }
+
+    /// Copies `dst.len()` bytes from offset `off` of this region into `dst`.
+    ///
+    /// # Safety
+    /// Reading `[off, off + dst.len())` cannot fault fatally (every page is
+    /// anonymous, a private copy, or a file page below the file's end) and
+    /// nothing writes it during the copy.
+    pub(crate) unsafe fn read_into(&self, off: usize, dst: &mut [u8]) -> io::Result<()> {
+        self.check(off, dst.len())?;
+        // SAFETY: the source is inside this live region (checked) and
+        // readable as the caller promised; `dst` is an exclusive borrow, so
+        // the two cannot overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(off), dst.as_mut_ptr(), dst.len())
+        };
+        Ok(())
+    }
+
     /// First byte of the region.
     pub(crate) fn as_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
@@ -214,21 +342,50 @@ impl Region {
     }
 
     /// Changes the protection of `[off, off + len)` (page-aligned, inside).
-    pub(crate) fn protect(&self, off: usize, len: usize, prot: MprotectFlags) -> io::Result<()> {
+    ///
+    /// # Safety
+    /// Every live reference into the range stays valid under `prot`: no
+    /// `&[u8]` or [`Span`] someone reads loses read access, and no
+    /// `&mut [u8]` loses write access (a store would fault, and a reference
+    /// to memory that cannot be accessed is undefined behaviour).
+    pub(crate) unsafe fn protect(
+        &self,
+        off: usize,
+        len: usize,
+        prot: MprotectFlags,
+    ) -> io::Result<()> {
         self.check(off, len)?;
-        // SAFETY: the range is inside this region (checked); changing its
-        // protection cannot affect memory outside it. Callers that make it
-        // read-only hold no `&mut` into it (they take `&self` here and every
-        // `&mut` view comes from `&mut self`).
+        // SAFETY: the range is inside this region (checked), so changing its
+        // protection cannot affect memory outside it; the references into it
+        // are the caller's promise.
         Ok(unsafe { mm::mprotect(self.ptr.as_ptr().add(off).cast(), len, prot) }?)
     }
 
-    /// Gives the kernel advice about `[off, off + len)`.
+    /// Gives the kernel advice about `[off, off + len)` that cannot change
+    /// what it holds ([`Advice`]).
     pub(crate) fn advise(&self, off: usize, len: usize, advice: Advice) -> io::Result<()> {
+        // SAFETY: none of the `Advice` values discards, replaces or hides a
+        // page of this process's range (see its doc).
+        unsafe { self.unchecked_advise(off, len, advice.raw()) }
+    }
+
+    /// Gives the kernel any advice about `[off, off + len)`, including the
+    /// kinds that drop pages (`MADV_DONTNEED`: a private page reads as
+    /// zeros, or the file's current bytes, again).
+    ///
+    /// # Safety
+    /// Nothing borrows the range, or every borrow of it may see whatever the
+    /// advice makes of its pages.
+    pub(crate) unsafe fn unchecked_advise(
+        &self,
+        off: usize,
+        len: usize,
+        advice: mm::Advice,
+    ) -> io::Result<()> {
         self.check(off, len)?;
-        // SAFETY: the range is inside this region. The advice values used by
-        // this crate (HUGEPAGE, DONTFORK, POPULATE_*, WILLNEED) never discard
-        // contents; DONTNEED is not used on memory that is borrowed.
+        // SAFETY: the range is inside this region (checked), so the advice
+        // reaches no memory outside it; its effect on borrows is the
+        // caller's promise.
         Ok(unsafe { mm::madvise(self.ptr.as_ptr().add(off).cast(), len, advice) }?)
     }
 
@@ -289,6 +446,17 @@ impl Drop for Region {
     }
 }
 
+/// Bytes of a `map_len` mapping at `offset` that lie inside a file of
+/// `size` bytes, rounded up to whole pages of `page` bytes (never more than
+/// `map_len`): the part a private file mapping may cover without SIGBUS.
+pub(crate) fn file_part(offset: u64, map_len: usize, size: u64, page: u64) -> usize {
+    if size <= offset {
+        return 0;
+    }
+    let inside = (size - offset).div_ceil(page) * page;
+    inside.min(map_len as u64) as usize
+}
+
 /// `x` rounded up to a multiple of `to` (a power of two), or `None` on
 /// overflow.
 pub(crate) fn round_up(x: usize, to: usize) -> Option<usize> {
@@ -302,13 +470,37 @@ fn too_big() -> io::Error {
     )
 }
 
+/// [`Region::advise`] for a range reached by address only: part of a
+/// region that some other value owns (`Lazy`'s fork handlers keep
+/// addresses, not `Region`s).
+///
+/// # Safety
+/// `[addr, addr + len)` (page-aligned) is mapped memory of this process
+/// that its owner keeps mapped for the call and lets the caller advise on.
+pub(crate) unsafe fn advise_at(addr: usize, len: usize, advice: Advice) -> io::Result<()> {
+    // SAFETY: a mapped range the caller may advise on (its promise); none
+    // of the `Advice` values changes what a page holds.
+    Ok(unsafe { mm::madvise(addr as *mut c_void, len, advice.raw()) }?)
+}
+
+/// [`Region::protect`] for a range reached by address only (`Lazy`'s fault
+/// server holds a mapping's address while its owner holds the `Region`).
+///
+/// # Safety
+/// As [`advise_at`], and as [`Region::protect`]: every live reference into
+/// the range stays valid under `prot`.
+pub(crate) unsafe fn protect_at(addr: usize, len: usize, prot: MprotectFlags) -> io::Result<()> {
+    // SAFETY: the caller's promises above.
+    Ok(unsafe { mm::mprotect(addr as *mut c_void, len, prot) }?)
+}
+
 /// `madvise` over the pages holding `bytes` (widened to whole pages).
 /// Only the advices that never change contents reach here (see
 /// `crate::Advice`): a read-ahead hint on memory the caller can read.
-pub(crate) fn advise_bytes(bytes: &[u8], advice: Advice) -> io::Result<()> {
+pub(crate) fn advise_bytes(bytes: &[u8], advice: mm::Advice) -> io::Result<()> {
     debug_assert!(matches!(
         advice,
-        Advice::Normal | Advice::Random | Advice::Sequential | Advice::WillNeed
+        mm::Advice::Normal | mm::Advice::Random | mm::Advice::Sequential | mm::Advice::WillNeed
     ));
     if bytes.is_empty() {
         return Ok(());

@@ -84,6 +84,20 @@ pub(crate) fn create(route: Route) -> io::Result<OwnedFd> {
     }
 }
 
+/// Whether this process may have a userfaultfd from the syscall with
+/// `UFFD_USER_MODE_ONLY` (faults taken in kernel mode are not delivered, so
+/// no mapping of this crate can use it): a throwaway fd, closed at once.
+/// For `sys::detect`'s report.
+pub(crate) fn try_user_mode_only() -> io::Result<()> {
+    let flags = rustix::mm::UserfaultfdFlags::CLOEXEC
+        | rustix::mm::UserfaultfdFlags::NONBLOCK
+        | rustix::mm::UserfaultfdFlags::from_bits_retain(g::UFFD_USER_MODE_ONLY);
+    // SAFETY: creating a userfaultfd has no effect on memory until a range
+    // is registered with it; this one is closed unused.
+    unsafe { rustix::mm::userfaultfd(flags) }?;
+    Ok(())
+}
+
 /// `USERFAULTFD_IOC_NEW`: an integer argument in, a new fd out.
 struct NewFd(usize);
 

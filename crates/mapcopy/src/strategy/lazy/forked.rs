@@ -33,7 +33,8 @@ use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::{Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use rustix::io::Errno;
-use rustix::mm::Advice;
+
+use crate::sys::mmap::{Advice, advise_at};
 
 use crate::sys::uffd::{Msg, Uffd};
 
@@ -100,10 +101,10 @@ fn current() -> Option<&'static ChildServer> {
 }
 
 /// Sets the inheritance of `[base, base + total)`.
-fn advise(base: usize, total: usize, advice: Advice) -> rustix::io::Result<()> {
+fn advise(base: usize, total: usize, advice: Advice) -> std::io::Result<()> {
     // SAFETY: the range is a live lazy region (the gate keeps it mapped);
     // DOFORK/DONTFORK only change what a child inherits.
-    unsafe { rustix::mm::madvise(base as *mut _, total, advice) }
+    unsafe { advise_at(base, total, advice) }
 }
 
 fn prepare() {
@@ -117,7 +118,7 @@ fn prepare() {
             ..*m
         }));
     }
-    list.retain(|m| advise(m.base, m.total, Advice::LinuxDoFork).is_ok());
+    list.retain(|m| advise(m.base, m.total, Advice::DoFork).is_ok());
     STASH.with(|s| *s.borrow_mut() = Some((list, gate)));
 }
 
@@ -126,7 +127,7 @@ fn parent() {
         return;
     };
     for m in &list {
-        let _ = advise(m.base, m.total, Advice::LinuxDontFork);
+        let _ = advise(m.base, m.total, Advice::DontFork);
     }
     drop(gate);
 }
