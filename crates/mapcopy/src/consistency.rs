@@ -18,6 +18,7 @@ use crate::Error;
 ///
 /// | strategy | keeps |
 /// |---|---|
+/// | `Immutable` | point-in-time: the file cannot change at all |
 /// | `Guard`, `Lease`, `Reflink` | point-in-time: the snapshot is the file at map time |
 /// | `Eager` | point-in-time: the copy is validated (a read lease held over it, or the file's ctime and size unchanged across it, else copied again) |
 /// | `Lazy` | per-page only: each page is read at its first access |

@@ -67,7 +67,9 @@
 //! | [`Strategy::Lease`] | `F_SETLEASE` read lease over a private mapping; on a lease break, a reflink clone (or a copy) replaces the range before the writer's `open` returns | at map time | nothing until a writer opens; then none with reflink, else the range | owner of the file or `CAP_LEASE`; a file on ext4, xfs, btrfs or tmpfs; no writer at map time; the lease-break signal (`MAPCOPY_LEASE_SIGNAL`, default `SIGRTMIN+11`) not taken by the application; read-only mappings |
 //! | [`Strategy::Reflink`] | `FICLONE` into an unlinked `O_TMPFILE` on the same mount, private mapping of the clone | at map time, atomically | none (filesystem CoW) | a file on xfs (`-m reflink=1`) or btrfs and a directory on the file's mount where an `O_TMPFILE` can be made (`MAPCOPY_TMPDIR` names one) |
 //!
-//! **Filesystems.** `Guard`, `Lease` and `Reflink` keep the contract only
+//! **Filesystems.** `Immutable` maps only files no writer can reach on any
+//! filesystem: erofs and squashfs (no write support), a sealed memfd, a
+//! file with fs-verity. `Guard`, `Lease` and `Reflink` keep the contract only
 //! where this kernel sees every write to the file (a fanotify event, a
 //! lease break, a clone copied on write). Each is used only on the
 //! filesystems where this crate's tests show it — Guard: ext4, xfs, btrfs;
@@ -95,7 +97,8 @@
 //! cache shows. [`probe`] reports the file's filesystem as the
 //! `filesystem` fact.
 //!
-//! Consistency kept: `Guard`, `Lease` and `Reflink` snapshot at map time
+//! Consistency kept: `Immutable` maps a file that never changes (any
+//! instant is the same); `Guard`, `Lease` and `Reflink` snapshot at map time
 //! (point-in-time); `Eager` copies at map time and, under point-in-time,
 //! validates the copy (the file's size and ctime unchanged across it, else
 //! copied again; see below for what a writer already holding the file open
