@@ -86,7 +86,8 @@
 //! Layout: `probe` (can this process serve faults, by which route),
 //! `server` (the per-process fault server: fills, fault-around windows,
 //! prefetch), `staging` (buffers file bytes are read into), `mapping` (one
-//! mapping as the server sees it), `forked` (a forked child's own server),
+//! mapping as the server sees it), `plan` (what to fill for a fault, pure
+//! logic), `forked` (a forked child's own server),
 //! and here: `map` and the snapshot.
 #![allow(unsafe_code)]
 
@@ -130,11 +131,13 @@ const STREAMS: usize = 4;
 const POLL_TURN: Duration = Duration::from_millis(2);
 
 mod mapping;
+mod plan;
 mod probe;
 mod server;
 mod staging;
 
 use mapping::*;
+use plan::*;
 pub(crate) use probe::check;
 use probe::*;
 use server::*;
