@@ -3,6 +3,37 @@
 
 use super::*;
 
+/// Where mappings' bytes are read from: the file, with `pread` ([`Pread`]);
+/// tests put a source that fails on purpose in its place
+/// ([`set_source`]).
+pub(super) trait ReadAt: Sync {
+    /// Reads `buf.len()` bytes of `file` at `at` (fewer at its end): the
+    /// count read, or the offset that failed and why.
+    fn read_at(&self, file: &File, buf: &mut [u8], at: u64) -> Result<usize, (u64, Errno)>;
+}
+
+/// The file itself.
+pub(super) struct Pread;
+
+impl ReadAt for Pread {
+    fn read_at(&self, file: &File, buf: &mut [u8], at: u64) -> Result<usize, (u64, Errno)> {
+        crate::sys::file::read_full(file, buf, at)
+    }
+}
+
+static SOURCE: OnceLock<&'static dyn ReadAt> = OnceLock::new();
+
+/// The source every mapping of this process reads from.
+pub(super) fn source() -> &'static dyn ReadAt {
+    *SOURCE.get_or_init(|| &Pread)
+}
+
+/// Makes `s` the source of this process's mappings, if none was used yet.
+#[cfg(test)]
+pub(super) fn set_source(s: &'static dyn ReadAt) -> bool {
+    SOURCE.set(s).is_ok()
+}
+
 /// One lazy mapping, shared by its owner and the fillers.
 #[derive(Debug)]
 pub(super) struct Mapping {
@@ -53,14 +84,7 @@ impl Mapping {
     /// of the file. `Err` names the file offset that failed.
     pub(super) fn read(&self, buf: &mut [u8], off: usize) -> Result<(), (u64, Errno)> {
         let at = self.offset + off as u64;
-        #[cfg(test)]
-        {
-            let fail = tests::FAIL_READ_AT.load(Ordering::Relaxed);
-            if (at..at + buf.len() as u64).contains(&fail) {
-                return Err((fail, Errno::IO));
-            }
-        }
-        let done = crate::sys::file::read_full(&self.file, buf, at)?;
+        let done = source().read_at(&self.file, buf, at)?;
         buf[done..].fill(0);
         Ok(())
     }

@@ -48,9 +48,22 @@ fn sh(script: &str) {
 
 const PAGE: usize = 4096;
 
-/// Test hook: `Mapping::read` fails with EIO at this file offset.
-pub(super) static FAIL_READ_AT: std::sync::atomic::AtomicU64 =
-    std::sync::atomic::AtomicU64::new(u64::MAX);
+/// Where [`FailAt`] fails: EIO at this file offset.
+static FAIL_READ_AT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(u64::MAX);
+
+/// A source that reads the file, except that it fails with EIO at
+/// [`FAIL_READ_AT`].
+struct FailAt;
+
+impl ReadAt for FailAt {
+    fn read_at(&self, file: &File, buf: &mut [u8], at: u64) -> Result<usize, (u64, Errno)> {
+        let fail = FAIL_READ_AT.load(Ordering::Relaxed);
+        if (at..at + buf.len() as u64).contains(&fail) {
+            return Err((fail, Errno::IO));
+        }
+        Pread.read_at(file, buf, at)
+    }
+}
 
 /// Runs this test binary's test `name` in a child process with
 /// `MAPCOPY_LAZY_CHILD=role`, killing it after 60 s.
@@ -87,6 +100,10 @@ fn child_role() -> Option<String> {
 #[test]
 fn read_error_aborts_loudly() {
     if child_role().as_deref() == Some("eio") {
+        assert!(
+            set_source(&FailAt),
+            "a mapping read before the source was set"
+        );
         let data = pattern(5 * PAGE, 10);
         let f = file_with(&data);
         let file = File::open(f.path()).unwrap();
@@ -113,6 +130,10 @@ fn read_error_aborts_loudly() {
 #[test]
 fn read_error_while_populating_is_an_io_error() {
     if child_role().as_deref() == Some("populate-eio") {
+        assert!(
+            set_source(&FailAt),
+            "a mapping read before the source was set"
+        );
         let data = pattern(8 * CHUNK, 12);
         let f = file_with(&data);
         let file = File::open(f.path()).unwrap();
