@@ -19,7 +19,11 @@
 #include <unistd.h>
 
 #ifndef MAP_COPY
+#ifdef __hppa__
+#define MAP_COPY 0x20 /* 0x04 is MAP_FIXED there */
+#else
 #define MAP_COPY 0x04
+#endif
 #endif
 
 #define REPS 7
