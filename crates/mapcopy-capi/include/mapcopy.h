@@ -53,6 +53,9 @@
 // a private mapping, nothing copied or kept.
 #define MAPCOPY_STRATEGY_IMMUTABLE 6
 
+// The kernel's own MAP_COPY (a patched kernel; unsupported elsewhere).
+#define MAPCOPY_STRATEGY_KERNEL 7
+
 // Every page as of one instant during the map call (the default).
 #define MAPCOPY_POINT_IN_TIME 0
 
@@ -123,8 +126,8 @@ const uint8_t *mapcopy_data(const struct mapcopy_map *m);
 size_t mapcopy_len(const struct mapcopy_map *m);
 
 // The strategy that keeps the mapping, as a static lower-case string
-// ("immutable", "lease", "reflink", "guard", "lazy", "eager"); "" for a
-// NULL `m`.
+// ("kernel", "immutable", "lease", "reflink", "guard", "lazy", "eager"); ""
+// for a NULL `m`.
 //
 // # Safety
 // As [`mapcopy_data`].

@@ -58,6 +58,8 @@ pub const MAPCOPY_STRATEGY_EAGER: c_int = 5;
 /// A file nobody can change (a sealed memfd, fs-verity, erofs, squashfs):
 /// a private mapping, nothing copied or kept.
 pub const MAPCOPY_STRATEGY_IMMUTABLE: c_int = 6;
+/// The kernel's own MAP_COPY (a patched kernel; unsupported elsewhere).
+pub const MAPCOPY_STRATEGY_KERNEL: c_int = 7;
 
 /// Every page as of one instant during the map call (the default).
 pub const MAPCOPY_POINT_IN_TIME: c_int = 0;
@@ -180,6 +182,7 @@ fn strategy(code: c_int) -> Result<Strategy, Failure> {
         MAPCOPY_STRATEGY_LAZY => Strategy::Lazy,
         MAPCOPY_STRATEGY_EAGER => Strategy::Eager,
         MAPCOPY_STRATEGY_IMMUTABLE => Strategy::Immutable,
+        MAPCOPY_STRATEGY_KERNEL => Strategy::Kernel,
         other => {
             return Err(invalid(format!(
                 "unknown strategy {other} (MAPCOPY_STRATEGY_*)"
@@ -328,8 +331,8 @@ pub unsafe extern "C" fn mapcopy_len(m: *const mapcopy_map) -> usize {
 }
 
 /// The strategy that keeps the mapping, as a static lower-case string
-/// ("immutable", "lease", "reflink", "guard", "lazy", "eager"); "" for a
-/// NULL `m`.
+/// ("kernel", "immutable", "lease", "reflink", "guard", "lazy", "eager"); ""
+/// for a NULL `m`.
 ///
 /// # Safety
 /// As [`mapcopy_data`].
@@ -337,8 +340,9 @@ pub unsafe extern "C" fn mapcopy_len(m: *const mapcopy_map) -> usize {
 pub unsafe extern "C" fn mapcopy_strategy(m: *const mapcopy_map) -> *const c_char {
     // SAFETY: the caller's promise.
     let name = unsafe { m.as_ref() }.map_or("", |m| m.map.strategy().name());
-    static NAMES: [&CStr; 8] = [
+    static NAMES: [&CStr; 9] = [
         c"auto",
+        c"kernel",
         c"lease",
         c"reflink",
         c"guard",
@@ -350,7 +354,7 @@ pub unsafe extern "C" fn mapcopy_strategy(m: *const mapcopy_map) -> *const c_cha
     NAMES
         .iter()
         .find(|n| n.to_bytes() == name.as_bytes())
-        .unwrap_or(&NAMES[7])
+        .unwrap_or(&NAMES[8])
         .as_ptr()
 }
 

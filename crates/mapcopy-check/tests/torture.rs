@@ -188,6 +188,27 @@ fn clean(target: Target, seconds: f64, dir: &std::path::Path) -> Result<(), Fail
     Ok(())
 }
 
+/// On a kernel without `MAP_COPY`, `Strategy::Kernel` refuses the
+/// torture's file with the reason, and Auto picks a strategy the torture
+/// covers.
+fn kernel_refuses_without_map_copy() -> Result<(), Failed> {
+    let tmp = tempfile::tempdir()?;
+    let path = tmp.path().join("torture-file");
+    std::fs::write(&path, vec![7u8; 3 * 4096 + 1])?;
+    let file = std::fs::File::open(&path)?;
+    match mapcopy_check::options(mapcopy::Strategy::Kernel).map(&file) {
+        Err(e)
+            if e.kind() == mapcopy::ErrorKind::Unsupported
+                && e.to_string().contains("no MAP_COPY") => {}
+        Err(e) => return Err(format!("not the kernel's refusal: {e}").into()),
+        Ok(_) => return Err("mapped with MAP_COPY on a kernel said to lack it".into()),
+    }
+    if mapcopy::MapCopy::map(&file)?.strategy() == mapcopy::Strategy::Kernel {
+        return Err("Auto picked kernel".into());
+    }
+    Ok(())
+}
+
 /// `Strategy::Immutable` refuses the file a torture run writes, by name
 /// and through Auto (which then picks a strategy the torture covers).
 fn immutable_refuses_torture_file() -> Result<(), Failed> {
@@ -234,7 +255,11 @@ fn main() {
     ];
     for s in mapcopy::Strategy::ALL {
         let name = format!("clean_{}", s.name());
-        if s == mapcopy::Strategy::Immutable {
+        if s == mapcopy::Strategy::Kernel && !usable.contains(&s) {
+            // No MAP_COPY in this kernel: it must refuse, naming why (the
+            // run itself is for a kernel with the series, in the VM).
+            trials.push(Trial::test(name, kernel_refuses_without_map_copy));
+        } else if s == mapcopy::Strategy::Immutable {
             // The torture writes its file; Immutable maps only files nobody
             // can write (tests/immutable.rs makes them and shows every
             // writer refused). Here: it refuses the torture's file.

@@ -155,7 +155,15 @@ fn probe_both(bin: &Path, wrap: &[&str], file: &Path) -> serde_json::Value {
             .collect();
         assert_eq!(
             names,
-            ["immutable", "lease", "reflink", "guard", "lazy", "eager"]
+            [
+                "kernel",
+                "immutable",
+                "lease",
+                "reflink",
+                "guard",
+                "lazy",
+                "eager"
+            ]
         );
         for s in strategies {
             let name = s["strategy"].as_str().unwrap();

@@ -60,6 +60,7 @@
 //!
 //! | strategy | how | snapshot taken | data copied | needs |
 //! |---|---|---|---|---|
+//! | [`Strategy::Kernel`] | the kernel's own `MAP_COPY` mapping type (the Linux 7.3 patch series in the repository's `kernel/`) | at map time | a page when a writer is about to change one a copy shares | a kernel with the series (mainline refuses: `EINVAL`) and a filesystem that opts in (ext4, xfs, btrfs); 64-bit |
 //! | [`Strategy::Immutable`] | `MAP_PRIVATE` of the file itself; no fd, thread or event kept | — (the file never changes) | nothing | a file the kernel lets nobody change: a memfd sealed with `F_SEAL_WRITE` and `F_SEAL_SHRINK`, a file with fs-verity enabled, a file on erofs or squashfs (not a read-only mount, not `chattr +i`) |
 //! | [`Strategy::Lazy`] | userfaultfd: anonymous memory filled on first access by `pread` + `UFFDIO_COPY` (sequential 2 MiB chunks: `UFFDIO_MOVE` of huge pages, Linux 6.8+) | per page, at first access | pages touched | userfaultfd that serves kernel-mode faults (root, `/dev/userfaultfd` access, or `vm.unprivileged_userfaultfd=1`); any filesystem |
 //! | [`Strategy::Eager`] | `pread` into 2 MiB-aligned anonymous memory (`MADV_HUGEPAGE`) | at map time | everything | memory for the whole range; any filesystem |
@@ -106,7 +107,8 @@
 //! [`Strategy::keeps`] is the table; [`probe`] reports it per strategy.
 //!
 //! [`Strategy::Auto`] (the default) takes the first usable one in the order
-//! of [`Strategy::ALL`] — Immutable, Lease, Reflink, Guard, Lazy, Eager —
+//! of [`Strategy::ALL`] — Kernel, Immutable, Lease, Reflink, Guard, Lazy,
+//! Eager —
 //! for
 //! [`MapOptions::map`], ordered by what each costs *other* processes: a
 //! Lease costs their reads and writes nothing measurable and makes only the
@@ -119,7 +121,7 @@
 //! which a guard sees. Immutable comes first: for a file nobody can change
 //! it costs nobody anything and the mapper a private mapping, and
 //! elsewhere it refuses for free (the facts it needs are read by every
-//! map). For [`MapOptions::map_mut`] the order is Immutable, Reflink, Lazy,
+//! map). For [`MapOptions::map_mut`] the order is Kernel, Immutable, Reflink, Lazy,
 //! Guard, Lease, Eager: Guard and Lease must snapshot a writable mapping at map
 //! time, which without a reflink clone means copying the whole range.
 //! [`probe`] tells which strategy Auto picks and why each other one cannot.

@@ -13,7 +13,7 @@ use crate::{Consistency, MapOptions, sys};
 ///
 /// ```
 /// let p = mapcopy::probe(None);
-/// assert_eq!(p.strategies.len(), 6);
+/// assert_eq!(p.strategies.len(), 7);
 /// // Eager needs nothing, so Auto always has a choice.
 /// assert!(p.auto.is_ok());
 /// println!("{p}");
@@ -94,6 +94,11 @@ fn strongest(s: Strategy) -> Consistency {
 /// its entry in step with the crate docs.
 fn lacks(s: Strategy) -> Vec<&'static str> {
     match s {
+        Strategy::Kernel => vec![
+            "kernels without the MAP_COPY series (every mainline kernel): it is refused there, with the reason, and Auto goes on",
+            "filesystems that do not opt in: the series opts in ext4, xfs and btrfs and refuses the others (NFS, FUSE, overlayfs, 9p, tmpfs, ...) with EOPNOTSUPP",
+            "read errors: a page that cannot be read (EIO) raises SIGBUS when touched, as with any file mapping (populate(true) turns it into a map error)",
+        ],
         Strategy::Immutable => vec![
             "files that can change: it maps only a memfd sealed with F_SEAL_WRITE and F_SEAL_SHRINK, a file with fs-verity enabled, or a file on erofs or squashfs, and refuses every other file (a read-only mount or chattr +i is not enough)",
             "writes to the block device or image file under an erofs or squashfs mount (by root, or the owner of a loop device's backing file): pages not in the page cache are read again from the changed device; the kernel treats that as corruption of a mounted filesystem, not as a write to the file",

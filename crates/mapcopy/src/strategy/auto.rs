@@ -18,7 +18,8 @@
 use std::sync::OnceLock;
 
 use super::{
-    Request, Snapshot, Strategy, auto_order_for, guard, immutable, lazy, lease, map_named, reflink,
+    Request, Snapshot, Strategy, auto_order_for, guard, immutable, kernel, lazy, lease, map_named,
+    reflink,
 };
 use crate::sys::detect::Caps;
 use crate::{Consistency, Error, ErrorKind, fds};
@@ -58,6 +59,7 @@ fn pre_check(s: Strategy, req: &Request<'_>) -> Result<(), String> {
         ));
     }
     match s {
+        Strategy::Kernel => kernel::pre_check(),
         Strategy::Immutable => immutable::immutable(req).map(drop),
         Strategy::Guard => guard::pre_check(req),
         Strategy::Lease => lease::pre_check(req),

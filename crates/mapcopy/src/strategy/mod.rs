@@ -22,6 +22,7 @@ mod auto;
 pub(crate) mod eager;
 pub(crate) mod guard;
 pub(crate) mod immutable;
+pub(crate) mod kernel;
 pub(crate) mod lazy;
 pub(crate) mod lease;
 pub(crate) mod reflink;
@@ -41,6 +42,11 @@ pub enum Strategy {
     /// process and kernel ([`crate::probe`] explains the choice).
     #[default]
     Auto,
+    /// The kernel's own `MAP_COPY` (the patch series in the repository's
+    /// `kernel/`; not in mainline Linux): nothing kept, nothing copied
+    /// until a writer changes a page. Unsupported, with the reason, on
+    /// other kernels.
+    Kernel,
     /// Files the kernel lets nobody change (a memfd sealed against writes
     /// and shrinking, fs-verity, erofs, squashfs): a private mapping of the
     /// file, nothing copied, nothing kept.
@@ -63,7 +69,8 @@ pub enum Strategy {
 impl Strategy {
     /// Every concrete strategy (all but [`Strategy::Auto`]), in the order
     /// `Auto` considers them.
-    pub const ALL: [Strategy; 6] = [
+    pub const ALL: [Strategy; 7] = [
+        Strategy::Kernel,
         Strategy::Immutable,
         Strategy::Lease,
         Strategy::Reflink,
@@ -76,6 +83,7 @@ impl Strategy {
     pub fn name(self) -> &'static str {
         match self {
             Strategy::Auto => "auto",
+            Strategy::Kernel => "kernel",
             Strategy::Immutable => "immutable",
             Strategy::Guard => "guard",
             Strategy::Lease => "lease",
@@ -101,7 +109,7 @@ impl FromStr for Strategy {
             .find(|k| k.name().eq_ignore_ascii_case(s))
             .ok_or_else(|| {
                 Error::invalid(format!(
-                    "unknown strategy {s:?}; expected one of auto, immutable, guard, lease, reflink, lazy, eager"
+                    "unknown strategy {s:?}; expected one of auto, kernel, immutable, guard, lease, reflink, lazy, eager"
                 ))
             })
     }
@@ -186,6 +194,7 @@ pub(crate) fn check(s: Strategy, req: Option<&Request<'_>>) -> Result<String, St
     }
     match s {
         Strategy::Auto => Ok("picks among the others".into()),
+        Strategy::Kernel => kernel::check(req),
         Strategy::Immutable => immutable::check(req),
         Strategy::Guard => guard::check(req),
         Strategy::Lease => lease::check(req),
@@ -208,6 +217,7 @@ pub(crate) fn map(s: Strategy, req: &Request<'_>) -> Result<Box<dyn Snapshot>, E
 fn map_named(s: Strategy, req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
     match s {
         Strategy::Auto => auto::map(req),
+        Strategy::Kernel => kernel::map(req),
         Strategy::Immutable => immutable::map(req),
         Strategy::Guard => guard::map(req),
         Strategy::Lease => lease::map(req),
@@ -225,7 +235,11 @@ fn map_named(s: Strategy, req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error>
 /// kind of mapping lives) and its per-workload tables against
 /// `MAP_PRIVATE`; the README quotes a run.
 ///
-/// * `Immutable` first: where the kernel lets nobody change the file it
+/// * `Kernel` first: where the kernel has `MAP_COPY` (the series in
+///   `kernel/`) and the filesystem opts in, it costs the mapper a private
+///   mapping and other processes a page copy per page they change while a
+///   copy shares it; elsewhere it refuses (the kernel's answer is cached).
+/// * `Immutable` next: where the kernel lets nobody change the file it
 ///   costs nobody anything and the mapper only a private mapping (its
 ///   bench goal: map + first byte within 1.2× `MAP_PRIVATE`); elsewhere it
 ///   refuses at no cost (the facts it needs are read by every map).
@@ -249,14 +263,15 @@ pub(crate) fn auto_order() -> &'static [Strategy] {
     &Strategy::ALL
 }
 
-/// The order for writable maps (`map_mut`): `Immutable` first (a private
+/// The order for writable maps (`map_mut`): `Kernel` and `Immutable` first (a private
 /// writable mapping of a file nobody can change), then as follows. `Guard` and `Lease` must take a
 /// `map_mut` snapshot at map time (the owner's stores would be lost to a
 /// truncation or a lease break otherwise): a reflink clone where the
 /// filesystem has one, else a copy of the whole range. So a clone comes
 /// first, then `Lazy`, which copies only what is touched; `Guard` and
 /// `Lease` only before `Eager`.
-const AUTO_ORDER_MUT: [Strategy; 6] = [
+const AUTO_ORDER_MUT: [Strategy; 7] = [
+    Strategy::Kernel,
     Strategy::Immutable,
     Strategy::Reflink,
     Strategy::Lazy,

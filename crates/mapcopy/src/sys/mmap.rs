@@ -8,6 +8,11 @@ use std::ptr::NonNull;
 
 use rustix::mm::{self, MapFlags, MprotectFlags, ProtFlags};
 
+/// The `MAP_COPY` mapping type (`MAP_TYPE` field of mmap's flags) of the
+/// kernel series in `kernel/`: 0x04 on every 64-bit architecture Rust
+/// builds for (parisc, where it is 0x20, is not one of them).
+pub(crate) const MAP_COPY: u32 = 0x04;
+
 /// Alignment and granule of transparent huge pages on x86-64 and arm64 (4 KiB
 /// base pages).
 pub(crate) const HUGE_PAGE: usize = 2 << 20;
@@ -161,6 +166,39 @@ impl Region {
         // SAFETY: a new mapping at an address of the kernel's choosing
         // aliases nothing that exists.
         let ptr = unsafe { mm::mmap(std::ptr::null_mut(), len, prot, flags, fd, offset)? };
+        Ok(Region {
+            ptr: NonNull::new(ptr.cast()).expect("mmap returned null"),
+            len,
+        })
+    }
+
+    /// A `MAP_COPY` mapping (a mapping type of the kernel series in this
+    /// repository's `kernel/`, not of mainline Linux) of `len` bytes of
+    /// `fd` at page-aligned `offset`: its pages keep the file as of this
+    /// call, whatever anyone does to the file later, and pages past the
+    /// file's end at this call read zeros. A kernel without it fails with
+    /// `EINVAL`; a filesystem that does not opt in with `EOPNOTSUPP`.
+    #[cfg(target_pointer_width = "64")]
+    pub(crate) fn file_copy<Fd: AsFd>(
+        fd: Fd,
+        offset: u64,
+        len: usize,
+        prot: ProtFlags,
+    ) -> io::Result<Region> {
+        let len = round_up(len.max(1), super::page_size()).ok_or_else(too_big)?;
+        // SAFETY: a new mapping at an address of the kernel's choosing
+        // aliases nothing that exists; the flags word carries the MAP_COPY
+        // mapping type, which a kernel that does not know it refuses.
+        let ptr = unsafe {
+            mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                prot,
+                MapFlags::from_bits_retain(MAP_COPY),
+                fd,
+                offset,
+            )?
+        };
         Ok(Region {
             ptr: NonNull::new(ptr.cast()).expect("mmap returned null"),
             len,

@@ -140,6 +140,33 @@ pub(super) fn usable_in(s: Strategy, dir: &Path) -> Result<(), String> {
     e.usable.clone().map(|_| ())
 }
 
+/// On a kernel without `MAP_COPY`, `Strategy::Kernel` refuses (`map` and
+/// `map_mut`) with `Unsupported` naming the kernel, and Auto maps with
+/// another strategy.
+pub(super) fn kernel_refused_case(dir: &Path) -> Outcome {
+    let f = TestFile::new_in(dir, 3 * page() + 1, 0).map_err(io("test file"))?;
+    let file = f.open().map_err(io("open"))?;
+    for writable in [false, true] {
+        let o = mapcopy_check::options(Strategy::Kernel);
+        let r = if writable {
+            o.map_mut(&file).map(drop)
+        } else {
+            o.map(&file).map(drop)
+        };
+        match r {
+            Err(e)
+                if e.kind() == ErrorKind::Unsupported && e.to_string().contains("no MAP_COPY") => {}
+            Err(e) => return fail(format!("map_mut={writable}: not the kernel's refusal: {e}")),
+            Ok(()) => return fail(format!("map_mut={writable}: mapped without MAP_COPY")),
+        }
+    }
+    let auto = MapCopy::map(&file).map_err(io("Auto"))?;
+    if auto.strategy() == Strategy::Kernel {
+        return fail("Auto picked kernel without MAP_COPY");
+    }
+    Ok(Completion::Completed)
+}
+
 /// `Strategy::Immutable` refuses a writable file in `dir` (read-only
 /// `map` and `map_mut`), with `Unsupported`, and `probe` says so too.
 pub(super) fn immutable_refuses_case(dir: &Path) -> Outcome {
