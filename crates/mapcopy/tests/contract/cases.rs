@@ -626,10 +626,17 @@ pub(super) fn on_read_error(s: Strategy, populate: bool) -> OnReadError {
     match (s, populate) {
         (Strategy::Eager, _) | (Strategy::Lazy | Strategy::Guard, true) => OnReadError::MapFails,
         (Strategy::Lazy, false) => OnReadError::AbortOnTouch,
-        (Strategy::Lease | Strategy::Reflink, true) => OnReadError::MapFails,
-        (Strategy::Lease | Strategy::Reflink | Strategy::Guard, false) => {
-            OnReadError::SigbusOnTouch
+        (Strategy::Lease | Strategy::Reflink | Strategy::Kernel | Strategy::Immutable, true) => {
+            OnReadError::MapFails
         }
+        (
+            Strategy::Lease
+            | Strategy::Reflink
+            | Strategy::Guard
+            | Strategy::Kernel
+            | Strategy::Immutable,
+            false,
+        ) => OnReadError::SigbusOnTouch,
         _ => OnReadError::Either,
     }
 }
