@@ -1,0 +1,44 @@
+#!/bin/sh
+# Runs the library's contract suite for Strategy::Kernel inside a VM booted
+# on a kernel built from this series (the same runner and cases as every
+# other strategy: crates/mapcopy/tests/contract.rs). TMPDIR is an ext4 loop
+# image in the guest; the runner makes its own xfs and btrfs loop mounts.
+#
+#   usage: kernel/vm-contract.sh BZIMAGE [RUNNER ARGS...]   (as root)
+#
+# BZIMAGE: a kernel built by ci.sh or dev.sh (e.g. KBUILD/build-debug/arch/
+# x86/boot/bzImage). RUNNER ARGS: what the contract runner gets (default
+# "kernel/": every Kernel trial; e.g. "kernel/ --skip huge-sparse"). Builds
+# the contract test binary first (cargo, in the repository). Prints the
+# runner's summary and exits non-zero if any trial failed or the VM could
+# not run.
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/.." && pwd)
+k=${1:?usage: vm-contract.sh BZIMAGE [RUNNER ARGS...]}
+shift
+[ $# -gt 0 ] || set -- kernel/
+[ -f "$k" ] || { echo "no kernel image at $k" >&2; exit 1; }
+bin=$(cd "$repo" && cargo test -p mapcopy --test contract --no-run --message-format=json 2>/dev/null |
+	sed -n 's/.*"executable":"\([^"]*contract-[^"]*\)".*/\1/p' | tail -1)
+[ -x "$bin" ] || { echo "could not build the contract test binary" >&2; exit 1; }
+work=$(mktemp -d /tmp/mapcopy-vm-contract.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+cat > "$work/run.sh" <<GUEST
+set -u
+truncate -s 1G /tmp/ext4.img && mkfs.ext4 -q -F /tmp/ext4.img &&
+	mkdir -p /tmp/ext4mnt && mount -o loop /tmp/ext4.img /tmp/ext4mnt &&
+	chmod 1777 /tmp/ext4mnt || { echo "VM-CONTRACT cannot make the ext4 TMPDIR"; exit 3; }
+export TMPDIR=/tmp/ext4mnt
+MAPCOPY_TRIAL_TIMEOUT=600 "$bin" $* --test-threads 1 > "$work/contract.log" 2>&1
+echo "VM-CONTRACT rc=\$?"
+GUEST
+timeout 3600 sh "$here/run-vm.sh" "$k" "$work" run.sh > "$work/console.log" 2>&1 || true
+grep -E '^test .*FAILED|^test result' "$work/contract.log" 2>/dev/null || true
+if grep -q 'VM-CONTRACT rc=0' "$work/console.log"; then
+	echo "vm-contract: passed"
+	exit 0
+fi
+echo "vm-contract: FAILED (console tail follows)" >&2
+tail -40 "$work/console.log" >&2
+exit 1
