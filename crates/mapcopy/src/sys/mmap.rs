@@ -158,13 +158,26 @@ impl Region {
         prot: ProtFlags,
         noreserve: bool,
     ) -> io::Result<Region> {
-        let len = round_up(len.max(1), super::page_size()).ok_or_else(too_big)?;
         let mut flags = MapFlags::PRIVATE;
         if noreserve {
             flags |= MapFlags::NORESERVE;
         }
+        Self::file_new(fd, offset, len, prot, flags)
+    }
+
+    /// A new mapping of `len` bytes (rounded up to pages) of `fd` at
+    /// `offset` with `flags`, at an address of the kernel's choosing.
+    fn file_new<Fd: AsFd>(
+        fd: Fd,
+        offset: u64,
+        len: usize,
+        prot: ProtFlags,
+        flags: MapFlags,
+    ) -> io::Result<Region> {
+        let len = round_up(len.max(1), super::page_size()).ok_or_else(too_big)?;
         // SAFETY: a new mapping at an address of the kernel's choosing
-        // aliases nothing that exists.
+        // aliases nothing that exists; a flags word the kernel does not
+        // know (a mapping type it lacks) is refused, never misread.
         let ptr = unsafe { mm::mmap(std::ptr::null_mut(), len, prot, flags, fd, offset)? };
         Ok(Region {
             ptr: NonNull::new(ptr.cast()).expect("mmap returned null"),
@@ -185,24 +198,7 @@ impl Region {
         len: usize,
         prot: ProtFlags,
     ) -> io::Result<Region> {
-        let len = round_up(len.max(1), super::page_size()).ok_or_else(too_big)?;
-        // SAFETY: a new mapping at an address of the kernel's choosing
-        // aliases nothing that exists; the flags word carries the MAP_COPY
-        // mapping type, which a kernel that does not know it refuses.
-        let ptr = unsafe {
-            mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                prot,
-                MapFlags::from_bits_retain(MAP_COPY),
-                fd,
-                offset,
-            )?
-        };
-        Ok(Region {
-            ptr: NonNull::new(ptr.cast()).expect("mmap returned null"),
-            len,
-        })
+        Self::file_new(fd, offset, len, prot, MapFlags::from_bits_retain(MAP_COPY))
     }
 
     /// `len` bytes (rounded up to pages) starting at a multiple of `align`

@@ -151,25 +151,46 @@ fn open_with_o_trunc_copies_everything() {
 /// they take turns (a map racing the shutdown is refused, as it must be).
 static GROUP_USERS: Mutex<()> = Mutex::new(());
 
-/// The guard-thread failure path: `shutdown` takes every page, then releases
-/// the group; a truncation afterwards raises no event (nobody waits for
-/// an answer) and the mapping still reads the old bytes, no SIGBUS.
-#[test]
-fn shutdown_snapshots_everything_then_lets_writers_go() {
-    let _turn = lock(&GROUP_USERS);
+/// A temp dir holding file `f` of `pages` pages (page `i` filled with
+/// `i + first`) plus `tail` bytes, and a Guard mapping of it; `None` (a
+/// skip, a failure under `MAPCOPY_REQUIRE_ALL=1`) where Guard is unusable.
+fn guarded(
+    pages: usize,
+    tail: usize,
+    first: u8,
+) -> Option<(
+    tempfile::TempDir,
+    std::path::PathBuf,
+    Vec<u8>,
+    crate::MapCopy,
+)> {
     if let Err(why) = check(None) {
         mapcopy_check::fixture::skip_or_fail(format!("guard not usable: {why}")).unwrap();
-        return;
+        return None;
     }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("f");
-    let data: Vec<u8> = (0..5 * 4096 + 7).map(|i| (i / 4096) as u8 + 1).collect();
+    let data: Vec<u8> = (0..pages * 4096 + tail)
+        .map(|i| (i / 4096) as u8 + first)
+        .collect();
     std::fs::write(&path, &data).unwrap();
     let f = std::fs::File::open(&path).unwrap();
     let map = crate::MapOptions::new()
         .strategy(Strategy::Guard)
         .map(&f)
         .unwrap();
+    Some((dir, path, data, map))
+}
+
+/// The guard-thread failure path: `shutdown` takes every page, then releases
+/// the group; a truncation afterwards raises no event (nobody waits for
+/// an answer) and the mapping still reads the old bytes, no SIGBUS.
+#[test]
+fn shutdown_snapshots_everything_then_lets_writers_go() {
+    let _turn = lock(&GROUP_USERS);
+    let Some((_dir, path, data, map)) = guarded(5, 7, 1) else {
+        return;
+    };
     let g = lock(&CURRENT).as_ref().unwrap().clone();
     g.shutdown();
     assert!(g.dead.load(Ordering::Acquire));
@@ -200,19 +221,10 @@ fn shutdown_snapshots_everything_then_lets_writers_go() {
 #[test]
 fn detach_and_fork_prepare_keep_the_address() {
     let _turn = lock(&GROUP_USERS);
-    if let Err(why) = check(None) {
-        mapcopy_check::fixture::skip_or_fail(format!("guard not usable: {why}")).unwrap();
+    let Some((_dir, path, data, map)) = guarded(6, 9, 3) else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("f");
-    let data: Vec<u8> = (0..6 * 4096 + 9).map(|i| (i / 4096) as u8 + 3).collect();
-    std::fs::write(&path, &data).unwrap();
+    };
     let f = std::fs::File::open(&path).unwrap();
-    let map = crate::MapOptions::new()
-        .strategy(Strategy::Guard)
-        .map(&f)
-        .unwrap();
     let other = crate::MapOptions::new()
         .strategy(Strategy::Guard)
         .map(&f)
