@@ -128,20 +128,8 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
     let region = Region::file_padded(req.file, req.offset, len, req.meta.size, prot, req.writable)
         .map_err(|e| Error::io(format!("mapping {len} bytes of the file"), e))?;
     let in_file = req.meta.size.saturating_sub(req.offset).min(len as u64) as usize;
-    if req.populate && in_file > 0 {
-        region
-            .advise(
-                0,
-                in_file.next_multiple_of(crate::sys::page_size()),
-                crate::sys::mmap::Advice::PopulateRead,
-            )
-            .map_err(|e| {
-                Error::io(
-                    "reading every page now (populate): a page could not be read, an I/O \
-                     error (MADV_POPULATE_READ)",
-                    e,
-                )
-            })?;
+    if req.populate {
+        super::populate(&region, in_file)?;
     }
     Ok(Box::new(Immutable {
         region,

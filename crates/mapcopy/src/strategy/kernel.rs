@@ -123,15 +123,7 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
             Err(e) => return Err(Error::io(format!("MAP_COPY of {len} bytes of the file"), e)),
         };
         if req.populate {
-            region
-                .advise(0, len, crate::sys::mmap::Advice::PopulateRead)
-                .map_err(|e| {
-                    Error::io(
-                        "reading every page now (populate): a page could not be read, an I/O \
-                         error (MADV_POPULATE_READ)",
-                        e,
-                    )
-                })?;
+            super::populate(&region, len)?;
         }
         Ok(Box::new(Kernel {
             region,

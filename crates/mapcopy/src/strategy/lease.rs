@@ -418,13 +418,9 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
             return Err(Error::io("taking the snapshot", std::io::Error::other(why)));
         }
     }
-    if req.populate && entry.file_len > 0 {
-        // Read every page now (a clone's pages come from disk): a read error
-        // is reported here instead of as SIGBUS on first touch.
-        entry
-            .region
-            .advise(0, entry.file_len, Advice::PopulateRead)
-            .map_err(|e| Error::io("reading every page now (populate): a page could not be read, an I/O error (MADV_POPULATE_READ)", e))?;
+    if req.populate {
+        // A clone's pages come from disk.
+        super::populate(&entry.region, entry.file_len)?;
     }
     Ok(Box::new(LeaseMap {
         entry: ManuallyDrop::new(entry),

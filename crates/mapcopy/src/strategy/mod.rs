@@ -146,6 +146,25 @@ impl Request<'_> {
     }
 }
 
+/// `populate`: reads the first `len` bytes of `region` now, so that a page
+/// that cannot be read is an `Io` error from `map` instead of SIGBUS on its
+/// first touch.
+pub(crate) fn populate(region: &crate::sys::mmap::Region, len: usize) -> Result<(), Error> {
+    if len == 0 {
+        return Ok(());
+    }
+    let len = len.next_multiple_of(crate::sys::page_size());
+    region
+        .advise(0, len, crate::sys::mmap::Advice::PopulateRead)
+        .map_err(|e| {
+            Error::io(
+                "reading every page now (populate): a page could not be read, an I/O error \
+                 (MADV_POPULATE_READ)",
+                e,
+            )
+        })
+}
+
 /// The memory behind a [`crate::MapCopy`] or [`crate::MapCopyMut`]: a
 /// strategy-owned snapshot that stays valid and unchanged until dropped.
 ///

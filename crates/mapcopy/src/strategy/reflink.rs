@@ -86,16 +86,8 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
     // into it (not even /proc/self/fd).
     drop(clone);
     let in_file = size.saturating_sub(req.offset).min(len as u64) as usize;
-    if req.populate && in_file > 0 {
-        // Read every page now: a read error is reported here instead of as
-        // SIGBUS on first touch.
-        region
-            .advise(
-                0,
-                in_file.next_multiple_of(crate::sys::page_size()),
-                crate::sys::mmap::Advice::PopulateRead,
-            )
-            .map_err(|e| Error::io("reading every page now (populate): a page could not be read, an I/O error (MADV_POPULATE_READ)", e))?;
+    if req.populate {
+        super::populate(&region, in_file)?;
     }
     Ok(Box::new(Reflink {
         region,
