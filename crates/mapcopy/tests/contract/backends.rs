@@ -129,15 +129,29 @@ pub(super) fn map_with(
 }
 
 /// Is strategy `s` usable for files in `dir`? `Err` is the probe's reason.
+///
+/// The file is made by this process, whose other trials fork children at
+/// any moment: a child forked while the file's writing fd was open holds
+/// that open file until it execs, and a lease is refused meanwhile. Under
+/// load that can outlast the strategy's own patience, so a refusal for a
+/// writer is asked again for up to 3 s before it counts.
 pub(super) fn usable_in(s: Strategy, dir: &Path) -> Result<(), String> {
     let f = TestFile::new_in(dir, 3 * page() + 1, 0).map_err(|e| e.to_string())?;
-    let p = mapcopy::probe(Some(f.path()));
-    let e = p
-        .strategies
-        .iter()
-        .find(|e| e.strategy == s)
-        .ok_or_else(|| format!("probe does not list {s}"))?;
-    e.usable.clone().map(|_| ())
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let p = mapcopy::probe(Some(f.path()));
+        let e = p
+            .strategies
+            .iter()
+            .find(|e| e.strategy == s)
+            .ok_or_else(|| format!("probe does not list {s}"))?;
+        match &e.usable {
+            Err(why) if why.contains("open for writing") && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            u => return u.clone().map(|_| ()),
+        }
+    }
 }
 
 /// On a kernel without `MAP_COPY`, `Strategy::Kernel` refuses (`map` and
