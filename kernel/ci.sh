@@ -3,7 +3,8 @@
 # apt state; the archive comes from this machine's own apt sources), apply
 # kernel/patches/, build a minimal debug kernel (tinyconfig + vm.config +
 # vm-debug.config: lockdep, DEBUG_VM), boot it under QEMU TCG and run the
-# map_copy selftest inside it on ext4, xfs and btrfs loop images.  Prints
+# map_copy selftest inside it on ext4, xfs and btrfs loop images, then the
+# library's contract suite for Strategy::Kernel (vm-contract.sh).  Prints
 # per-filesystem pass/fail counts and the kernel's lockdep reports, BUGs and
 # WARNINGs from the console; exits non-zero if any step cannot run, any
 # selftest case fails, or the kernel reported anything.
@@ -142,4 +143,10 @@ else
 fi
 
 [ "$bad" = 0 ] || fail "map_copy selftest (console log: $log)"
+
+step "the library's contract suite for Strategy::Kernel in the VM (ext4, xfs, btrfs)"
+start=$(date +%s)
+sh "$here/vm-contract.sh" "$out/arch/x86/boot/bzImage" kernel/ ||
+	fail "Strategy::Kernel contract suite in the VM"
+echo "contract suite in the VM: $(($(date +%s) - start)) s"
 step "kernel CI passed"

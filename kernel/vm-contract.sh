@@ -10,8 +10,8 @@
 # x86/boot/bzImage). RUNNER ARGS: what the contract runner gets (default
 # "kernel/": every Kernel trial; e.g. "kernel/ --skip huge-sparse"). Builds
 # the contract test binary first (cargo, in the repository). Prints the
-# runner's summary and exits non-zero if any trial failed or the VM could
-# not run.
+# runner's summary and exits non-zero if any trial failed, the VM could
+# not run, or the kernel printed a lockdep report, BUG or WARNING.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
@@ -35,8 +35,15 @@ echo "VM-CONTRACT rc=\$?"
 GUEST
 timeout 3600 sh "$here/run-vm.sh" "$k" "$work" run.sh > "$work/console.log" 2>&1 || true
 grep -E '^test .*FAILED|^test result' "$work/contract.log" 2>/dev/null || true
+sed -i 's/\r$//' "$work/console.log"
+pat='possible recursive locking|possible circular locking|inconsistent lock state|lock held when returning|suspicious RCU usage|BUG:|WARNING:|Oops|Kernel panic|INFO: task .* blocked|rcu_.*detected stall|general protection fault|kernel BUG'
+if grep -aEq "$pat" "$work/console.log"; then
+	echo "vm-contract: FAILED: the kernel reported (first report follows)" >&2
+	awk -v pat="$pat" '$0 ~ pat { on = 1 } on { print; if (++n >= 60) exit }' "$work/console.log" >&2
+	exit 1
+fi
 if grep -q 'VM-CONTRACT rc=0' "$work/console.log"; then
-	echo "vm-contract: passed"
+	echo "vm-contract: passed (no lockdep report, BUG or WARNING on the console)"
 	exit 0
 fi
 echo "vm-contract: FAILED (console tail follows)" >&2
