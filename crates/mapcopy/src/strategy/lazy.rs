@@ -375,10 +375,14 @@ impl Drop for Lazy {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&m.start);
-        let _ = self
-            .server
-            .uffd
-            .unregister(self.region.as_ptr() as usize, self.region.len());
+        // SAFETY: the whole region, registered with this uffd in `map`; it
+        // is dead (no filler installs into it any more) and unmapped right
+        // below, so none of its pages needs serving.
+        let _ = unsafe {
+            self.server
+                .uffd
+                .unregister(self.region.as_ptr() as usize, self.region.len())
+        };
         drop(live);
         // SAFETY: dropped exactly once, here; no filler touches the range
         // any more (dead, unregistered) and every borrow of it has ended.

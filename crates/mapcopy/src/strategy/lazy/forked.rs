@@ -190,7 +190,10 @@ pub(super) fn release(base: usize) -> bool {
         return false;
     };
     let (m, _fd) = maps.swap_remove(i);
-    let _ = c.uffd.unregister(m.base, m.total);
+    // SAFETY: this process's own copy of the region, registered with this
+    // uffd in `adopt`; its owner drops it and unmaps it right after this
+    // returns, so no page of it needs serving any more.
+    let _ = unsafe { c.uffd.unregister(m.base, m.total) };
     true
 }
 
@@ -265,7 +268,9 @@ impl ChildServer {
                 Some(e) => fatal(&format!("UFFDIO_COPY failed: {e}")),
             }
         }
-        let _ = self.uffd.wake(addr, page);
+        // SAFETY: the faulting page of a region registered with our
+        // userfaultfd, which this thread serves (found under `maps`).
+        let _ = unsafe { self.uffd.wake(addr, page) };
     }
 }
 

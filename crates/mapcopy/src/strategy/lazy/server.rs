@@ -224,7 +224,12 @@ impl Server {
         match plan {
             Plan::Nothing => {}
             Plan::Wake(off, len) => {
-                let _ = self.uffd.wake(m.start + off, len);
+                // SAFETY: a range of `m` (plans never leave the mapping),
+                // registered with this uffd, which this server serves. If
+                // `m` was dropped meanwhile the range is unregistered or
+                // belongs to a later mapping of this server: a thread woken
+                // there faults again, and is served again.
+                let _ = unsafe { self.uffd.wake(m.start + off, len) };
             }
             Plan::Range(off, len) => {
                 if let Err((pos, e)) = self.fill_range(&m, off, len) {
@@ -304,7 +309,10 @@ impl Server {
         m.filled.notify_all();
         // Belt and braces: anyone who faulted in this chunk while it was
         // claimed waits for us; every page is present now.
-        let _ = self.uffd.wake(m.start + off, len);
+        // SAFETY: chunk `c` of `m`, registered with this uffd, which this
+        // server serves; if `m` was dropped meanwhile, as in `fault`'s
+        // `Plan::Wake`: a woken thread faults again and is served again.
+        let _ = unsafe { self.uffd.wake(m.start + off, len) };
         res
     }
 
@@ -360,7 +368,9 @@ impl Server {
                 Some(Errno::EXIST) => {
                     // Someone else filled this page; whoever waits on it
                     // may have missed that wake-up: wake it, skip it.
-                    let _ = self.uffd.wake(m.start + off + done, page);
+                    // SAFETY: a page of the live `m` (as above), served by
+                    // this server.
+                    let _ = unsafe { self.uffd.wake(m.start + off + done, page) };
                     done += page;
                 }
                 Some(Errno::AGAIN) | Some(Errno::INTR) => {}
