@@ -281,7 +281,7 @@ pub(super) fn guards() -> Result<Arc<Guards>, Error> {
         // its mappings were not inherited; leave it alone.
         std::mem::forget(old);
     }
-    let group = Group::new(INIT_FLAGS, EVENT_F_FLAGS).map_err(|e| {
+    let group = Group::new(INIT_FLAGS).map_err(|e| {
         if e.raw_os_error().is_some_and(crate::fds::is_exhausted) {
             // Out of fds: an I/O error with its errno, so that Auto moves on
             // and a named Guard says what to do.
