@@ -196,7 +196,7 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
         start,
         len,
         span: (base, region.len()),
-        file,
+        file: Arc::new(file),
         _kept: crate::fds::Kept::new(),
         offset: req.offset,
         live: RwLock::new(true),
@@ -291,7 +291,10 @@ impl Lazy {
                 used: 1,
             };
         }
-        self.server.copy_all(m, 0, bytes.as_ptr(), len);
+        // SAFETY: `[0, len)` is inside the mapping (`len <= m.len`), which
+        // stays live: this thread owns the `Lazy` that would drop it;
+        // `bytes` holds `len` readable bytes.
+        unsafe { self.server.copy_all(m, 0, bytes.as_ptr(), len) };
         Ok(())
     }
 

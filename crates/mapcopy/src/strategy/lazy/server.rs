@@ -90,7 +90,7 @@ pub(super) fn inheritable(out: &mut Vec<forked::Inherit>) {
         start: m.start,
         len: m.len,
         offset: m.offset,
-        fd: m.file.as_raw_fd(),
+        file: m.file.clone(),
     }));
 }
 
@@ -247,14 +247,19 @@ impl Server {
         }
     }
 
-    /// Fills the missing pages of `[off, off + len)` with `UFFDIO_COPY`.
-    /// `Err` = the `pread` at that file offset failed.
+    /// Fills the missing pages of `[off, off + len)` (inside `m`, at most a
+    /// chunk) with `UFFDIO_COPY`. `Err` = the `pread` at that file offset
+    /// failed.
     pub(super) fn fill_range(
         &self,
         m: &Mapping,
         off: usize,
         len: usize,
     ) -> Result<(), (u64, Errno)> {
+        assert!(
+            off.checked_add(len).is_some_and(|end| end <= m.len),
+            "a fill outside the mapping"
+        );
         with_staging(|st| {
             // SAFETY: the staging buffer is this thread's alone; nothing
             // else reads or writes it while `buf` lives.
@@ -262,7 +267,9 @@ impl Server {
             m.read(buf, off)?;
             let live = m.live.read().unwrap_or_else(PoisonError::into_inner);
             if *live {
-                self.copy_all(m, off, buf.as_ptr(), len);
+                // SAFETY: `[off, off + len)` is inside `m` (asserted), which
+                // is live while `live` is held; `buf` holds `len` bytes.
+                unsafe { self.copy_all(m, off, buf.as_ptr(), len) };
             }
             Ok(())
         })
@@ -272,6 +279,7 @@ impl Server {
     /// marks it `Full`.
     pub(super) fn fill_chunk(&self, m: &Mapping, c: usize) -> Result<(), (u64, Errno)> {
         let off = c * CHUNK;
+        assert!(off < m.len, "chunk {c} outside the mapping");
         let len = CHUNK.min(m.len - off);
         let res = with_staging(|st| {
             let base = st.as_ptr() as usize;
@@ -287,12 +295,19 @@ impl Server {
             }
             let mut done = 0;
             if self.can_move && len == CHUNK && base.is_multiple_of(CHUNK) {
-                done = self.move_chunk(m, off, base);
+                // SAFETY: chunk `c` of `m` (asserted inside it), claimed by
+                // the caller, live while `live` is held; `base` is this
+                // thread's CHUNK-aligned staging chunk, which nothing
+                // borrows now (the slice read into is gone).
+                done = unsafe { self.move_chunk(m, off, base) };
             }
             if done < len {
                 // The part not moved is still in the staging buffer.
                 let src = (base + done) as *const u8;
-                self.copy_all(m, off + done, src, len - done);
+                // SAFETY: the rest of the chunk, inside the live `m` as
+                // above; the staging chunk still holds its `len - done`
+                // bytes at `src`.
+                unsafe { self.copy_all(m, off + done, src, len - done) };
                 if done > 0 {
                     // A move that stopped half-way leaves the staging chunk
                     // in 4 KiB pieces; start it afresh so that the next
@@ -318,7 +333,15 @@ impl Server {
 
     /// Moves the staging chunk at `src` to chunk offset `off` of `m`;
     /// returns how many bytes were moved (the rest is still in staging).
-    pub(super) fn move_chunk(&self, m: &Mapping, off: usize, src: usize) -> usize {
+    ///
+    /// # Safety
+    /// `[off, off + CHUNK)` is a whole chunk of `m` that the caller claimed
+    /// (its pages are all missing and no reference into it exists), and `m`
+    /// stays live for the call (the caller holds `m.live` shared and saw it
+    /// true). `src` is a CHUNK-aligned, CHUNK-long private anonymous buffer
+    /// of the calling thread that nothing borrows: its pages are given
+    /// away.
+    pub(super) unsafe fn move_chunk(&self, m: &Mapping, off: usize, src: usize) -> usize {
         let dst = m.start + off;
         let ro = m.read_only.load(Ordering::Acquire);
         // UFFDIO_MOVE only moves between writable areas: open the chunk for
@@ -352,12 +375,18 @@ impl Server {
 
     /// `UFFDIO_COPY` of `[off, off + len)` from `src`, skipping (and waking)
     /// pages that are already present.
-    pub(super) fn copy_all(&self, m: &Mapping, off: usize, src: *const u8, len: usize) {
+    ///
+    /// # Safety
+    /// `off` is page-aligned and `[off, off + len)` lies inside `m`, which
+    /// stays live for the call (the caller holds `m.live` shared and saw it
+    /// true, or owns the `Lazy` that would drop it); `src` is readable for
+    /// `len` bytes.
+    pub(super) unsafe fn copy_all(&self, m: &Mapping, off: usize, src: *const u8, len: usize) {
         let page = crate::sys::page_size();
         let mut done = 0;
         while done < len {
             // SAFETY: the range is inside a live mapping registered with this
-            // uffd (the caller holds its lock shared); `src` has `len` bytes.
+            // uffd (the caller's promise); `src` has `len` bytes.
             let p = unsafe {
                 self.uffd
                     .copy(m.start + off + done, src.add(done), len - done)
