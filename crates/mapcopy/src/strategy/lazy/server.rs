@@ -38,6 +38,15 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// This process's server, created on first use (and again in a forked
 /// child: the parent's userfaultfd belongs to the parent's address space).
 pub(super) fn server() -> Result<Arc<Server>, Error> {
+    server_with(true)
+}
+
+/// [`server`]; if this process has none yet, the one made now fills whole
+/// chunks with `UFFDIO_MOVE` when the kernel has it (6.8+) only if
+/// `use_move`, else with `UFFDIO_COPY` as on kernels before 6.8 (tests
+/// exercise that path on any kernel this way). An existing server is
+/// returned as it is.
+pub(super) fn server_with(use_move: bool) -> Result<Arc<Server>, Error> {
     let p = probe().map_err(|why| Error::unsupported(Strategy::Lazy, why))?;
     let mut cur = lock(&SERVER);
     let pid = rustix::process::getpid();
@@ -50,10 +59,7 @@ pub(super) fn server() -> Result<Arc<Server>, Error> {
     let want_move = p.features & u64::from(g::UFFD_FEATURE_MOVE);
     let uffd = Uffd::new(p.route, want_move)
         .map_err(|e| Error::io("creating the process's userfaultfd", e))?;
-    let can_move = uffd.has(u64::from(g::UFFD_FEATURE_MOVE)) && want_move != 0;
-    // Tests exercise the UFFDIO_COPY-only path of kernels before 6.8 too.
-    #[cfg(test)]
-    let can_move = can_move && std::env::var("MAPCOPY_LAZY_CHILD").as_deref() != Ok("nomove");
+    let can_move = uffd.has(u64::from(g::UFFD_FEATURE_MOVE)) && want_move != 0 && use_move;
     let srv = Arc::new_cyclic(|me| Server {
         uffd,
         pid,
