@@ -221,6 +221,7 @@
 //!   `MapCopyMut` is not charged to overcommit either, so stores into very
 //!   many pages can run out of memory like any `MAP_NORESERVE` mapping.
 #![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
 mod consistency;

@@ -129,9 +129,9 @@ impl Group {
         // SAFETY: fanotify_init takes two integers and returns a new fd or -1;
         // it touches no memory of ours.
         let fd = cvt(unsafe { libc::fanotify_init(BASE_INIT_FLAGS | flags.0, EVENT_F_FLAGS) })?;
-        // SAFETY: `fd` was just returned by the kernel and is owned by nobody
-        // else.
         Ok(Group {
+            // SAFETY: `fd` was just returned by the kernel and is owned by
+            // nobody else.
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
         })
     }

@@ -473,8 +473,8 @@ mod tests {
         assert_eq!(p.err, Some(Errno::EXIST));
         assert_eq!(p.done, 0);
         // Two pages, first missing, second present: partial progress.
-        // SAFETY: as above, two pages of src.
         let two = vec![3u8; 2 * page];
+        // SAFETY: as above, two pages of src.
         let p = unsafe { uffd.copy(base, two.as_ptr(), 2 * page) };
         // The kernel reports a partial copy as EAGAIN with the bytes done;
         // the next call then names the obstacle.

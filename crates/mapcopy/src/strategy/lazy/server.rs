@@ -353,21 +353,21 @@ impl Server {
         // UFFDIO_MOVE only moves between writable areas: open the chunk for
         // the move and close it again (its pages are all missing, so no
         // reader has seen any byte of it).
-        // SAFETY: the chunk lies inside the live mapping (we hold its lock
-        // shared); no reference into it can exist yet, and adding write
-        // access invalidates none anyway.
-        if ro
-            && unsafe { mmap::protect_at(dst, CHUNK, MprotectFlags::READ | MprotectFlags::WRITE) }
-                .is_err()
-        {
-            return 0;
+        if ro {
+            let rw = MprotectFlags::READ | MprotectFlags::WRITE;
+            // SAFETY: the chunk lies inside the live mapping (we hold its
+            // lock shared); no reference into it can exist yet, and adding
+            // write access invalidates none anyway.
+            if unsafe { mmap::protect_at(dst, CHUNK, rw) }.is_err() {
+                return 0;
+            }
         }
-        // SAFETY: `dst` is a chunk of a live mapping registered with this
-        // uffd that we claimed; `src` is this thread's staging chunk, which
-        // nothing borrows now and whose pages we give away.
         // A read-only mapping wakes its waiters only once the chunk is
         // read-only again (`fill_chunk` wakes the whole chunk at the end).
         let mode = if ro { uffd::MOVE_MODE_DONTWAKE } else { 0 };
+        // SAFETY: `dst` is a chunk of a live mapping registered with this
+        // uffd that we claimed; `src` is this thread's staging chunk, which
+        // nothing borrows now and whose pages we give away.
         let p = unsafe { self.uffd.move_pages(dst, src, CHUNK, mode) };
         if ro {
             // SAFETY: the chunk is inside the live mapping (as above); no
