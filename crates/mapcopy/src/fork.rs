@@ -48,7 +48,9 @@ use crate::sys;
 /// What a strategy does around a fork: `prepare` in the parent before it,
 /// then `parent` in the parent or `child` in the child (only if `prepare`
 /// ran in this fork). `child` runs in a process whose other threads are
-/// gone, with every lock as they left it.
+/// gone, with every lock as they left it: it takes no lock another thread
+/// may have held (only ones its own `prepare` took), as
+/// `sys::fork::at_fork` requires of the handlers that run it.
 #[derive(Clone, Copy)]
 pub(crate) struct Steps {
     pub(crate) prepare: fn(),
@@ -126,7 +128,14 @@ extern "C" fn child() {
 pub(crate) fn on_fork(steps: Steps) -> std::io::Result<()> {
     let mut err = None;
     INSTALL.call_once(|| {
-        err = sys::fork::at_fork(Some(prepare), Some(parent), Some(child)).err();
+        // SAFETY: (`at_fork`'s promises) the three handlers catch every
+        // panic of a step (`guarded`) and find the slots without a lock
+        // (`OnceLock::get`, atomics) and which steps ran in a thread-local
+        // of the forking thread; the steps themselves keep `Steps`' rules
+        // (a child step takes no lock another thread may have held).
+        #[allow(unsafe_code)]
+        let r = unsafe { sys::fork::at_fork(Some(prepare), Some(parent), Some(child)) };
+        err = r.err();
     });
     if let Some(e) = err {
         return Err(e);

@@ -115,8 +115,9 @@
 //! first writer's `open` wait for the snapshot (bounded by
 //! `fs.lease-break-time` even if the mapper is stopped); a Reflink costs
 //! them nothing (the mapper reads a cold clone); a Guard makes every read
-//! of the file by anybody wait for a fanotify round trip (tens of µs, many
-//! times the read: `mapcopy bench`'s "cost to another process" table) and
+//! of the file by anybody wait for a fanotify round trip (many times the
+//! read: `mapcopy bench`'s "cost to another process" table; the
+//! repository's `bench-results/` keeps measured runs) and
 //! stops them all while the mapper is stopped. The price of Lease first: `open(O_RDONLY | O_TRUNC)` (below),
 //! which a guard sees. Immutable comes first: for a file nobody can change
 //! it costs nobody anything and the mapper a private mapping, and
@@ -221,6 +222,7 @@
 //!   `MapCopyMut` is not charged to overcommit either, so stores into very
 //!   many pages can run out of memory like any `MAP_NORESERVE` mapping.
 #![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
 mod consistency;

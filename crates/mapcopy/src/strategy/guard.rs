@@ -80,7 +80,7 @@ use rustix::mm::ProtFlags;
 
 use super::{Request, Snapshot, Span, Strategy};
 use crate::Error;
-use crate::sys::fanotify::{Event, FAN_PRE_ACCESS, Group, Response};
+use crate::sys::fanotify::{Event, FAN_PRE_ACCESS, Group, InitFlags, Response};
 use crate::sys::lease::{LeaseProbe, try_read_lease};
 use crate::sys::mmap::{Advice, HUGE_PAGE, Region, file_part};
 use crate::sys::proc_pid::{self, FdInfo, Syscall};
@@ -90,19 +90,13 @@ use crate::watcher;
 /// Events the guard asks for on every guarded inode.
 const MASK: u64 = FAN_PRE_ACCESS | libc::FAN_OPEN_PERM;
 
-/// `fanotify_init` flags: permission events before content access, tids in
-/// events (the syscall of the *thread* is what tells read from write),
-/// never drop or limit (an overflowed permission event would be lost).
-const INIT_FLAGS: libc::c_uint = libc::FAN_CLASS_PRE_CONTENT
-    | libc::FAN_CLOEXEC
-    | libc::FAN_NONBLOCK
-    | libc::FAN_REPORT_TID
-    | libc::FAN_UNLIMITED_QUEUE
-    | libc::FAN_UNLIMITED_MARKS;
-
-/// Flags of the fd delivered with each event (read-only, opened by the
-/// kernel without notification, so reading it cannot raise events).
-const EVENT_F_FLAGS: libc::c_uint = (libc::O_RDONLY | libc::O_LARGEFILE | libc::O_CLOEXEC) as _;
+/// `fanotify_init` flags beyond a group's own (permission events before
+/// content access, read-only event fds): tids in events (the syscall of the
+/// *thread* is what tells read from write), never drop or limit (an
+/// overflowed permission event would be lost).
+const INIT_FLAGS: InitFlags = InitFlags::REPORT_TID
+    .union(InitFlags::UNLIMITED_QUEUE)
+    .union(InitFlags::UNLIMITED_MARKS);
 
 /// First kernel with `FAN_PRE_ACCESS`.
 const MIN_KERNEL: (u32, u32) = (6, 14);

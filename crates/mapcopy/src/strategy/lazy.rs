@@ -196,7 +196,7 @@ pub(crate) fn map(req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error> {
         start,
         len,
         span: (base, region.len()),
-        file,
+        file: Arc::new(file),
         _kept: crate::fds::Kept::new(),
         offset: req.offset,
         live: RwLock::new(true),
@@ -291,7 +291,10 @@ impl Lazy {
                 used: 1,
             };
         }
-        self.server.copy_all(m, 0, bytes.as_ptr(), len);
+        // SAFETY: `[0, len)` is inside the mapping (`len <= m.len`), which
+        // stays live: this thread owns the `Lazy` that would drop it;
+        // `bytes` holds `len` readable bytes.
+        unsafe { self.server.copy_all(m, 0, bytes.as_ptr(), len) };
         Ok(())
     }
 
@@ -375,10 +378,14 @@ impl Drop for Lazy {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&m.start);
-        let _ = self
-            .server
-            .uffd
-            .unregister(self.region.as_ptr() as usize, self.region.len());
+        // SAFETY: the whole region, registered with this uffd in `map`; it
+        // is dead (no filler installs into it any more) and unmapped right
+        // below, so none of its pages needs serving.
+        let _ = unsafe {
+            self.server
+                .uffd
+                .unregister(self.region.as_ptr() as usize, self.region.len())
+        };
         drop(live);
         // SAFETY: dropped exactly once, here; no filler touches the range
         // any more (dead, unregistered) and every borrow of it has ended.

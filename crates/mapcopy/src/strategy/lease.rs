@@ -73,8 +73,9 @@
 //!   `Reflink` (a clone) and the copying strategies are immune.
 //! * The kernel waits for a lease holder only `fs.lease-break-time` seconds
 //!   (45 by default). The watcher answers in milliseconds (a reflink clone)
-//!   or at copy speed (0.3–4 s per GiB from the page cache on the loaded
-//!   test machine); but a
+//!   or at the speed of a copy from the page cache (the `fs::read` and THP
+//!   copy rows of `mapcopy bench`'s full-scan table; runs are recorded in
+//!   the repository's `bench-results/`); but a
 //!   process that is stopped (SIGSTOP, a debugger) or frozen longer than
 //!   that lets the writer through before its snapshot is taken: the
 //!   mapping then shows the write (`tests/stopped.rs` shows it for all
@@ -833,10 +834,12 @@ impl Source for LeaseSource {
 }
 
 /// Resolves breaking leases on this process's lease worker thread, not on
-/// the watcher: a break without reflink copies the whole range (1.6 s at
-/// 1 GiB measured), and the watcher serves every Lazy fault of the process
-/// meanwhile. The writer's `open` still waits for the snapshot (that is the
-/// contract); nobody else does. Should the worker not start, resolves here.
+/// the watcher: a break without reflink copies the whole range (at copy
+/// speed: the THP copy row of `mapcopy bench`'s full-scan table, runs in the
+/// repository's `bench-results/`), and the watcher serves every Lazy fault
+/// of the process meanwhile. The writer's `open` still waits for the
+/// snapshot (that is the contract); nobody else does. Should the worker not
+/// start, resolves here.
 fn resolve_on_worker(entries: Vec<Arc<Entry>>) {
     use std::sync::mpsc::{Sender, channel};
     static WORKER: Mutex<Option<(Pid, Sender<Arc<Entry>>)>> = Mutex::new(None);

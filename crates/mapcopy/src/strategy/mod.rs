@@ -252,7 +252,8 @@ fn map_named(s: Strategy, req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error>
 /// `mapcopy bench` measures both, in the same run: its "cost to another
 /// process" table (another process's 4 KiB `pread` and `pwrite` while each
 /// kind of mapping lives) and its per-workload tables against
-/// `MAP_PRIVATE`; the README quotes a run.
+/// `MAP_PRIVATE`; runs are kept in `bench-results/`, and the README quotes
+/// one.
 ///
 /// * `Kernel` first: where the kernel has `MAP_COPY` (the series in
 ///   `kernel/`) and the filesystem opts in, it costs the mapper a private
@@ -275,8 +276,9 @@ fn map_named(s: Strategy, req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error>
 ///   the bench's slowest zero-copy one).
 /// * `Guard` only then (where a lease cannot be had: another owner without
 ///   `CAP_LEASE`, leases disabled): every read and write of the file by any
-///   other process waits for a fanotify round trip (tens of µs, many times
-///   the read itself), and a stopped mapper stops them all without bound.
+///   other process waits for a fanotify round trip (many times the read
+///   itself: the bench's "cost to another process" table, runs in
+///   `bench-results/`), and a stopped mapper stops them all without bound.
 /// * `Lazy`, then `Eager`: copy what the owner touches, or everything.
 pub(crate) fn auto_order() -> &'static [Strategy] {
     &Strategy::ALL

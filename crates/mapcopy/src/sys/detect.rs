@@ -21,7 +21,7 @@ use rustix::fs::{self as rfs, Mode, OFlags};
 use rustix::io::Errno;
 
 use super::errno_of;
-use super::fanotify::{FAN_PRE_ACCESS, Group};
+use super::fanotify::{FAN_PRE_ACCESS, Group, InitFlags};
 use super::file::{Meta, fs_name};
 use super::lease::{LeaseProbe, try_read_lease};
 use super::uffd::{self, Route};
@@ -319,11 +319,7 @@ pub(crate) fn fanotify_pre_content(file: Option<(&File, &Meta)>) -> Result<Strin
     } else {
         "CAP_SYS_ADMIN not held"
     };
-    let fan = Group::new(
-        libc::FAN_CLASS_PRE_CONTENT | libc::FAN_CLOEXEC | libc::FAN_NONBLOCK,
-        (libc::O_RDONLY | libc::O_LARGEFILE | libc::O_CLOEXEC) as libc::c_uint,
-    )
-    .map_err(|e| match errno_of(e) {
+    let fan = Group::new(InitFlags::empty()).map_err(|e| match errno_of(e) {
         Errno::PERM => format!(
             "fanotify pre-content events need CAP_SYS_ADMIN (fanotify_init: EPERM; {capnote})"
         ),

@@ -56,6 +56,50 @@ pub(crate) struct Group {
     fd: OwnedFd,
 }
 
+/// `fanotify_init` flags a [`Group`] may add to the ones every group here
+/// has: `FAN_CLASS_PRE_CONTENT` (permission events before content access),
+/// `FAN_CLOEXEC` and `FAN_NONBLOCK` ([`Group::read_events`] relies on an
+/// empty queue not blocking). Only flags that keep the event format
+/// [`Group::read_events`] parses can be named; combine them with `|`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct InitFlags(libc::c_uint);
+
+impl InitFlags {
+    /// No flag beyond those every group has.
+    pub(crate) const fn empty() -> InitFlags {
+        InitFlags(0)
+    }
+
+    /// `FAN_REPORT_TID`: an event's `pid` is the thread id of the task that
+    /// caused it, not its process id.
+    pub(crate) const REPORT_TID: InitFlags = InitFlags(libc::FAN_REPORT_TID);
+    /// `FAN_UNLIMITED_QUEUE`: events are never dropped for a full queue.
+    pub(crate) const UNLIMITED_QUEUE: InitFlags = InitFlags(libc::FAN_UNLIMITED_QUEUE);
+    /// `FAN_UNLIMITED_MARKS`: no limit on the group's marks.
+    pub(crate) const UNLIMITED_MARKS: InitFlags = InitFlags(libc::FAN_UNLIMITED_MARKS);
+
+    /// Both sets of flags (`|`, usable in a `const`).
+    pub(crate) const fn union(self, other: InitFlags) -> InitFlags {
+        InitFlags(self.0 | other.0)
+    }
+}
+
+impl std::ops::BitOr for InitFlags {
+    type Output = InitFlags;
+    fn bitor(self, other: InitFlags) -> InitFlags {
+        self.union(other)
+    }
+}
+
+/// The flags every group is made with (see [`InitFlags`]).
+const BASE_INIT_FLAGS: libc::c_uint =
+    libc::FAN_CLASS_PRE_CONTENT | libc::FAN_CLOEXEC | libc::FAN_NONBLOCK;
+
+/// Flags of the fd delivered with each event: read-only (opened by the
+/// kernel without notification, so reading it cannot raise events),
+/// large-file, close-on-exec.
+const EVENT_F_FLAGS: libc::c_uint = (libc::O_RDONLY | libc::O_LARGEFILE | libc::O_CLOEXEC) as _;
+
 /// One event read from a [`Group`].
 #[derive(Debug)]
 pub(crate) struct Event {
@@ -79,14 +123,15 @@ pub(crate) enum Response {
 }
 
 impl Group {
-    /// `fanotify_init(flags, event_f_flags)`.
-    pub(crate) fn new(flags: libc::c_uint, event_f_flags: libc::c_uint) -> io::Result<Group> {
+    /// `fanotify_init`: a pre-content, close-on-exec, non-blocking group
+    /// with `flags` added, whose events carry read-only fds.
+    pub(crate) fn new(flags: InitFlags) -> io::Result<Group> {
         // SAFETY: fanotify_init takes two integers and returns a new fd or -1;
         // it touches no memory of ours.
-        let fd = cvt(unsafe { libc::fanotify_init(flags, event_f_flags) })?;
-        // SAFETY: `fd` was just returned by the kernel and is owned by nobody
-        // else.
+        let fd = cvt(unsafe { libc::fanotify_init(BASE_INIT_FLAGS | flags.0, EVENT_F_FLAGS) })?;
         Ok(Group {
+            // SAFETY: `fd` was just returned by the kernel and is owned by
+            // nobody else.
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
         })
     }

@@ -25,7 +25,11 @@
 //! policy over these modules and calls the kernel only through them. Outside
 //! `sys`, only the strategies use `unsafe`, for what their own argument
 //! covers (their snapshots' stability, the ranges they register and fill);
-//! the rest of the crate is `#![deny(unsafe_code)]`.
+//! the rest of the crate is `#![deny(unsafe_code)]` but for single items
+//! that each argue for themselves: in `map` (`MapCopy`'s marker-trait
+//! impls and the slice its `Deref` makes), in `options` (the empty
+//! snapshot) and in `crate::fork` (registering, with [`fork::at_fork`], the
+//! handlers the strategies' fork steps run from).
 
 pub(crate) mod change;
 pub(crate) mod clone;

@@ -212,26 +212,41 @@ impl Uffd {
 
     /// Unregisters `[start, start + len)`; threads waiting on a fault there
     /// are woken (and retry the fault without userfaultfd).
-    pub(crate) fn unregister(&self, start: usize, len: usize) -> io::Result<()> {
+    ///
+    /// # Safety
+    /// The range (page-aligned) lies inside ranges the caller registered
+    /// with this fd ([`Uffd::register_missing`]) and owns. From here on a
+    /// missing page there reads as zeros instead of being served, so the
+    /// caller must no longer need it served: the range is about to be
+    /// unmapped, or every page of it that anyone may read is present.
+    pub(crate) unsafe fn unregister(&self, start: usize, len: usize) -> io::Result<()> {
         let mut range = g::uffdio_range {
             start: start as u64,
             len: len as u64,
         };
         // SAFETY: UFFDIO_UNREGISTER reads one `uffdio_range`. Unregistering
-        // never changes memory contents; on ranges this fd does not serve
-        // the kernel returns an error.
+        // never changes memory contents; that the range is the caller's and
+        // needs no serving any more is the caller's promise above.
         unsafe { ioctl::ioctl(&self.fd, Updater::<UNREGISTER, _>::new(&mut range)) }?;
         Ok(())
     }
 
     /// Wakes threads waiting on faults in `[start, start + len)`; they retry
     /// the access (and fault again if the page is still missing).
-    pub(crate) fn wake(&self, start: usize, len: usize) -> io::Result<()> {
+    ///
+    /// # Safety
+    /// The range (page-aligned) is memory the caller serves through this
+    /// fd: registered with it, or registered until the caller unregistered
+    /// it. Waking is part of serving: a woken thread retries its access and
+    /// faults again on a page that is still missing, which the caller then
+    /// serves. Whoever serves another range decides when its threads wake.
+    pub(crate) unsafe fn wake(&self, start: usize, len: usize) -> io::Result<()> {
         let mut range = g::uffdio_range {
             start: start as u64,
             len: len as u64,
         };
-        // SAFETY: UFFDIO_WAKE reads one `uffdio_range` and touches no memory.
+        // SAFETY: UFFDIO_WAKE reads one `uffdio_range` and touches no
+        // memory; whose range it is, is the caller's promise above.
         unsafe { ioctl::ioctl(&self.fd, Updater::<WAKE, _>::new(&mut range)) }?;
         Ok(())
     }
@@ -458,8 +473,8 @@ mod tests {
         assert_eq!(p.err, Some(Errno::EXIST));
         assert_eq!(p.done, 0);
         // Two pages, first missing, second present: partial progress.
-        // SAFETY: as above, two pages of src.
         let two = vec![3u8; 2 * page];
+        // SAFETY: as above, two pages of src.
         let p = unsafe { uffd.copy(base, two.as_ptr(), 2 * page) };
         // The kernel reports a partial copy as EAGAIN with the bytes done;
         // the next call then names the obstacle.
@@ -483,7 +498,11 @@ mod tests {
         let bytes = unsafe { region.as_slice(0, 2 * page) };
         assert!(bytes[..page].iter().all(|&b| b == 3));
         assert!(bytes[page..].iter().all(|&b| b == 7));
-        uffd.unregister(base, 2 * page).unwrap();
-        uffd.wake(base, page).unwrap();
+        // SAFETY: the region is ours, registered above, fully populated and
+        // no longer needed; waking (nobody waits) is harmless.
+        unsafe { uffd.unregister(base, 2 * page) }.unwrap();
+        // SAFETY: our own region, registered with this fd until just now
+        // (and still mapped); nobody waits on it, so waking wakes no one.
+        unsafe { uffd.wake(base, page) }.unwrap();
     }
 }

@@ -281,7 +281,7 @@ pub(super) fn guards() -> Result<Arc<Guards>, Error> {
         // its mappings were not inherited; leave it alone.
         std::mem::forget(old);
     }
-    let group = Group::new(INIT_FLAGS, EVENT_F_FLAGS).map_err(|e| {
+    let group = Group::new(INIT_FLAGS).map_err(|e| {
         if e.raw_os_error().is_some_and(crate::fds::is_exhausted) {
             // Out of fds: an I/O error with its errno, so that Auto moves on
             // and a named Guard says what to do.
@@ -315,7 +315,14 @@ pub(super) fn guards() -> Result<Arc<Guards>, Error> {
     GROUP_FD.store(g.group.as_fd().as_raw_fd(), Ordering::Relaxed);
     DEVNULL_FD.store(g.devnull.as_raw_fd(), Ordering::Relaxed);
     let mut fork_err = None;
-    AT_FORK.call_once(|| fork_err = sys::fork::at_fork(None, None, Some(child_after_fork)).err());
+    AT_FORK.call_once(|| {
+        // SAFETY: (`at_fork`'s promises) `child_after_fork` takes no lock
+        // and cannot panic: it loads two atomics and calls `dup3`, which is
+        // async-signal-safe; the numbers it loads name a live group and its
+        // /dev/null or are -1 (see there).
+        let r = unsafe { sys::fork::at_fork(None, None, Some(child_after_fork)) };
+        fork_err = r.err();
+    });
     if let Some(e) = fork_err.or_else(|| crate::fork::on_prepare(prepare_fork).err()) {
         return Err(Error::io("registering the fork handlers", e));
     }

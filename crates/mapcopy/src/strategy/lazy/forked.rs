@@ -28,9 +28,8 @@
 
 use std::cell::RefCell;
 use std::fs::File;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicPtr, Ordering};
-use std::sync::{Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use rustix::io::Errno;
 
@@ -52,15 +51,18 @@ pub(super) struct Inherit {
     pub(super) start: usize,
     pub(super) len: usize,
     pub(super) offset: u64,
-    /// The file, as the parent's fd number (duplicated in the child).
-    pub(super) fd: RawFd,
+    /// The file: the mapping's own in the parent (shared, so it stays open
+    /// while the list lives), a duplicate of it in a child that adopted the
+    /// region.
+    pub(super) file: Arc<File>,
 }
 
 /// A forked child's server: its userfaultfd and the regions it serves.
 struct ChildServer {
     pid: i32,
     uffd: Uffd,
-    maps: Mutex<Vec<(Inherit, File)>>,
+    /// Each with the child's own duplicate of the file.
+    maps: Mutex<Vec<Inherit>>,
 }
 
 /// This process's child server, if it is a forked child that inherited
@@ -101,8 +103,15 @@ fn current() -> Option<&'static ChildServer> {
 }
 
 /// Sets the inheritance of `[base, base + total)`.
-fn advise(base: usize, total: usize, advice: Advice) -> std::io::Result<()> {
-    // SAFETY: the range is a live lazy region (the gate keeps it mapped);
+///
+/// # Safety
+/// The range is a whole lazy region of this process that stays mapped for
+/// the call (the forking thread holds the gate, which keeps every region
+/// in the list from being unmapped): DOFORK/DONTFORK change only what a
+/// child inherits, and no other code's memory may have its inheritance
+/// changed.
+unsafe fn advise(base: usize, total: usize, advice: Advice) -> std::io::Result<()> {
+    // SAFETY: a live lazy region (the caller's promise above);
     // DOFORK/DONTFORK only change what a child inherits.
     unsafe { advise_at(base, total, advice) }
 }
@@ -113,12 +122,15 @@ fn prepare() {
     super::inheritable(&mut list);
     if let Some(c) = current() {
         let maps = c.maps.lock().unwrap_or_else(PoisonError::into_inner);
-        list.extend(maps.iter().map(|(m, fd)| Inherit {
-            fd: fd.as_raw_fd(),
+        list.extend(maps.iter().map(|m| Inherit {
+            file: m.file.clone(),
             ..*m
         }));
     }
-    list.retain(|m| advise(m.base, m.total, Advice::DoFork).is_ok());
+    // SAFETY: every entry is a whole region of a live mapping of this
+    // process (the server's or the child server's list, read under their
+    // locks), and `gate` keeps each mapped until the fork is over.
+    list.retain(|m| unsafe { advise(m.base, m.total, Advice::DoFork) }.is_ok());
     STASH.with(|s| *s.borrow_mut() = Some((list, gate)));
 }
 
@@ -127,7 +139,9 @@ fn parent() {
         return;
     };
     for m in &list {
-        let _ = advise(m.base, m.total, Advice::DontFork);
+        // SAFETY: as in `prepare`: regions of live mappings, kept mapped by
+        // `gate` until it is dropped below.
+        let _ = unsafe { advise(m.base, m.total, Advice::DontFork) };
     }
     drop(gate);
 }
@@ -156,13 +170,15 @@ fn adopt(list: Vec<Inherit>) -> std::io::Result<()> {
     let uffd = Uffd::new(route, 0)?;
     let mut maps = Vec::with_capacity(list.len());
     for m in list {
-        // SAFETY: `m.fd` is the parent's open fd of the file, inherited.
-        let fd = rustix::io::fcntl_dupfd_cloexec(unsafe { BorrowedFd::borrow_raw(m.fd) }, 0)?;
+        let fd = rustix::io::fcntl_dupfd_cloexec(&*m.file, 0)?;
         // SAFETY: the region is this process's copy of the parent's
         // anonymous lazy region; from here on this process serves its
         // missing pages (the thread below) for as long as it is registered.
         unsafe { uffd.register_missing(m.base, m.total) }?;
-        maps.push((m, File::from(fd)));
+        maps.push(Inherit {
+            file: Arc::new(File::from(fd)),
+            ..m
+        });
     }
     let srv = Box::into_raw(Box::new(ChildServer {
         pid: rustix::process::getpid().as_raw_nonzero().get(),
@@ -186,11 +202,14 @@ pub(super) fn release(base: usize) -> bool {
         return false;
     };
     let mut maps = c.maps.lock().unwrap_or_else(PoisonError::into_inner);
-    let Some(i) = maps.iter().position(|(m, _)| m.base == base) else {
+    let Some(i) = maps.iter().position(|m| m.base == base) else {
         return false;
     };
-    let (m, _fd) = maps.swap_remove(i);
-    let _ = c.uffd.unregister(m.base, m.total);
+    let m = maps.swap_remove(i);
+    // SAFETY: this process's own copy of the region, registered with this
+    // uffd in `adopt`; its owner drops it and unmaps it right after this
+    // returns, so no page of it needs serving any more.
+    let _ = unsafe { c.uffd.unregister(m.base, m.total) };
     true
 }
 
@@ -223,9 +242,9 @@ impl ChildServer {
         let page = crate::sys::page_size();
         let addr = addr & !(page - 1);
         let maps = self.maps.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some((m, file)) = maps
+        let Some(m) = maps
             .iter()
-            .find(|(m, _)| addr >= m.base && addr < m.base + m.total)
+            .find(|m| addr >= m.base && addr < m.base + m.total)
         else {
             // Stale: unregistering woke whoever waited.
             return;
@@ -241,7 +260,7 @@ impl ChildServer {
         buf.fill(0);
         if in_file {
             let at = m.offset + (addr - m.start) as u64;
-            if let Err((pos, e)) = crate::sys::file::read_full(file, buf, at) {
+            if let Err((pos, e)) = crate::sys::file::read_full(&*m.file, buf, at) {
                 fatal(&format!(
                     "reading the mapped file at offset {pos} failed: {e}"
                 ));
@@ -265,7 +284,9 @@ impl ChildServer {
                 Some(e) => fatal(&format!("UFFDIO_COPY failed: {e}")),
             }
         }
-        let _ = self.uffd.wake(addr, page);
+        // SAFETY: the faulting page of a region registered with our
+        // userfaultfd, which this thread serves (found under `maps`).
+        let _ = unsafe { self.uffd.wake(addr, page) };
     }
 }
 

@@ -41,7 +41,8 @@ pub(super) struct Mapping {
     pub(super) len: usize,
     /// The whole region (address, length), alignment slack included.
     pub(super) span: (usize, usize),
-    pub(super) file: File,
+    /// Shared with a forked child's list while a fork is under way.
+    pub(super) file: Arc<File>,
     /// Counts `file` among the fds live mappings keep.
     pub(super) _kept: crate::fds::Kept,
     pub(super) offset: u64,

@@ -38,6 +38,15 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// This process's server, created on first use (and again in a forked
 /// child: the parent's userfaultfd belongs to the parent's address space).
 pub(super) fn server() -> Result<Arc<Server>, Error> {
+    server_with(true)
+}
+
+/// [`server`]; if this process has none yet, the one made now fills whole
+/// chunks with `UFFDIO_MOVE` when the kernel has it (6.8+) only if
+/// `use_move`, else with `UFFDIO_COPY` as on kernels before 6.8 (tests
+/// exercise that path on any kernel this way). An existing server is
+/// returned as it is.
+pub(super) fn server_with(use_move: bool) -> Result<Arc<Server>, Error> {
     let p = probe().map_err(|why| Error::unsupported(Strategy::Lazy, why))?;
     let mut cur = lock(&SERVER);
     let pid = rustix::process::getpid();
@@ -50,10 +59,7 @@ pub(super) fn server() -> Result<Arc<Server>, Error> {
     let want_move = p.features & u64::from(g::UFFD_FEATURE_MOVE);
     let uffd = Uffd::new(p.route, want_move)
         .map_err(|e| Error::io("creating the process's userfaultfd", e))?;
-    let can_move = uffd.has(u64::from(g::UFFD_FEATURE_MOVE)) && want_move != 0;
-    // Tests exercise the UFFDIO_COPY-only path of kernels before 6.8 too.
-    #[cfg(test)]
-    let can_move = can_move && std::env::var("MAPCOPY_LAZY_CHILD").as_deref() != Ok("nomove");
+    let can_move = uffd.has(u64::from(g::UFFD_FEATURE_MOVE)) && want_move != 0 && use_move;
     let srv = Arc::new_cyclic(|me| Server {
         uffd,
         pid,
@@ -90,7 +96,7 @@ pub(super) fn inheritable(out: &mut Vec<forked::Inherit>) {
         start: m.start,
         len: m.len,
         offset: m.offset,
-        fd: m.file.as_raw_fd(),
+        file: m.file.clone(),
     }));
 }
 
@@ -224,7 +230,12 @@ impl Server {
         match plan {
             Plan::Nothing => {}
             Plan::Wake(off, len) => {
-                let _ = self.uffd.wake(m.start + off, len);
+                // SAFETY: a range of `m` (plans never leave the mapping),
+                // registered with this uffd, which this server serves. If
+                // `m` was dropped meanwhile the range is unregistered or
+                // belongs to a later mapping of this server: a thread woken
+                // there faults again, and is served again.
+                let _ = unsafe { self.uffd.wake(m.start + off, len) };
             }
             Plan::Range(off, len) => {
                 if let Err((pos, e)) = self.fill_range(&m, off, len) {
@@ -242,14 +253,19 @@ impl Server {
         }
     }
 
-    /// Fills the missing pages of `[off, off + len)` with `UFFDIO_COPY`.
-    /// `Err` = the `pread` at that file offset failed.
+    /// Fills the missing pages of `[off, off + len)` (inside `m`, at most a
+    /// chunk) with `UFFDIO_COPY`. `Err` = the `pread` at that file offset
+    /// failed.
     pub(super) fn fill_range(
         &self,
         m: &Mapping,
         off: usize,
         len: usize,
     ) -> Result<(), (u64, Errno)> {
+        assert!(
+            off.checked_add(len).is_some_and(|end| end <= m.len),
+            "a fill outside the mapping"
+        );
         with_staging(|st| {
             // SAFETY: the staging buffer is this thread's alone; nothing
             // else reads or writes it while `buf` lives.
@@ -257,7 +273,9 @@ impl Server {
             m.read(buf, off)?;
             let live = m.live.read().unwrap_or_else(PoisonError::into_inner);
             if *live {
-                self.copy_all(m, off, buf.as_ptr(), len);
+                // SAFETY: `[off, off + len)` is inside `m` (asserted), which
+                // is live while `live` is held; `buf` holds `len` bytes.
+                unsafe { self.copy_all(m, off, buf.as_ptr(), len) };
             }
             Ok(())
         })
@@ -267,6 +285,7 @@ impl Server {
     /// marks it `Full`.
     pub(super) fn fill_chunk(&self, m: &Mapping, c: usize) -> Result<(), (u64, Errno)> {
         let off = c * CHUNK;
+        assert!(off < m.len, "chunk {c} outside the mapping");
         let len = CHUNK.min(m.len - off);
         let res = with_staging(|st| {
             let base = st.as_ptr() as usize;
@@ -282,12 +301,19 @@ impl Server {
             }
             let mut done = 0;
             if self.can_move && len == CHUNK && base.is_multiple_of(CHUNK) {
-                done = self.move_chunk(m, off, base);
+                // SAFETY: chunk `c` of `m` (asserted inside it), claimed by
+                // the caller, live while `live` is held; `base` is this
+                // thread's CHUNK-aligned staging chunk, which nothing
+                // borrows now (the slice read into is gone).
+                done = unsafe { self.move_chunk(m, off, base) };
             }
             if done < len {
                 // The part not moved is still in the staging buffer.
                 let src = (base + done) as *const u8;
-                self.copy_all(m, off + done, src, len - done);
+                // SAFETY: the rest of the chunk, inside the live `m` as
+                // above; the staging chunk still holds its `len - done`
+                // bytes at `src`.
+                unsafe { self.copy_all(m, off + done, src, len - done) };
                 if done > 0 {
                     // A move that stopped half-way leaves the staging chunk
                     // in 4 KiB pieces; start it afresh so that the next
@@ -304,33 +330,44 @@ impl Server {
         m.filled.notify_all();
         // Belt and braces: anyone who faulted in this chunk while it was
         // claimed waits for us; every page is present now.
-        let _ = self.uffd.wake(m.start + off, len);
+        // SAFETY: chunk `c` of `m`, registered with this uffd, which this
+        // server serves; if `m` was dropped meanwhile, as in `fault`'s
+        // `Plan::Wake`: a woken thread faults again and is served again.
+        let _ = unsafe { self.uffd.wake(m.start + off, len) };
         res
     }
 
     /// Moves the staging chunk at `src` to chunk offset `off` of `m`;
     /// returns how many bytes were moved (the rest is still in staging).
-    pub(super) fn move_chunk(&self, m: &Mapping, off: usize, src: usize) -> usize {
+    ///
+    /// # Safety
+    /// `[off, off + CHUNK)` is a whole chunk of `m` that the caller claimed
+    /// (its pages are all missing and no reference into it exists), and `m`
+    /// stays live for the call (the caller holds `m.live` shared and saw it
+    /// true). `src` is a CHUNK-aligned, CHUNK-long private anonymous buffer
+    /// of the calling thread that nothing borrows: its pages are given
+    /// away.
+    pub(super) unsafe fn move_chunk(&self, m: &Mapping, off: usize, src: usize) -> usize {
         let dst = m.start + off;
         let ro = m.read_only.load(Ordering::Acquire);
         // UFFDIO_MOVE only moves between writable areas: open the chunk for
         // the move and close it again (its pages are all missing, so no
         // reader has seen any byte of it).
-        // SAFETY: the chunk lies inside the live mapping (we hold its lock
-        // shared); no reference into it can exist yet, and adding write
-        // access invalidates none anyway.
-        if ro
-            && unsafe { mmap::protect_at(dst, CHUNK, MprotectFlags::READ | MprotectFlags::WRITE) }
-                .is_err()
-        {
-            return 0;
+        if ro {
+            let rw = MprotectFlags::READ | MprotectFlags::WRITE;
+            // SAFETY: the chunk lies inside the live mapping (we hold its
+            // lock shared); no reference into it can exist yet, and adding
+            // write access invalidates none anyway.
+            if unsafe { mmap::protect_at(dst, CHUNK, rw) }.is_err() {
+                return 0;
+            }
         }
-        // SAFETY: `dst` is a chunk of a live mapping registered with this
-        // uffd that we claimed; `src` is this thread's staging chunk, which
-        // nothing borrows now and whose pages we give away.
         // A read-only mapping wakes its waiters only once the chunk is
         // read-only again (`fill_chunk` wakes the whole chunk at the end).
         let mode = if ro { uffd::MOVE_MODE_DONTWAKE } else { 0 };
+        // SAFETY: `dst` is a chunk of a live mapping registered with this
+        // uffd that we claimed; `src` is this thread's staging chunk, which
+        // nothing borrows now and whose pages we give away.
         let p = unsafe { self.uffd.move_pages(dst, src, CHUNK, mode) };
         if ro {
             // SAFETY: the chunk is inside the live mapping (as above); no
@@ -344,12 +381,18 @@ impl Server {
 
     /// `UFFDIO_COPY` of `[off, off + len)` from `src`, skipping (and waking)
     /// pages that are already present.
-    pub(super) fn copy_all(&self, m: &Mapping, off: usize, src: *const u8, len: usize) {
+    ///
+    /// # Safety
+    /// `off` is page-aligned and `[off, off + len)` lies inside `m`, which
+    /// stays live for the call (the caller holds `m.live` shared and saw it
+    /// true, or owns the `Lazy` that would drop it); `src` is readable for
+    /// `len` bytes.
+    pub(super) unsafe fn copy_all(&self, m: &Mapping, off: usize, src: *const u8, len: usize) {
         let page = crate::sys::page_size();
         let mut done = 0;
         while done < len {
             // SAFETY: the range is inside a live mapping registered with this
-            // uffd (the caller holds its lock shared); `src` has `len` bytes.
+            // uffd (the caller's promise); `src` has `len` bytes.
             let p = unsafe {
                 self.uffd
                     .copy(m.start + off + done, src.add(done), len - done)
@@ -360,7 +403,9 @@ impl Server {
                 Some(Errno::EXIST) => {
                     // Someone else filled this page; whoever waits on it
                     // may have missed that wake-up: wake it, skip it.
-                    let _ = self.uffd.wake(m.start + off + done, page);
+                    // SAFETY: a page of the live `m` (as above), served by
+                    // this server.
+                    let _ = unsafe { self.uffd.wake(m.start + off + done, page) };
                     done += page;
                 }
                 Some(Errno::AGAIN) | Some(Errno::INTR) => {}

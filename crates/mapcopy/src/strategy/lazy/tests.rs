@@ -212,6 +212,8 @@ fn contents_equal_the_file() {
 #[test]
 fn copy_only_fills() {
     if child_role().as_deref() == Some("nomove") {
+        // This process's server, made before any mapping: copies only.
+        server_with(false).unwrap();
         assert!(!server().unwrap().can_move);
         contents_equal_the_file_body();
         eight_threads_body();
