@@ -98,6 +98,8 @@ fn lacks(s: Strategy) -> Vec<&'static str> {
             "kernels without the MAP_COPY series (every mainline kernel): it is refused there, with the reason, and Auto goes on",
             "filesystems that do not opt in: the series opts in ext4, xfs and btrfs and refuses the others (NFS, FUSE, overlayfs, 9p, tmpfs, ...) with EOPNOTSUPP",
             "read errors: a page that cannot be read (EIO) raises SIGBUS when touched, as with any file mapping (populate(true) turns it into a map error)",
+            "memory: before a writer changes a page your copy still reads from the page cache, the kernel saves that page, charged to your memory cgroup; if it cannot, your copy raises SIGBUS from then on (the writer is never failed for your sake)",
+            "writers racing the map on xfs: in a 60 s torture run one page read as zeroes while another process ran an insert range (kernel/README.md); ext4 passed the same run",
         ],
         Strategy::Immutable => vec![
             "files that can change: it maps only a memfd sealed with F_SEAL_WRITE and F_SEAL_SHRINK, a file with fs-verity enabled, or a file on erofs or squashfs, and refuses every other file (a read-only mount or chattr +i is not enough)",
