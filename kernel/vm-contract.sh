@@ -24,6 +24,13 @@ bin=$(cd "$repo" && cargo test -p mapcopy --test contract --no-run --message-for
 [ -x "$bin" ] || { echo "could not build the contract test binary" >&2; exit 1; }
 work=$(mktemp -d /tmp/mapcopy-vm-contract.XXXXXX)
 trap 'rm -rf "$work"' EXIT
+# The guest sees this machine's / read-only but has its own /tmp, where a
+# checkout (CI's clone, say) may live: run a copy from the work directory,
+# which the guest shares at the same path. Searchable by nobody, for the
+# runner's unprivileged trials.
+cp "$bin" "$work/contract"
+chmod 755 "$work" "$work/contract"
+bin=$work/contract
 cat > "$work/run.sh" <<GUEST
 set -u
 truncate -s 1G /tmp/ext4.img && mkfs.ext4 -q -F /tmp/ext4.img &&
