@@ -4,7 +4,8 @@
 # kernel/patches/, build a minimal debug kernel (tinyconfig + vm.config +
 # vm-debug.config: lockdep, DEBUG_VM), boot it under QEMU TCG and run the
 # map_copy selftest inside it on ext4, xfs and btrfs loop images, then the
-# library's contract suite for Strategy::Kernel (vm-contract.sh).  Prints
+# library's contract suite for Strategy::Kernel and, in the same boot,
+# Strategy::Immutable's fs-verity trial (vm-contract.sh).  Prints
 # per-filesystem pass/fail counts and the kernel's lockdep reports, BUGs and
 # WARNINGs from the console; exits non-zero if any step cannot run, any
 # selftest case fails, or the kernel reported anything.
@@ -29,7 +30,7 @@ if [ "${MAPCOPY_SKIP_APT:-0}" != 1 ]; then
 	apt-get install -y -qq --no-install-recommends qemu-system-x86 \
 		busybox-static bison flex cpio libelf-dev bc gcc make libc6-dev \
 		e2fsprogs xfsprogs btrfs-progs util-linux coreutils patch \
-		xz-utils >/dev/null
+		xz-utils fsverity >/dev/null
 fi
 
 kb=${MAPCOPY_KBUILD:-$(mktemp -d /tmp/mapcopy-kbuild.XXXXXX)}
@@ -144,9 +145,9 @@ fi
 
 [ "$bad" = 0 ] || fail "map_copy selftest (console log: $log)"
 
-step "the library's contract suite for Strategy::Kernel in the VM (ext4, xfs, btrfs)"
+step "the library's contract suite for Strategy::Kernel in the VM (ext4, xfs, btrfs), and Strategy::Immutable on fs-verity files (ext4)"
 start=$(date +%s)
 sh "$here/vm-contract.sh" "$out/arch/x86/boot/bzImage" kernel/ ||
-	fail "Strategy::Kernel contract suite in the VM"
+	fail "Strategy::Kernel contract suite or the fs-verity trial in the VM"
 echo "contract suite in the VM: $(($(date +%s) - start)) s"
 step "kernel CI passed"

@@ -621,6 +621,67 @@ impl FuseMirror {
     }
 }
 
+/// An ext4 loop image made with `mkfs.ext4 -O verity` (4 KiB blocks, the
+/// Merkle tree block size `fsverity enable` picks), mounted read-write
+/// under a temporary directory (root only); files made in it can have
+/// fs-verity enabled where the kernel has it (`/sys/fs/ext4/features/verity`).
+/// Unmounted, its loop device released and the image removed on drop.
+#[derive(Debug)]
+pub struct VerityExt4 {
+    mounts: Mounts,
+}
+
+impl VerityExt4 {
+    /// Makes and mounts the image; the mount point and the directory above
+    /// it are searchable by every user (for unprivileged readers). `Err`
+    /// says why it cannot (not root; `mkfs.ext4` or `fsverity`, which
+    /// [`enable_verity`] runs, missing; a command failed): pass it to
+    /// [`skip_or_fail`].
+    pub fn new() -> Result<VerityExt4, String> {
+        need_root_and(
+            "an ext4 image with the verity feature",
+            &["mkfs.ext4", "fsverity", "mount", "umount"],
+        )?;
+        let mut mounts = Mounts::new("verity")?;
+        let (img, mnt) = (mounts.path("image"), mounts.path("mnt"));
+        File::create(&img)
+            .and_then(|f| f.set_len(64 << 20))
+            .map_err(|e| format!("creating {}: {e}", img.display()))?;
+        run(Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-b", "4096", "-O", "verity"])
+            .arg(&img))?;
+        std::fs::set_permissions(mounts.path(""), std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| format!("chmod: {e}"))?;
+        mounts.mount("ext4", &img, &mnt, "loop")?;
+        std::fs::set_permissions(&mnt, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| format!("chmod {}: {e}", mnt.display()))?;
+        Ok(VerityExt4 { mounts })
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> PathBuf {
+        self.mounts.path("mnt")
+    }
+}
+
+/// Does this kernel offer fs-verity on ext4 (`CONFIG_FS_VERITY`: ext4 lists
+/// `verity` in `/sys/fs/ext4/features`)?
+pub fn kernel_has_ext4_verity() -> bool {
+    Path::new("/sys/fs/ext4/features/verity").exists()
+}
+
+/// Enables fs-verity on the file at `path` with `fsverity enable` (Debian
+/// `fsverity`; SHA-256, 4 KiB blocks). The file must not be open for
+/// writing anywhere. `Err` carries the tool's message (the kernel's errno
+/// as `strerror` words: "Operation not supported" from a kernel without
+/// fs-verity).
+pub fn enable_verity(path: &Path) -> Result<(), String> {
+    if !have("fsverity") {
+        return Err("fsverity is not installed (Debian package fsverity)".into());
+    }
+    run(Command::new("fsverity").arg("enable").arg(path)).map(drop)
+}
+
 /// A filesystem with no write support, for immutable files.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadOnlyKind {

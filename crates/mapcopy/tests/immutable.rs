@@ -11,24 +11,34 @@
 //! * files on erofs and squashfs loop images (root makes them; the files
 //!   are mapped as root and as `nobody`), every modification kind refused
 //!   with `EROFS`;
+//! * files with fs-verity enabled (`fsverity enable`, Debian `fsverity`) on
+//!   an ext4 loop image made with `mkfs.ext4 -O verity` (`verity/files`):
+//!   the control first — the same file before fs-verity is enabled is
+//!   refused, naming why — then, enabled (recognised from `statx`'s
+//!   `STATX_ATTR_VERITY`), mapped by Auto with Immutable as root and as
+//!   `nobody`, and every modification kind (with those that make a file
+//!   next to it: the directory is writable) refused by the kernel with
+//!   `EPERM`. It needs a kernel with `CONFIG_FS_VERITY` (ext4 then lists
+//!   `/sys/fs/ext4/features/verity`); on one without it the trial is
+//!   `verity/not-on-this-kernel` instead, which shows that the kernel will
+//!   not enable fs-verity (`EOPNOTSUPP`) and that Immutable refuses the
+//!   file. `kernel/vm-contract.sh` runs `verity/files` in the VM (whose
+//!   kernel has fs-verity) and fails unless it passes;
 //! * files that are not immutable (a file on the temp dir's filesystem, the
 //!   same file through a read-only bind mount): refused, naming why.
-//!
-//! fs-verity is recognised from `statx` (`STATX_ATTR_VERITY`); this
-//! machine's kernel is built without it, so no verity file is made here.
 //!
 //! Zero-copy is checked in `/proc/self/smaps`: the mapping's pages are the
 //! file's (no anonymous memory) after every byte was read.
 
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use libtest_mimic::{Arguments, Failed, Trial};
 use mapcopy::{ErrorKind, MapCopy, MapOptions, Strategy};
-use mapcopy_check::fixture::{self, ReadOnlyImage, ReadOnlyKind};
+use mapcopy_check::fixture::{self, ReadOnlyImage, ReadOnlyKind, VerityExt4};
 use mapcopy_check::modify::{ApplyError, Kind, Modification};
 use mapcopy_check::privilege;
 use rustix::fs::SealFlags;
@@ -170,11 +180,17 @@ fn auto_maps_zero_copy(file: &File, want: &[u8]) -> Outcome {
 /// that nothing changed).
 /// Returns the refusals, for the log.
 ///
-/// The kinds whose writer first makes a file next to `path` (a source to
-/// copy or clone from, a second link) are left out: next to a memfd or in a
-/// read-only filesystem that file cannot be made, which would prove
-/// nothing. [`opened_for_writing`] covers them.
-fn writers_refused(path: &Path, size: u64, allowed: &[Kind]) -> Result<Vec<String>, Failed> {
+/// Unless `siblings`, the kinds whose writer first makes a file next to
+/// `path` (a source to copy or clone from, a second link) are left out:
+/// next to a memfd or in a read-only filesystem that file cannot be made,
+/// which would prove nothing. [`opened_for_writing`] covers them. In a
+/// writable directory (a verity file's) they run too.
+fn writers_refused(
+    path: &Path,
+    size: u64,
+    allowed: &[Kind],
+    siblings: bool,
+) -> Result<Vec<String>, Failed> {
     let mut refused = Vec::new();
     let needs_sibling = [
         Kind::CopyFileRange,
@@ -182,7 +198,10 @@ fn writers_refused(path: &Path, size: u64, allowed: &[Kind]) -> Result<Vec<Strin
         Kind::HardLink,
         Kind::Cp,
     ];
-    for &kind in Kind::ALL.iter().filter(|k| !needs_sibling.contains(k)) {
+    for &kind in Kind::ALL
+        .iter()
+        .filter(|k| siblings || !needs_sibling.contains(k))
+    {
         let (off, len) = match kind {
             Kind::FtruncateShrink | Kind::TruncatePath => (size / 2, 0),
             Kind::FtruncateGrow => (size + 3 * page() as u64, 0),
@@ -242,7 +261,7 @@ fn memfd_sealed_case() -> Outcome {
         std::process::id(),
         file.as_raw_fd()
     ));
-    let mut refused = writers_refused(&path, data.len() as u64, &[])?;
+    let mut refused = writers_refused(&path, data.len() as u64, &[], false)?;
     refused.push(opened_for_writing(&path)?);
     eprintln!("{}", refused.join("\n"));
     if map[..] != data[..] {
@@ -481,31 +500,38 @@ fn image_case(kind: ReadOnlyKind) -> Outcome {
         let file = File::open(&path).map_err(|e| format!("open {}: {e}", path.display()))?;
         auto_maps_zero_copy(&file, &data)?;
         let map = MapCopy::map(&file).map_err(|e| format!("map: {e}"))?;
-        let mut refused = writers_refused(&path, *size as u64, &[])?;
+        let mut refused = writers_refused(&path, *size as u64, &[], false)?;
         refused.push(opened_for_writing(&path)?);
         eprintln!("{kind}/{name}: refused:\n{}", refused.join("\n"));
         if map[..] != data[..] {
             return fail(format!("{name}: the mapping changed"));
         }
-        // An unprivileged reader maps it the same way.
-        let mut cmd = match privilege::child_as_nobody(READER, &[&path]) {
-            Ok(c) => c,
-            Err(why) => return skip(format!("cannot run as nobody: {why}")),
-        };
-        let out = cmd
-            .output()
-            .map_err(|e| format!("running the reader as nobody: {e}"))?;
-        let want = format!("immutable {}", checksum(&data));
-        let got = String::from_utf8_lossy(&out.stdout);
-        if !out.status.success() || got.trim() != want {
-            return fail(format!(
-                "as nobody, {name}: {} {got:?} (want {want:?}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
+        nobody_maps(&path, &data)?;
     }
     drop(img);
+    Ok(())
+}
+
+/// An unprivileged reader (re-executed as `nobody`) maps the file at
+/// `path` with Auto: it must pick Immutable and see `data`.
+fn nobody_maps(path: &Path, data: &[u8]) -> Outcome {
+    let mut cmd = match privilege::child_as_nobody(READER, &[path]) {
+        Ok(c) => c,
+        Err(why) => return skip(format!("cannot run as nobody: {why}")),
+    };
+    let out = cmd
+        .output()
+        .map_err(|e| format!("running the reader as nobody: {e}"))?;
+    let want = format!("immutable {}", checksum(data));
+    let got = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || got.trim() != want {
+        return fail(format!(
+            "as nobody, {}: {} {got:?} (want {want:?}): {}",
+            path.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
     Ok(())
 }
 
@@ -533,6 +559,130 @@ fn reader_main(path: &Path) -> i32 {
             1
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// fs-verity (ext4)
+
+/// Files on an ext4 image made with `-O verity`. The control first: before
+/// `fsverity enable` each file is refused (any process allowed to may
+/// write it). Then, with fs-verity enabled, Auto maps it with Immutable,
+/// zero-copy, as root and as `nobody`, and every modification kind (those
+/// that make a file next to it too: the directory is writable) is refused
+/// by the kernel with `EPERM`, and so is a plain open for writing.
+fn verity_case() -> Outcome {
+    let fs = match VerityExt4::new() {
+        Ok(f) => f,
+        Err(why) => return skip(why),
+    };
+    let on = fixture::fs_name(&fs.path()).map_err(|e| format!("statfs: {e}"))?;
+    if on != "ext4" {
+        return fail(format!("the mount is {on}, not ext4"));
+    }
+    for (i, (name, size)) in IMAGE_FILES.iter().enumerate() {
+        let path = fs.path().join(name);
+        let data = pattern(*size, i as u8);
+        std::fs::write(&path, &data).map_err(|e| format!("writing {name}: {e}"))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| format!("chmod {name}: {e}"))?;
+        // The control: the same file before fs-verity is enabled.
+        {
+            let file = File::open(&path).map_err(|e| format!("open {name}: {e}"))?;
+            let e = MapOptions::new()
+                .strategy(Strategy::Immutable)
+                .map(&file)
+                .err()
+                .ok_or_else(|| format!("{name}: accepted before fs-verity was enabled"))?;
+            if e.kind() != ErrorKind::Unsupported || !e.to_string().contains("can be written") {
+                return fail(format!("{name} before fs-verity: refusal: {e}"));
+            }
+            let map = MapCopy::map(&file).map_err(|e| format!("map: {e}"))?;
+            if map.strategy() == Strategy::Immutable || map[..] != data[..] {
+                return fail(format!(
+                    "{name} before fs-verity: Auto picked {}",
+                    map.strategy()
+                ));
+            }
+            eprintln!(
+                "verity/{name} before fs-verity: Immutable refused ({e}); Auto picked {}",
+                map.strategy()
+            );
+        }
+        // Nothing holds it open now (fs-verity refuses a file open for
+        // writing anywhere).
+        fixture::enable_verity(&path).map_err(|e| format!("{name}: {e}"))?;
+        let file = File::open(&path).map_err(|e| format!("open {name}: {e}"))?;
+        auto_maps_zero_copy(&file, &data)?;
+        let map = MapCopy::map(&file).map_err(|e| format!("map: {e}"))?;
+        let mut refused = writers_refused(&path, *size as u64, &[], true)?;
+        refused.push(opened_for_writing(&path)?);
+        eprintln!("verity/{name}: refused:\n{}", refused.join("\n"));
+        // fs-verity's refusal: EPERM for an open for writing and for a
+        // truncation (not a refusal for want of support).
+        if let Some(r) = refused
+            .iter()
+            .find(|r| !r.contains("Operation not permitted"))
+        {
+            return fail(format!(
+                "{name}: a refusal that is not fs-verity's EPERM: {r}"
+            ));
+        }
+        let mut now = vec![0; data.len()];
+        file.read_exact_at(&mut now, 0)
+            .map_err(|e| format!("pread: {e}"))?;
+        if map[..] != data[..] || now != data {
+            return fail(format!("{name}: the file or its mapping changed"));
+        }
+        nobody_maps(&path, &data)?;
+    }
+    drop(fs);
+    Ok(())
+}
+
+/// This kernel has no fs-verity (no `/sys/fs/ext4/features/verity`): an
+/// ext4 image made with `-O verity` mounts, but the kernel will not enable
+/// fs-verity on a file in it (`EOPNOTSUPP`), and Immutable refuses the
+/// file, naming why. `verity/files` runs where the kernel has fs-verity
+/// (the VM of `kernel/vm-contract.sh`).
+fn verity_absent_case() -> Outcome {
+    if fixture::kernel_has_ext4_verity() {
+        return fail("this kernel has fs-verity on ext4: verity/files is the trial here");
+    }
+    let fs = match VerityExt4::new() {
+        Ok(f) => f,
+        Err(why) => return skip(why),
+    };
+    let path = fs.path().join("small");
+    let data = pattern(IMAGE_FILES[1].1, 1);
+    std::fs::write(&path, &data).map_err(|e| format!("writing the file: {e}"))?;
+    match fixture::enable_verity(&path) {
+        Ok(()) => {
+            return fail(
+                "fsverity enable succeeded on a kernel without /sys/fs/ext4/features/verity",
+            );
+        }
+        Err(e) if e.contains("Operation not supported") || e.contains("Inappropriate ioctl") => {
+            eprintln!("this kernel has no fs-verity: {e}");
+        }
+        Err(e) => {
+            return fail(format!(
+                "fsverity enable failed, but not as on a kernel without fs-verity: {e}"
+            ));
+        }
+    }
+    let file = File::open(&path).map_err(|e| format!("open: {e}"))?;
+    let e = MapOptions::new()
+        .strategy(Strategy::Immutable)
+        .map(&file)
+        .err()
+        .ok_or("the file was accepted though fs-verity could not be enabled")?;
+    if e.kind() != ErrorKind::Unsupported || !e.to_string().contains("can be written") {
+        return fail(format!("refusal: {e}"));
+    }
+    eprintln!("Immutable refused the file: {e}");
+    drop(file);
+    drop(fs);
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------
@@ -610,6 +760,14 @@ fn trials() -> Vec<Trial> {
         t.push(Trial::test(format!("{kind}/files"), move || {
             image_case(kind)
         }));
+    }
+    // The real fs-verity trial where the kernel has it; here, a check that
+    // it has not (as contract.rs does for Strategy::Kernel without
+    // MAP_COPY).
+    if fixture::kernel_has_ext4_verity() {
+        t.push(Trial::test("verity/files", verity_case));
+    } else {
+        t.push(Trial::test("verity/not-on-this-kernel", verity_absent_case));
     }
     // The memfd cases need no privilege: run them as nobody too.
     for inner in ["memfd/sealed", "memfd/grow", "memfd/partial-seals"] {
