@@ -126,7 +126,7 @@ const uint8_t *mapcopy_data(const struct mapcopy_map *m);
 size_t mapcopy_len(const struct mapcopy_map *m);
 
 // The strategy that keeps the mapping, as a static lower-case string
-// ("kernel", "immutable", "lease", "reflink", "guard", "lazy", "eager"); ""
+// ("immutable", "kernel", "lease", "reflink", "guard", "lazy", "eager"); ""
 // for a NULL `m`.
 //
 // # Safety

@@ -331,7 +331,7 @@ pub unsafe extern "C" fn mapcopy_len(m: *const mapcopy_map) -> usize {
 }
 
 /// The strategy that keeps the mapping, as a static lower-case string
-/// ("kernel", "immutable", "lease", "reflink", "guard", "lazy", "eager"); ""
+/// ("immutable", "kernel", "lease", "reflink", "guard", "lazy", "eager"); ""
 /// for a NULL `m`.
 ///
 /// # Safety

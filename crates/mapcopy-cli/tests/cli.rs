@@ -156,8 +156,8 @@ fn probe_both(bin: &Path, wrap: &[&str], file: &Path) -> serde_json::Value {
         assert_eq!(
             names,
             [
-                "kernel",
                 "immutable",
+                "kernel",
                 "lease",
                 "reflink",
                 "guard",

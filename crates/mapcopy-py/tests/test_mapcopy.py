@@ -428,7 +428,7 @@ def test_probe_dict(tmp_path):
     p = mapcopy.probe()
     assert set(p) == {"kernel", "path", "filesystem", "facts", "strategies", "auto", "auto_error"}
     assert p["path"] is None and p["filesystem"] is None
-    assert [s["strategy"] for s in p["strategies"]] == ["kernel", "immutable"] + STRATEGIES
+    assert [s["strategy"] for s in p["strategies"]] == ["immutable", "kernel"] + STRATEGIES
     for s in p["strategies"]:
         assert isinstance(s["usable"], bool)
         assert isinstance(s["how" if s["usable"] else "reason"], str)

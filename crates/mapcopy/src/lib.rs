@@ -107,7 +107,7 @@
 //! [`Strategy::keeps`] is the table; [`probe`] reports it per strategy.
 //!
 //! [`Strategy::Auto`] (the default) takes the first usable one in the order
-//! of [`Strategy::ALL`] — Kernel, Immutable, Lease, Reflink, Guard, Lazy,
+//! of [`Strategy::ALL`] — Immutable, Kernel, Lease, Reflink, Guard, Lazy,
 //! Eager —
 //! for
 //! [`MapOptions::map`], ordered by what each costs *other* processes: a
@@ -122,7 +122,9 @@
 //! which a guard sees. Immutable comes first: for a file nobody can change
 //! it costs nobody anything and the mapper a private mapping, and
 //! elsewhere it refuses for free (the facts it needs are read by every
-//! map). For [`MapOptions::map_mut`] the order is Kernel, Immutable, Reflink, Lazy,
+//! map); it comes before Kernel, which would map such a file too but makes
+//! the kernel keep a snapshot of it for nothing. For [`MapOptions::map_mut`]
+//! the order is Immutable, Kernel, Reflink, Lazy,
 //! Guard, Lease, Eager: Guard and Lease must snapshot a writable mapping at map
 //! time, which without a reflink clone means copying the whole range.
 //! [`probe`] tells which strategy Auto picks and why each other one cannot.

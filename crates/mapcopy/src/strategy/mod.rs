@@ -70,8 +70,8 @@ impl Strategy {
     /// Every concrete strategy (all but [`Strategy::Auto`]), in the order
     /// `Auto` considers them.
     pub const ALL: [Strategy; 7] = [
-        Strategy::Kernel,
         Strategy::Immutable,
+        Strategy::Kernel,
         Strategy::Lease,
         Strategy::Reflink,
         Strategy::Guard,
@@ -255,14 +255,16 @@ fn map_named(s: Strategy, req: &Request<'_>) -> Result<Box<dyn Snapshot>, Error>
 /// `MAP_PRIVATE`; runs are kept in `bench-results/`, and the README quotes
 /// one.
 ///
-/// * `Kernel` first: where the kernel has `MAP_COPY` (the series in
+/// * `Immutable` first: where the kernel lets nobody change the file it
+///   costs nobody anything and the mapper only a private mapping (its
+///   bench goal: map + first byte within 1.2× `MAP_PRIVATE`); elsewhere it
+///   refuses at no cost (the facts it needs are read by every map). Before
+///   `Kernel`, which would map such a file too (a verity file on ext4, say)
+///   but makes the kernel keep a snapshot of it for nothing.
+/// * `Kernel` next: where the kernel has `MAP_COPY` (the series in
 ///   `kernel/`) and the filesystem opts in, it costs the mapper a private
 ///   mapping and other processes a page copy per page they change while a
 ///   copy shares it; elsewhere it refuses (the kernel's answer is cached).
-/// * `Immutable` next: where the kernel lets nobody change the file it
-///   costs nobody anything and the mapper only a private mapping (its
-///   bench goal: map + first byte within 1.2× `MAP_PRIVATE`); elsewhere it
-///   refuses at no cost (the facts it needs are read by every map).
 /// * `Lease` next: other processes' reads and writes cost what they cost
 ///   without it (within the bench's noise); only the first writer's `open`
 ///   waits, for the snapshot (a copy of the range; a reflink clone on xfs
@@ -284,16 +286,16 @@ pub(crate) fn auto_order() -> &'static [Strategy] {
     &Strategy::ALL
 }
 
-/// The order for writable maps (`map_mut`): `Kernel` and `Immutable` first (a private
-/// writable mapping of a file nobody can change), then as follows. `Guard` and `Lease` must take a
+/// The order for writable maps (`map_mut`): `Immutable` (a private writable
+/// mapping of a file nobody can change) and `Kernel` first, then as follows. `Guard` and `Lease` must take a
 /// `map_mut` snapshot at map time (the owner's stores would be lost to a
 /// truncation or a lease break otherwise): a reflink clone where the
 /// filesystem has one, else a copy of the whole range. So a clone comes
 /// first, then `Lazy`, which copies only what is touched; `Guard` and
 /// `Lease` only before `Eager`.
 const AUTO_ORDER_MUT: [Strategy; 7] = [
-    Strategy::Kernel,
     Strategy::Immutable,
+    Strategy::Kernel,
     Strategy::Reflink,
     Strategy::Lazy,
     Strategy::Guard,
