@@ -12,6 +12,8 @@
 #
 #   usage: kernel/vm-contract.sh BZIMAGE [RUNNER ARGS...]   (as root)
 #
+# MAPCOPY_VM_LOGS=DIR: copy the console log and the runners' logs (stdout
+# .log, the immutable runner's stderr .err) to DIR at the end.
 # BZIMAGE: a kernel built by ci.sh or dev.sh (e.g. KBUILD/build-debug/arch/
 # x86/boot/bzImage). RUNNER ARGS: what the contract runner gets (default
 # "kernel/": every Kernel trial; e.g. "kernel/ --skip huge-sparse"). Builds
@@ -33,7 +35,9 @@ imm=$(echo "$json" | sed -n 's/.*"executable":"\([^"]*\/immutable-[^"]*\)".*/\1/
 [ -x "$bin" ] || { echo "could not build the contract test binary" >&2; exit 1; }
 [ -x "$imm" ] || { echo "could not build the immutable test binary" >&2; exit 1; }
 work=$(mktemp -d /tmp/mapcopy-vm-contract.XXXXXX)
-trap 'rm -rf "$work"' EXIT
+# MAPCOPY_VM_LOGS=DIR keeps the console and the runners' logs there.
+trap '[ -z "${MAPCOPY_VM_LOGS:-}" ] || { mkdir -p "$MAPCOPY_VM_LOGS" &&
+	cp "$work"/*.log "$work"/*.err "$MAPCOPY_VM_LOGS"/ 2>/dev/null; }; rm -rf "$work"' EXIT
 # The guest sees this machine's / read-only but has its own /tmp, where a
 # checkout (CI's clone, say) may live: run a copy from the work directory,
 # which the guest shares at the same path. Searchable by nobody, for the

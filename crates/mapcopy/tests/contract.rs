@@ -188,9 +188,10 @@ fn trials(dirs: &[FsDir], missing: &[(FsKind, String)]) -> Vec<Trial> {
         if s == Strategy::Immutable {
             // Its files cannot be modified, so the cases here (which modify
             // the file) cannot run on it; `tests/immutable.rs` makes its
-            // files (sealed memfds, erofs and squashfs images) and shows
-            // every modification refused. Here: it refuses every file of
-            // the suite's filesystems, which any process may write.
+            // files (sealed memfds, erofs and squashfs images, fs-verity
+            // files on ext4 where the kernel has fs-verity) and shows every
+            // modification refused. Here: it refuses every file of the
+            // suite's filesystems, which any process may write.
             for d in dirs {
                 let dir = d.path.clone();
                 t.push(watched(
