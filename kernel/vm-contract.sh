@@ -73,7 +73,7 @@ if grep -aEq "$pat" "$work/console.log"; then
 fi
 # The real fs-verity trial, not its stand-in for kernels without fs-verity.
 if ! grep -q 'VM-IMMUTABLE rc=0' "$work/console.log" ||
-	! grep -q '^test verity/files \.\.\. ok$' "$work/immutable.log" 2>/dev/null; then
+	! grep -q '^test verity/files  *\.\.\. ok$' "$work/immutable.log" 2>/dev/null; then
 	echo "vm-contract: FAILED: Strategy::Immutable's verity/files did not pass (its log follows)" >&2
 	cat "$work/immutable.log" >&2 2>/dev/null || true
 	tail -60 "$work/immutable.err" >&2 2>/dev/null || true

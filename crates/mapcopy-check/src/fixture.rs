@@ -302,49 +302,56 @@ impl LoopMount {
     /// data: reads of a corrupted block get `EIO`). Returns the image
     /// offset, or `Err` if the marker is not found or the fs is mounted.
     pub fn corrupt(&self, marker: &[u8], len: usize, fill: u8) -> Result<u64, String> {
-        use std::os::unix::fs::FileExt;
         if self.mounted {
             return Err("unmount before corrupting the image".into());
         }
-        let img = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(self.image())
-            .map_err(|e| format!("opening the image: {e}"))?;
-        let size = img.metadata().map_err(|e| e.to_string())?.len();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut pos = 0u64;
-        while pos < size {
-            // Skip holes: the image is sparse.
-            pos = match rustix::fs::seek(&img, rustix::fs::SeekFrom::Data(pos)) {
-                Ok(p) => p,
-                Err(_) => break,
-            };
-            let n = img.read_at(&mut buf, pos).map_err(|e| e.to_string())?;
-            if n == 0 {
+        corrupt_image(&self.image(), marker, len, fill)
+    }
+}
+
+/// Overwrites the first occurrence of `marker` in the image file `image`
+/// (not mounted) and the `len` bytes from it with `fill`; returns the
+/// offset. Holes are skipped (images are sparse).
+fn corrupt_image(image: &Path, marker: &[u8], len: usize, fill: u8) -> Result<u64, String> {
+    use std::os::unix::fs::FileExt;
+    let img = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(image)
+        .map_err(|e| format!("opening the image: {e}"))?;
+    let size = img.metadata().map_err(|e| e.to_string())?.len();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = 0u64;
+    while pos < size {
+        // Skip holes: the image is sparse.
+        pos = match rustix::fs::seek(&img, rustix::fs::SeekFrom::Data(pos)) {
+            Ok(p) => p,
+            Err(_) => break,
+        };
+        let n = img.read_at(&mut buf, pos).map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        let hay = &buf[..n];
+        let mut i = 0;
+        while let Some(j) = hay[i..].iter().position(|&b| b == marker[0]) {
+            let at = i + j;
+            if hay.len() - at < marker.len() {
                 break;
             }
-            let hay = &buf[..n];
-            let mut i = 0;
-            while let Some(j) = hay[i..].iter().position(|&b| b == marker[0]) {
-                let at = i + j;
-                if hay.len() - at < marker.len() {
-                    break;
-                }
-                if &hay[at..at + marker.len()] == marker {
-                    let off = pos + at as u64;
-                    img.write_all_at(&vec![fill; len], off)
-                        .and_then(|()| img.sync_all())
-                        .map_err(|e| format!("writing the image: {e}"))?;
-                    return Ok(off);
-                }
-                i = at + 1;
+            if &hay[at..at + marker.len()] == marker {
+                let off = pos + at as u64;
+                img.write_all_at(&vec![fill; len], off)
+                    .and_then(|()| img.sync_all())
+                    .map_err(|e| format!("writing the image: {e}"))?;
+                return Ok(off);
             }
-            // Overlap chunks by the marker length so a match across them is found.
-            pos += (n - marker.len().min(n) + 1) as u64;
+            i = at + 1;
         }
-        Err("marker not found in the image".into())
+        // Overlap chunks by the marker length so a match across them is found.
+        pos += (n - marker.len().min(n) + 1) as u64;
     }
+    Err("marker not found in the image".into())
 }
 
 /// `umount`, retried for up to 5 s: a straggling child (a writer that was
@@ -661,6 +668,21 @@ impl VerityExt4 {
     /// The mount point.
     pub fn path(&self) -> PathBuf {
         self.mounts.path("mnt")
+    }
+
+    /// Unmounts (nothing may hold a file open), overwrites the first
+    /// occurrence of `marker` in the image and the `len` bytes from it with
+    /// `fill` (as [`LoopMount::corrupt`]), and mounts the image again: the
+    /// page cache starts empty, so a file's changed block is read from the
+    /// image. Returns the image offset.
+    pub fn corrupt(&mut self, marker: &[u8], len: usize, fill: u8) -> Result<u64, String> {
+        let mnt = self.path();
+        umount_patiently(&mnt)?;
+        self.mounts.mounted.retain(|m| *m != mnt);
+        let img = self.mounts.path("image");
+        let off = corrupt_image(&img, marker, len, fill)?;
+        self.mounts.mount("ext4", &img, &mnt, "loop")?;
+        Ok(off)
     }
 }
 

@@ -18,12 +18,16 @@
 //!   `STATX_ATTR_VERITY`), mapped by Auto with Immutable as root and as
 //!   `nobody`, and every modification kind (with those that make a file
 //!   next to it: the directory is writable) refused by the kernel with
-//!   `EPERM`. It needs a kernel with `CONFIG_FS_VERITY` (ext4 then lists
-//!   `/sys/fs/ext4/features/verity`); on one without it the trial is
-//!   `verity/not-on-this-kernel` instead, which shows that the kernel will
-//!   not enable fs-verity (`EOPNOTSUPP`) and that Immutable refuses the
-//!   file. `kernel/vm-contract.sh` runs `verity/files` in the VM (whose
-//!   kernel has fs-verity) and fails unless it passes;
+//!   `EPERM`; and a verity file with a block changed in the image under
+//!   the filesystem (`verity/corrupted-block`): that block fails to read
+//!   (`EIO`), Immutable with `populate(true)` refuses to map it, the
+//!   other pages read as written. These need a kernel with
+//!   `CONFIG_FS_VERITY` (ext4 then lists `/sys/fs/ext4/features/verity`);
+//!   on one without it the trial is `verity/not-on-this-kernel` instead,
+//!   which shows that the kernel will not enable fs-verity (`EOPNOTSUPP`)
+//!   and that Immutable refuses the file. `kernel/vm-contract.sh` runs the
+//!   `verity/` trials in the VM (whose kernel has fs-verity) and fails
+//!   unless `verity/files` is among those that passed;
 //! * files that are not immutable (a file on the temp dir's filesystem, the
 //!   same file through a read-only bind mount): refused, naming why.
 //!
@@ -639,6 +643,66 @@ fn verity_case() -> Outcome {
     Ok(())
 }
 
+/// A verity file whose page 2 was changed in the image under the
+/// filesystem (unmounted, overwritten, mounted again): fs-verity refuses
+/// the changed block (`EIO`) and never hands it out. Immutable with
+/// `populate(true)` fails to map, as `probe` documents; without it, it maps
+/// and the intact pages read as written.
+fn verity_corrupt_case() -> Outcome {
+    let mut fs = match VerityExt4::new() {
+        Ok(f) => f,
+        Err(why) => return skip(why),
+    };
+    let p = page();
+    let path = fs.path().join("corrupt");
+    let marker = b"mapcopy: the fs-verity block that is changed under the filesystem";
+    let mut data = pattern(4 * p, 7);
+    data[2 * p..2 * p + marker.len()].copy_from_slice(marker);
+    std::fs::write(&path, &data).map_err(|e| format!("writing the file: {e}"))?;
+    fixture::enable_verity(&path).map_err(Failed::from)?;
+    let off = fs
+        .corrupt(marker, marker.len(), b'X')
+        .map_err(Failed::from)?;
+    eprintln!("changed {} bytes at image offset {off}", marker.len());
+    let file = File::open(&path).map_err(|e| format!("open: {e}"))?;
+    // The control: the changed block cannot be read; the others can.
+    let mut buf = vec![0u8; p];
+    match file.read_exact_at(&mut buf, 2 * p as u64) {
+        Err(e) if e.raw_os_error() == Some(libc::EIO) => eprintln!("pread of page 2: {e}"),
+        Err(e) => return fail(format!("pread of the changed page: {e}, not EIO")),
+        Ok(()) if buf[..marker.len()] == marker[..] => {
+            return fail("the block was not changed in the image");
+        }
+        Ok(()) => return fail("fs-verity let the changed page be read"),
+    }
+    file.read_exact_at(&mut buf, 0)
+        .map_err(|e| format!("pread of page 0: {e}"))?;
+    if buf[..] != data[..p] {
+        return fail("page 0 reads other bytes");
+    }
+    let e = MapOptions::new()
+        .strategy(Strategy::Immutable)
+        .populate(true)
+        .map(&file)
+        .err()
+        .ok_or("populate(true) mapped a file with a block that fails verification")?;
+    if e.kind() != ErrorKind::Io {
+        return fail(format!("populate(true): {e}"));
+    }
+    eprintln!("populate(true): {e}");
+    let map = MapOptions::new()
+        .strategy(Strategy::Immutable)
+        .map(&file)
+        .map_err(|e| format!("map: {e}"))?;
+    if map[..p] != data[..p] || map[3 * p..] != data[3 * p..] {
+        return fail("the intact pages read other bytes through the mapping");
+    }
+    drop(map);
+    drop(file);
+    drop(fs);
+    Ok(())
+}
+
 /// This kernel has no fs-verity (no `/sys/fs/ext4/features/verity`): an
 /// ext4 image made with `-O verity` mounts, but the kernel will not enable
 /// fs-verity on a file in it (`EOPNOTSUPP`), and Immutable refuses the
@@ -766,6 +830,7 @@ fn trials() -> Vec<Trial> {
     // MAP_COPY).
     if fixture::kernel_has_ext4_verity() {
         t.push(Trial::test("verity/files", verity_case));
+        t.push(Trial::test("verity/corrupted-block", verity_corrupt_case));
     } else {
         t.push(Trial::test("verity/not-on-this-kernel", verity_absent_case));
     }

@@ -38,7 +38,8 @@
 //! mounted filesystem, not as a write to the file, and so does this crate.
 //! Files with fs-verity are verified page by page instead: a changed block
 //! fails to read (`EIO`, SIGBUS on touch; `populate(true)` turns it into a
-//! map error).
+//! map error; shown on ext4 by `tests/immutable.rs`, `verity/corrupted-block`,
+//! in the VM of `kernel/vm-contract.sh`).
 #![allow(unsafe_code)]
 
 use rustix::fs::SealFlags;
