@@ -3,12 +3,13 @@
 # on a kernel built from this series (the same runner and cases as every
 # other strategy: crates/mapcopy/tests/contract.rs). TMPDIR is an ext4 loop
 # image in the guest; the runner makes its own xfs and btrfs loop mounts.
-# In the same boot, first, Strategy::Immutable's fs-verity trial
-# (crates/mapcopy/tests/immutable.rs, `verity/files`: a file on an ext4
-# image made with -O verity, before and after `fsverity enable`), which
-# needs the kernel's CONFIG_FS_VERITY (vm.config); it runs with
-# MAPCOPY_REQUIRE_ALL=1, and must pass: on a kernel without fs-verity the
-# trial there is another one, and this script fails.
+# In the same boot, first, Strategy::Immutable's fs-verity trials
+# (crates/mapcopy/tests/immutable.rs `verity/`: `verity/files`, files on an
+# ext4 image made with -O verity, before and after `fsverity enable`;
+# `verity/corrupted-block`), which need the kernel's CONFIG_FS_VERITY
+# (vm.config); they run with MAPCOPY_REQUIRE_ALL=1 and must pass, and
+# `verity/files` must be among them: on a kernel without fs-verity the
+# trial there is `verity/not-on-this-kernel`, and this script fails.
 #
 #   usage: kernel/vm-contract.sh BZIMAGE [RUNNER ARGS...]   (as root)
 #
