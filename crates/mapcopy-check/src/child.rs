@@ -45,6 +45,7 @@ pub fn dispatch_with(local: &[Entry]) {
         "torture-writer" => crate::torture::writer::child_main(&args),
         "torture-reader" => crate::torture::reader::child_main(&args),
         crate::bench_writer::ENTRY => crate::bench_writer::child_main(&args),
+        crate::bench_writer::OP_ENTRY => crate::bench_writer::op_child_main(&args),
         crate::rewrite::ENTRY => crate::rewrite::child_main(&args),
         "echo" => {
             // Prints its arguments: lets a test prove the re-exec works.

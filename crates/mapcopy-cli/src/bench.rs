@@ -9,6 +9,7 @@
 //! the methods so that a noisy neighbour hurts them alike.
 
 mod deref;
+mod filecost;
 mod forkcost;
 mod immutable;
 mod json;
@@ -225,6 +226,9 @@ pub struct WriterRow {
     pub method: Option<Method>,
     pub open_us: Vec<f64>,
     pub us_per_write: Vec<f64>,
+    /// µs per 4 KiB `pwrite` of the second pass over the same pages (none
+    /// of them still shared with a copy that saves pages).
+    pub us_per_rewrite: Vec<f64>,
     /// µs per 4 KiB `pread` by the other process (before its writes).
     pub us_per_read: Vec<f64>,
     /// Did page 0, read before the writer ran, still hold the same bytes
@@ -249,11 +253,17 @@ pub struct Results {
     pub priority: String,
     /// GB/s of faulting in fresh THP memory and of writing it once resident.
     pub memory: Option<(f64, f64)>,
+    /// µs to copy one cached 4 KiB page into a fresh (not yet faulted)
+    /// 4 KiB page: what saving one page costs at the least.
+    pub page_copy_us: Option<f64>,
     pub methods: Vec<Method>,
     /// Strategies not measured, and why.
     pub skipped: Vec<(Strategy, String)>,
     pub cells: Vec<Cell>,
     pub writer: Vec<WriterRow>,
+    /// Truncating a copy of the largest dense file, and rewriting it whole,
+    /// with each kind of mapping alive.
+    pub filecost: Vec<filecost::FileRow>,
     /// `fork()` with each kind of mapping alive (the largest dense file).
     pub fork: Vec<forkcost::ForkRow>,
     /// Immutable against MAP_PRIVATE on a sealed memfd (a copy of the
@@ -454,6 +464,7 @@ fn bench(args: Args) -> Result<(), String> {
         .map(|&w| plan.sizes_of(w).len() * methods.len() * plan.reps)
         .sum::<usize>()
         + 2 * writer_rows * plan.reps
+        + writer_rows * (plan.reps + 1)
         + (methods.len() - 1) * plan.reps
         + immutable::steps(plan.reps)
         + deref::planned(&methods).len() * plan.reps;
@@ -462,6 +473,7 @@ fn bench(args: Args) -> Result<(), String> {
     let loadavg_start = loadavg();
     progress.note("measuring fresh-memory cost");
     let memory = memory_probe(plan.sizes[plan.sizes.len() - 1].min(256 * MIB) as usize);
+    let page_copy_us = page_copy_probe(64 * MIB as usize);
     let mut cells = Vec::new();
     for w in Workload::ALL {
         for size in plan.sizes_of(w) {
@@ -536,6 +548,13 @@ fn bench(args: Args) -> Result<(), String> {
 
     let writer = writer_cost(&plan, &methods, &writer_path, &mut progress);
     let largest = plan.sizes[plan.sizes.len() - 1];
+    let filecost = filecost::measure(
+        &methods,
+        path_of(largest),
+        &tmp.path().join("victim.bin"),
+        plan.reps,
+        &mut progress,
+    );
     let fork = forkcost::measure(&methods, path_of(largest), plan.reps, &mut progress);
     let immutable = immutable::measure(path_of(largest), plan.reps, &mut progress);
     if !plan.cold {
@@ -560,10 +579,12 @@ fn bench(args: Args) -> Result<(), String> {
         filesystem,
         priority,
         memory,
+        page_copy_us,
         methods,
         skipped,
         cells,
         writer,
+        filecost,
         fork,
         immutable,
         deref,
@@ -667,6 +688,7 @@ fn writer_cost(
             method,
             open_us: Vec::new(),
             us_per_write: Vec::new(),
+            us_per_rewrite: Vec::new(),
             us_per_read: Vec::new(),
             page0_kept: method.map(|_| true),
             error: None,
@@ -689,6 +711,7 @@ fn writer_cost(
                 Ok((cost, kept)) => {
                     row.open_us.push(cost.open_us);
                     row.us_per_write.push(cost.us_per_write);
+                    row.us_per_rewrite.push(cost.us_per_rewrite);
                     row.us_per_read.push(cost.us_per_read);
                     if let (Some(all), Some(k)) = (&mut row.page0_kept, kept) {
                         *all &= k;
@@ -811,6 +834,29 @@ fn memory_probe(len: usize) -> Option<(f64, f64)> {
         write.push(len as f64 / t1.elapsed().as_secs_f64() / 1e9);
     }
     Some((stats(&fault)?.median, stats(&write)?.median))
+}
+
+/// What saving one page costs at the least: µs per 4 KiB to copy `len`
+/// resident bytes, page by page, into fresh anonymous memory faulted in 4 KiB
+/// pages (`MADV_NOHUGEPAGE`) by the copy itself; median of 3.
+fn page_copy_probe(len: usize) -> Option<f64> {
+    let mut src = raw::Raw::thp(len).ok()?;
+    src.bytes_mut().fill(7);
+    let mut per_page = Vec::new();
+    for _ in 0..3 {
+        let mut dst = raw::Raw::small_pages(len).ok()?;
+        let t = Instant::now();
+        for (d, s) in dst
+            .bytes_mut()
+            .chunks_exact_mut(4096)
+            .zip(src.bytes().chunks_exact(4096))
+        {
+            d.copy_from_slice(std::hint::black_box(s));
+        }
+        std::hint::black_box(dst.bytes()[len - 1]);
+        per_page.push(t.elapsed().as_secs_f64() * 1e6 / (len / 4096) as f64);
+    }
+    Some(stats(&per_page)?.median)
 }
 
 /// glibc raises its mmap threshold after a large block is freed, so a

@@ -200,6 +200,7 @@ fn bench_quick_writes_a_complete_report() {
             .unwrap_or_else(|| panic!("no writer row {name}"))
     };
     assert!(row("none")["us_per_write_median"].as_f64().expect("µs") > 0.0);
+    assert!(row("none")["us_per_rewrite_median"].as_f64().expect("µs") > 0.0);
     assert_eq!(
         row("map_private")["page0_kept"],
         Value::Bool(false),
@@ -213,6 +214,23 @@ fn bench_quick_writes_a_complete_report() {
             Value::Bool(true),
             "{s} let a writer change page 0"
         );
+    }
+
+    // Truncation and full rewrite by another process: the control sees the
+    // rewrite; every strategy keeps its bytes through both.
+    let file = json["file_cost"].as_array().expect("file_cost");
+    let frow = |name: &str| {
+        file.iter()
+            .find(|w| w["mapping"] == name)
+            .unwrap_or_else(|| panic!("no file-cost row {name}"))
+    };
+    assert!(frow("none")["truncate_ms_median"].as_f64().expect("ms") > 0.0);
+    assert_eq!(frow("map_private")["rewrite_copy_kept"], Value::Bool(false));
+    for s in STRATEGIES.iter().filter(|s| methods.contains(s)) {
+        let r = frow(s);
+        assert!(r["error"].is_null(), "file cost with {s}: {}", r["error"]);
+        assert_eq!(r["truncate_page0_kept"], Value::Bool(true), "{s}");
+        assert_eq!(r["rewrite_copy_kept"], Value::Bool(true), "{s}");
     }
 
     // Immutable on a sealed memfd, against MAP_PRIVATE of it.
@@ -230,7 +248,7 @@ fn bench_quick_writes_a_complete_report() {
     }
 
     let goals = json["goals"].as_array().expect("goals");
-    assert_eq!(goals.len(), 17);
+    assert_eq!(goals.len(), 22);
     for g in goals {
         assert!(g["met"].is_boolean() || g["met"].is_null());
         assert!(!g["detail"].as_str().expect("detail").is_empty());

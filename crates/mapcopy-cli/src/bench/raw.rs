@@ -88,6 +88,31 @@ impl Raw {
         })
     }
 
+    /// Fresh zero-filled anonymous read-write memory of `len` bytes, advised
+    /// `MADV_NOHUGEPAGE`: faulted in 4 KiB pages on first touch.
+    pub fn small_pages(len: usize) -> io::Result<Raw> {
+        let map_len = len.max(1);
+        // SAFETY: a new anonymous mapping aliases nothing.
+        let base = unsafe {
+            mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                map_len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::PRIVATE,
+            )?
+        };
+        // SAFETY: the mapping just made; advice does not change its
+        // contents. Only advice: a kernel without THP ignores it.
+        let _ = unsafe { mm::madvise(base, map_len, Advice::LinuxNoHugepage) };
+        Ok(Raw {
+            ptr: NonNull::new(base.cast()).expect("mmap returned null"),
+            len,
+            map_ptr: base,
+            map_len,
+            writable: true,
+        })
+    }
+
     /// Faults in every page for writing (`MADV_POPULATE_WRITE`): for `thp`
     /// memory, what a copy into it pays before the copy itself.
     pub fn populate(&mut self) -> io::Result<()> {
