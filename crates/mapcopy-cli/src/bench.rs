@@ -11,6 +11,7 @@
 mod deref;
 mod filecost;
 mod forkcost;
+mod goals;
 mod immutable;
 mod json;
 mod many;
@@ -594,7 +595,7 @@ fn bench(args: Args) -> Result<(), String> {
         elapsed_secs: started.elapsed().as_secs_f64(),
         plan,
     };
-    let goals = report::goals(&results);
+    let goals = goals::goals(&results);
     print!("{}", report::text(&results, &goals));
     if let Some(out) = &args.out {
         report::write_dir(out, &results, &goals)
