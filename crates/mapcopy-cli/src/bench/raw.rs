@@ -64,15 +64,7 @@ impl Raw {
     /// at a 2 MiB boundary, advised `MADV_HUGEPAGE` before first touch.
     pub fn thp(len: usize) -> io::Result<Raw> {
         let map_len = len.max(1) + HUGE_PAGE;
-        // SAFETY: a new anonymous mapping aliases nothing.
-        let base = unsafe {
-            mm::mmap_anonymous(
-                std::ptr::null_mut(),
-                map_len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::PRIVATE,
-            )?
-        };
+        let base = fresh_anon(map_len)?;
         let start = (base as usize).next_multiple_of(HUGE_PAGE);
         let ptr = start as *mut c_void;
         // SAFETY: the range lies inside the mapping just made; advice does
@@ -92,15 +84,7 @@ impl Raw {
     /// `MADV_NOHUGEPAGE`: faulted in 4 KiB pages on first touch.
     pub fn small_pages(len: usize) -> io::Result<Raw> {
         let map_len = len.max(1);
-        // SAFETY: a new anonymous mapping aliases nothing.
-        let base = unsafe {
-            mm::mmap_anonymous(
-                std::ptr::null_mut(),
-                map_len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::PRIVATE,
-            )?
-        };
+        let base = fresh_anon(map_len)?;
         // SAFETY: the mapping just made; advice does not change its
         // contents. Only advice: a kernel without THP ignores it.
         let _ = unsafe { mm::madvise(base, map_len, Advice::LinuxNoHugepage) };
@@ -206,4 +190,18 @@ pub fn reap(pid: libc::pid_t) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// A new private anonymous read-write mapping of `map_len` bytes.
+fn fresh_anon(map_len: usize) -> io::Result<*mut c_void> {
+    // SAFETY: a new anonymous mapping at an address of the kernel's choosing
+    // aliases nothing.
+    Ok(unsafe {
+        mm::mmap_anonymous(
+            std::ptr::null_mut(),
+            map_len,
+            ProtFlags::READ | ProtFlags::WRITE,
+            MapFlags::PRIVATE,
+        )?
+    })
 }
